@@ -1,0 +1,24 @@
+"""daskmeta: neuroimaging meta-analysis at whole-database scale, on Dask.
+
+Every coordinate-based statistic is a reduction over the study axis of a modeled-activation
+matrix; daskmeta builds those reductions as lazy Dask graphs (see ``DESIGN`` in the docs).
+"""
+
+from daskmeta._version import __version__
+from daskmeta.dataset import Dataset
+from daskmeta.exceptions import DaskmetaError, DaskmetaWarning, DatasetError, ParseError
+from daskmeta.results import MetaResult
+from daskmeta.space import Space, mni2tal, tal2mni
+
+__all__ = [
+    "__version__",
+    "DaskmetaError",
+    "DaskmetaWarning",
+    "Dataset",
+    "DatasetError",
+    "MetaResult",
+    "ParseError",
+    "Space",
+    "mni2tal",
+    "tal2mni",
+]

@@ -1,0 +1,91 @@
+"""p-value, z and -log10(p) conversions, written to give NiMARE 0.22.1's numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+
+_F32_MAX = np.finfo(np.float32).max
+
+
+def round_half_away(x: np.ndarray) -> np.ndarray:
+    """Round to the nearest integer, ties away from zero (NiMARE's ``_round2``)."""
+    x = np.asarray(x, dtype=float)
+    y = np.round(np.abs(x))
+    tie = np.abs(x - np.round(x)) == 0.5
+    y[tie] = np.ceil(np.abs(x[tie]))
+    return (y * np.sign(x)).astype(int)
+
+
+def nullhist_to_p(test_values, histogram_weights, histogram_bins) -> np.ndarray:
+    """One-sided p-values of statistics against a null histogram (bin centres).
+
+    P-values are clipped below at the smallest non-zero tail probability, as NiMARE does.
+    """
+    test_values = np.atleast_1d(np.asarray(test_values))
+    weights = np.asarray(histogram_weights, dtype=np.float64)
+    n_bins = len(histogram_bins)
+    inv_step = 1 / (histogram_bins[1] - histogram_bins[0])
+    null = weights / np.sum(weights)
+    null = np.cumsum(null[::-1])[::-1]
+    null /= np.max(null)
+    smallest = np.min(null[null != 0])
+    p = np.ones(test_values.shape)
+    idx = np.where(test_values > 0)[0]
+    value_bins = round_half_away(test_values[idx] * inv_step)
+    value_bins[value_bins >= n_bins] = n_bins - 1
+    p[idx] = null[value_bins]
+    return np.maximum(smallest, np.minimum(p, 1.0))
+
+
+def nullhist_to_threshold(histogram_weights, histogram_bins, p: float) -> float:
+    """Smallest statistic whose upper-tail probability under the null falls to ``p``."""
+    weights = np.asarray(histogram_weights, dtype=np.float64).ravel()
+    if weights.sum() <= 0:
+        return float(histogram_bins[0])
+    tail = np.cumsum(weights[::-1])[::-1]
+    tail /= tail[0]
+    below = np.flatnonzero(tail <= p)
+    if below.size == 0:
+        return float(histogram_bins[-1])
+    return float(histogram_bins[max(0, below[0] - 1)])
+
+
+def clip_p(p) -> np.ndarray:
+    """p-values clipped to ``[smallest positive float64, 1]``."""
+    p = np.array(p, dtype=np.float64)
+    return np.clip(p, np.nextafter(0.0, 1.0), 1.0)
+
+
+def nlogp_to_z(nlogp, tail: str = "one") -> np.ndarray:
+    """z from the natural log of p (one- or two-tailed), without underflow."""
+    nlogp = np.asarray(nlogp, dtype=float)
+    if tail == "two":
+        return -special.ndtri_exp(nlogp - np.log(2.0)) + 0.0
+    return np.maximum(-special.ndtri_exp(nlogp), 0.0)
+
+
+def p_to_z(p, tail: str = "one") -> np.ndarray:
+    """z-values of p-values (``tail`` 'one' or 'two'), as NiMARE's ``p_to_z``."""
+    return nlogp_to_z(np.log(clip_p(p)), tail=tail)
+
+
+def z_to_p(z, tail: str = "one") -> np.ndarray:
+    """p-values of z-values."""
+    z = np.asarray(z, dtype=float)
+    if tail == "two":
+        return 2 * special.ndtr(-np.abs(z))
+    return special.ndtr(-z)
+
+
+def nlogp_to_logp(nlogp) -> np.ndarray:
+    """-log10(p) as float32 from the natural log of p (NiMARE's ``logp`` maps)."""
+    logp = np.asarray(nlogp, dtype=np.float64) / -np.log(10.0) + 0.0
+    return np.clip(logp.astype(np.float32), np.float32(0), _F32_MAX)
+
+
+def p_to_logp(p) -> np.ndarray:
+    """-log10(p) as float32, p clipped to the positive float32 range first (as NiMARE)."""
+    p = np.clip(np.array(p, dtype=np.float32), np.nextafter(np.float32(0), np.float32(1)),
+                np.float32(1))
+    return -np.log10(p)

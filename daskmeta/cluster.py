@@ -1,0 +1,108 @@
+"""The Dask client: an active one, a scheduler by address, or an embedded LocalCluster.
+
+Library code computes only at documented boundaries (``fit``, ``transform`` of correctors,
+``save``), through :func:`compute`: on the active distributed Client when there is one,
+otherwise on dask's local threaded scheduler, which costs nothing to start.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+
+import dask
+
+from daskmeta.exceptions import DaskmetaError
+
+__all__ = ["get_client", "active_client", "compute", "close_client"]
+
+_OWNED: list = []
+
+
+def active_client():
+    """The current distributed Client, or None."""
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def get_client(address: str | None = None, n_workers: int | None = None,
+               threads_per_worker: int = 1, memory_limit: str | None = None, **kwargs):
+    """Return a distributed Client.
+
+    In order: ``address`` (a scheduler such as ``tcp://127.0.0.1:8786``), else the
+    ``DASK_SCHEDULER_ADDRESS`` environment variable, else an already active Client, else a new
+    embedded :class:`distributed.LocalCluster` of ``n_workers`` processes (default: the
+    number of cores, at most 4), closed when the interpreter exits.
+
+    Parameters
+    ----------
+    address : str, optional
+        Scheduler address.
+    n_workers : int, optional
+        Worker processes for an embedded cluster.
+    threads_per_worker : int
+        Threads per worker of an embedded cluster.
+    memory_limit : str, optional
+        Memory limit per worker of an embedded cluster (e.g. ``"2GiB"``).
+    **kwargs
+        Passed to :class:`distributed.LocalCluster`.
+
+    Raises
+    ------
+    DaskmetaError
+        If the scheduler at ``address`` cannot be reached.
+    """
+    from distributed import Client, LocalCluster
+
+    address = address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if address:
+        try:
+            client = Client(address, timeout=dask.config.get("daskmeta.connect-timeout", "10s"))
+        except (OSError, TimeoutError) as exc:
+            raise DaskmetaError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
+        _OWNED.append(client)
+        return client
+    client = active_client()
+    if client is not None:
+        return client
+    if n_workers is None:
+        n_workers = max(1, min(4, os.cpu_count() or 1))
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
+        processes=True,
+        memory_limit=memory_limit or "auto",
+        dashboard_address=None,
+        **kwargs,
+    )
+    client = Client(cluster)
+    _OWNED.append(client)
+    return client
+
+
+def close_client():
+    """Close the clients (and embedded clusters) this module started."""
+    while _OWNED:
+        client = _OWNED.pop()
+        cluster = getattr(client, "cluster", None)
+        try:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        except Exception:  # closing at exit: nothing useful to do with an error
+            pass
+
+
+atexit.register(close_client)
+
+
+def compute(*collections, **kwargs):
+    """Compute dask collections on the active Client, or on the local threaded scheduler."""
+    client = active_client()
+    if client is not None:
+        return tuple(client.compute(list(collections), sync=True, **kwargs))
+    return dask.compute(*collections, scheduler="threads", **kwargs)
