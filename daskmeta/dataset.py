@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,11 @@ _FORMAT_VERSION = 1
 
 
 def _as_str_ids(values) -> np.ndarray:
-    return np.asarray([str(v) for v in values], dtype=object)
+    # Fast path (no Python loop per row) when the values are already all str (no missing).
+    arr = np.asarray(values, dtype=object)
+    if pd.api.types.infer_dtype(arr, skipna=False) == "string":
+        return arr
+    return np.asarray([str(v) for v in arr], dtype=object)
 
 
 class Dataset:
@@ -176,9 +181,15 @@ class Dataset:
             if c in foci.columns:
                 foci[c] = pd.to_numeric(foci[c], errors="coerce").astype(float)
         if "space" in foci.columns:
-            space = [normalize_space_name(s, where=f"experiment {i}")
-                     for i, s in zip(foci["id"], foci["space"])]
-            is_tal = np.asarray(space) == "TAL"
+            # Normalize each distinct label once (no Python loop per focus).
+            codes, uniques = pd.factorize(foci["space"], use_na_sentinel=False)
+            first = [foci["id"].iloc[np.argmax(codes == k)] for k in range(len(uniques))]
+            canon = np.asarray(
+                [normalize_space_name(s, where=f"experiment {i}")
+                 for i, s in zip(first, uniques, strict=True)],
+                dtype=object,
+            )
+            is_tal = canon[codes] == "TAL" if len(codes) else np.zeros(0, dtype=bool)
             if is_tal.any():
                 xyz = foci.loc[is_tal, ["x", "y", "z"]].to_numpy(dtype=float)
                 foci.loc[is_tal, ["x", "y", "z"]] = tal2mni(xyz)
@@ -303,8 +314,8 @@ class Dataset:
 
     def get_studies_by_mask(self, img, space: Space | None = None) -> list[str]:
         """Ids of experiments with at least one focus inside a mask image."""
-        from nilearn.image import resample_to_img  # noqa: F401  (imported for a clear error)
         import nibabel as nib
+        from nilearn.image import resample_to_img  # noqa: F401  (imported for a clear error)
 
         if not isinstance(img, nib.spatialimages.SpatialImage):
             img = nib.load(str(img))
@@ -346,8 +357,10 @@ class Dataset:
             )
             for key, frame in (("experiments", self.experiments), ("foci", self.foci),
                                ("metadata", self.metadata), ("images", self.images)):
+                # "\r\n" line ends make the writer quote any field holding "\r" or "\n".
                 zf.writestr(f"{key}.tsv", frame.to_csv(sep="\t", index=False,
-                                                       float_format="%.17g"))
+                                                       float_format="%.17g",
+                                                       lineterminator="\r\n"))
             buf = io.BytesIO()
             np.savez(buf, data=labels.data, indices=labels.indices, indptr=labels.indptr,
                      shape=np.asarray(labels.shape))
@@ -367,7 +380,7 @@ class Dataset:
                 manifest = json.loads(zf.read("manifest.json"))
             except (KeyError, ValueError) as exc:
                 raise DatasetError(f"{path}: missing or invalid manifest.json") from exc
-            if manifest.get("format") != _FORMAT:
+            if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
                 raise DatasetError(f"{path}: not a daskmeta dataset file")
             if manifest.get("version", 0) > _FORMAT_VERSION:
                 raise DatasetError(
@@ -375,15 +388,27 @@ class Dataset:
                 )
 
             def table(name):
-                return pd.read_csv(zf.open(f"{name}.tsv"), sep="\t", dtype={"id": str,
-                                                                            "study_id": str},
-                                   keep_default_na=True)
+                # Only empty cells are missing (save writes NaN as ""): ids such as "NA" or
+                # "null", and such strings in metadata, are kept as written.
+                raw = zf.read(f"{name}.tsv")
+                cols = pd.read_csv(io.BytesIO(raw), sep="\t", nrows=0).columns
+                na = {c: [""] for c in cols if c not in ("id", "study_id")}
+                return pd.read_csv(io.BytesIO(raw), sep="\t",
+                                   dtype={"id": str, "study_id": str},
+                                   keep_default_na=False, na_values=na)
 
-            with zf.open("labels.npz") as fh:
-                arrs = np.load(io.BytesIO(fh.read()), allow_pickle=False)
-                labels = sparse.csr_matrix(
-                    (arrs["data"], arrs["indices"], arrs["indptr"]), shape=tuple(arrs["shape"])
-                )
-            return cls(table("experiments"), table("foci"), labels=labels,
-                       label_names=manifest["label_names"], metadata=table("metadata"),
-                       images=table("images"), name=manifest.get("name", ""))
+            try:
+                with zf.open("labels.npz") as fh:
+                    arrs = np.load(io.BytesIO(fh.read()), allow_pickle=False)
+                    labels = sparse.csr_matrix(
+                        (arrs["data"], arrs["indices"], arrs["indptr"]),
+                        shape=tuple(arrs["shape"]),
+                    )
+                tables = {k: table(k) for k in ("experiments", "foci", "metadata", "images")}
+                label_names = manifest["label_names"]
+            except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile,
+                    zlib.error) as exc:
+                raise DatasetError(f"{path}: damaged daskmeta dataset file ({exc})") from exc
+            return cls(tables["experiments"], tables["foci"], labels=labels,
+                       label_names=label_names, metadata=tables["metadata"],
+                       images=tables["images"], name=manifest.get("name", ""))

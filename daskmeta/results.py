@@ -56,7 +56,7 @@ def cluster_table(volume: np.ndarray, space: Space, threshold: float, min_size: 
         index = np.arange(1, n + 1)
         sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
         peaks = ndimage.maximum_position(data, labels=labels, index=index)
-        for lab, size, peak in zip(index, sizes, peaks):
+        for size, peak in zip(sizes, peaks):
             if size < min_size:
                 continue
             xyz = space.ijk_to_mm(np.asarray(peak))[0]

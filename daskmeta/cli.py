@@ -1,0 +1,189 @@
+"""The ``daskmeta`` command line.
+
+Errors about the input print as one line (``daskmeta: error: ...``) with exit status 2; a
+traceback appears only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from daskmeta import __version__
+from daskmeta.exceptions import DaskmetaError
+
+__all__ = ["main"]
+
+
+def _log(msg: str) -> None:
+    print(f"[daskmeta {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _add_cluster_options(p):
+    g = p.add_argument_group("Dask")
+    g.add_argument("--scheduler", metavar="ADDR",
+                   help="address of a running Dask scheduler (tcp://host:port); default: "
+                        "$DASK_SCHEDULER_ADDRESS, else an embedded local cluster")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes of the embedded local cluster (default: cores, <= 4)")
+
+
+def _add_cbma_parser(sub, name, help_text):
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("input", help="Sleuth text, NiMARE JSON, foci table (CSV/TSV), a daskmeta "
+                                 "dataset (.zip) or a Neurosynth/NeuroQuery directory")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--mask", metavar="IMG", help="mask image (default: MNI152 2 mm brain mask)")
+    if name == "ale":
+        p.add_argument("--fwhm", type=float, help="fixed kernel FWHM in mm")
+        p.add_argument("--sample-size", type=float,
+                       help="fixed sample size for every experiment's kernel")
+    else:
+        p.add_argument("--radius", type=float, default=None, help="sphere radius in mm (10)")
+    if name == "mkda":
+        p.add_argument("--weighting", choices=["sample_size"], default=None,
+                       help="weight experiments by sqrt(sample size)")
+    p.add_argument("--select", metavar="EXPR",
+                   help="label expression selecting experiments, e.g. 'LDA50__32_pain & ~x'")
+    g = p.add_argument_group("correction")
+    g.add_argument("--fwe", choices=["montecarlo", "bonferroni", "none"], default="montecarlo",
+                   help="family-wise error correction (default: montecarlo)")
+    g.add_argument("--n-iters", type=int, default=10000, help="Monte Carlo iterations (10000)")
+    g.add_argument("--voxel-thresh", type=float, default=0.001,
+                   help="cluster-forming p threshold (0.001)")
+    g.add_argument("--seed", type=int, default=None, help="Monte Carlo seed")
+    p.add_argument("--prefix", default="", help="prefix of output file names")
+    p.add_argument("--no-figures", action="store_true", help="do not write PNG figures")
+    _add_cluster_options(p)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="daskmeta",
+        description="Neuroimaging meta-analysis at whole-database scale, on Dask.",
+    )
+    parser.add_argument("--version", action="version", version=f"daskmeta {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_cbma_parser(sub, "ale", "ALE meta-analysis (activation likelihood estimation)")
+    _add_cbma_parser(sub, "mkda", "MKDA density meta-analysis")
+    _add_cbma_parser(sub, "kda", "KDA meta-analysis")
+    d = sub.add_parser("demo", help="ALE with Monte Carlo FWE on simulated data",
+                       description="Simulate a dataset with known true sites (seeded), run an "
+                                   "ALE meta-analysis with Monte Carlo FWE correction on a "
+                                   "local Dask cluster, and write maps, a cluster table and "
+                                   "figures.")
+    d.add_argument("--out", default="daskmeta-demo", metavar="DIR", help="output folder")
+    d.add_argument("--n-experiments", type=int, default=30)
+    d.add_argument("--n-iters", type=int, default=2000, help="Monte Carlo iterations (2000)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--mask", metavar="IMG", help="mask image (default: MNI152 2 mm brain mask)")
+    _add_cluster_options(d)
+    f = sub.add_parser("fetch", help="download the Neurosynth or NeuroQuery release files",
+                       description="Download the upstream release files into a cache folder, "
+                                   "verify their sha256 checksums, and resume partial "
+                                   "downloads. Prints the folder, ready for `daskmeta ale "
+                                   "FOLDER ...` or daskmeta.io.read.")
+    f.add_argument("database", choices=["neurosynth", "neuroquery"])
+    f.add_argument("--data-dir", metavar="DIR",
+                   help="cache folder (default: $DASKMETA_DATA, else ~/.cache/daskmeta)")
+    f.add_argument("--url-base", metavar="URL", help="mirror to download from ({URL}/{file})")
+    f.add_argument("--overwrite", action="store_true", help="download again even if present")
+    return parser
+
+
+def _run_fetch(args) -> None:
+    from daskmeta.io import fetch
+
+    path = fetch(args.database, data_dir=args.data_dir, url_base=args.url_base,
+                 overwrite=args.overwrite, progress=True)
+    print(path)
+
+
+def _run_cbma(args) -> None:
+    from daskmeta.cluster import get_client
+    from daskmeta.io import read
+    from daskmeta.workflows import run_cbma
+
+    t0 = time.perf_counter()
+    dataset = read(args.input)
+    _log(f"read {args.input}: {dataset}")
+    client = get_client(args.scheduler, n_workers=args.workers)
+    _log(f"Dask: {client.scheduler_info().get('address', '?')} with "
+         f"{len(client.scheduler_info().get('workers', {}))} workers")
+    out = run_cbma(
+        args.command, dataset, args.out, mask=args.mask,
+        fwhm=getattr(args, "fwhm", None), sample_size=getattr(args, "sample_size", None),
+        r=getattr(args, "radius", None), weighting=getattr(args, "weighting", None),
+        fwe=args.fwe, n_iters=args.n_iters, voxel_thresh=args.voxel_thresh, seed=args.seed,
+        prefix=args.prefix, select=args.select, figures=not args.no_figures, log=_log,
+    )
+    _report(out, args.out, t0)
+
+
+def _report(out, out_dir, t0) -> None:
+    for name, table in out["tables"].items():
+        _log(f"{len(table)} clusters in {name}")
+    _log(f"done in {time.perf_counter() - t0:.1f} s; {len(out['paths'])} files written to "
+         f"{Path(out_dir).resolve()}")
+    print(Path(out_dir).resolve())
+
+
+def _run_demo(args) -> None:
+    from daskmeta import simulate
+    from daskmeta.cluster import get_client
+    from daskmeta.estimators._base import resolve_space
+    from daskmeta.workflows import run_cbma
+
+    t0 = time.perf_counter()
+    space = resolve_space(args.mask)
+    sim = simulate.coordinates(n_experiments=args.n_experiments, seed=args.seed, space=space)
+    _log(f"simulated {sim.dataset} around {len(sim.true_sites)} true sites (seed {args.seed})")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sim.dataset.save(out_dir / "simulated_dataset.zip")
+    client = get_client(args.scheduler, n_workers=args.workers)
+    _log(f"Dask: local cluster with {len(client.scheduler_info().get('workers', {}))} workers")
+    out = run_cbma("ale", sim.dataset, out_dir, mask=space, fwe="montecarlo",
+                   n_iters=args.n_iters, seed=args.seed, log=_log)
+    import pandas as pd
+
+    sites = pd.DataFrame(sim.true_sites, columns=["x", "y", "z"])
+    sites.to_csv(out_dir / "true_sites.tsv", sep="\t", index=False)
+    _log("true sites: " + "; ".join(f"({x:g}, {y:g}, {z:g})" for x, y, z in sim.true_sites))
+    _report(out, out_dir, t0)
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``daskmeta`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            _run_demo(args)
+        elif args.command == "fetch":
+            _run_fetch(args)
+        else:
+            _run_cbma(args)
+    except DaskmetaError as exc:
+        if args.debug:
+            raise
+        print(f"daskmeta: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # unreadable input, unwritable output folder, ...
+        if args.debug:
+            raise
+        print(f"daskmeta: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("daskmeta: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

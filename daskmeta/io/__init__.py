@@ -1,0 +1,25 @@
+"""Readers and writers: Sleuth, NiMARE JSON, foci tables, Neurosynth and NeuroQuery;
+checksummed downloads of the database release files (:func:`fetch`).
+
+Every reader returns a :class:`daskmeta.Dataset` (coordinates in MNI mm, each experiment's
+reported space kept) and raises :class:`daskmeta.exceptions.ParseError`, naming the file and
+where possible the line, for malformed input. :func:`read` guesses the format.
+"""
+
+from daskmeta.io._registry import read
+from daskmeta.io.download import fetch
+from daskmeta.io.neurosynth import read_neuroquery, read_neurosynth
+from daskmeta.io.nimare_json import read_nimare_json
+from daskmeta.io.sleuth import read_sleuth, write_sleuth
+from daskmeta.io.table import read_table
+
+__all__ = [
+    "read",
+    "read_sleuth",
+    "write_sleuth",
+    "read_nimare_json",
+    "read_table",
+    "read_neurosynth",
+    "read_neuroquery",
+    "fetch",
+]

@@ -1,0 +1,41 @@
+"""Figures of results (matplotlib, off-screen)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["plot_map"]
+
+
+def plot_map(result, name: str, path, threshold: float | None = None, title: str | None = None,
+             display_mode: str = "lyrz") -> Path:
+    """Save a glass-brain figure of one map of a result as PNG.
+
+    Parameters
+    ----------
+    result : MetaResult
+    name : str
+        Map name, e.g. ``"z"``.
+    path : path-like
+        Output PNG.
+    threshold : float, optional
+        Values below are not drawn.
+    title : str, optional
+    display_mode : str
+        nilearn glass-brain display mode.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from nilearn import plotting
+
+    img = result.get_map(name)
+    fig = plt.figure(figsize=(10, 3.2))
+    plotting.plot_glass_brain(img, threshold=threshold, colorbar=True, plot_abs=False,
+                              display_mode=display_mode, title=title or name, figure=fig,
+                              cmap="inferno")
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

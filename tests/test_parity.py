@@ -1,0 +1,88 @@
+"""Parity with NiMARE 0.22.1 on the pain dataset, with NiMARE's mask."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from conftest import assert_close, no_compute
+
+import daskmeta
+from daskmeta.estimators import ALE, KDA, MKDADensity
+from daskmeta.kernels import ALEKernel, KDAKernel, MKDAKernel
+
+nimare_kernel = pytest.importorskip("nimare.meta.kernel")
+nimare_cbma = pytest.importorskip("nimare.meta.cbma")
+
+logging.getLogger("nimare").setLevel(logging.ERROR)
+
+
+def _rows_in_nimare_order(dataset):
+    # NiMARE orders MA rows by sorted experiment id (np.unique).
+    ids = [i for i in dataset.ids if i in set(dataset.foci["id"])]
+    return dataset.slice(sorted(ids))
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (ALEKernel, "ALEKernel"),
+        (MKDAKernel, "MKDAKernel"),
+        (KDAKernel, "KDAKernel"),
+    ],
+)
+def test_ma_maps_identical(ours, theirs, pain_dataset, nimare_pain, nimare_space):
+    ds = _rows_in_nimare_order(pain_dataset)
+    with no_compute():
+        ma = ours().transform(ds, nimare_space, chunk_size=5)
+    assert ma.chunks[0] == (5, 5, 5, 4)
+    expected = getattr(nimare_kernel, theirs)().transform(nimare_pain, return_type="array")
+    got = ma.compute()
+    assert got.dtype == expected.dtype == np.float32
+    assert got.shape == expected.shape == (19, 228483)
+    assert np.array_equal(got, expected)
+
+
+CASES = [
+    ("ALE", ALE, {}, {}),
+    ("MKDADensity", MKDADensity, {}, {}),
+    ("MKDADensity", MKDADensity, {"weighting": "sample_size"}, {"weighting": "sample_size"}),
+    ("KDA", KDA, {}, {}),
+    ("ALE", ALE, {"kernel__fwhm": 12.0}, {"kernel__fwhm": 12.0}),
+    ("ALE", ALE, {"kernel__sample_size": 20}, {"kernel__sample_size": 20}),
+    ("MKDADensity", MKDADensity, {"kernel__r": 6}, {"kernel__r": 6}),
+]
+
+
+@pytest.mark.parametrize(("name", "cls", "kw_ours", "kw_theirs"), CASES,
+                         ids=[f"{c[0]}-{c[2]}" for c in CASES])
+def test_estimator_maps_match_nimare(name, cls, kw_ours, kw_theirs, pain_dataset, nimare_pain,
+                                     nimare_mask):
+    theirs = getattr(nimare_cbma, name)(**kw_theirs).fit(nimare_pain)
+    ours = cls(mask=nimare_mask, chunk_size=4, **kw_ours).fit(pain_dataset)
+    assert_close(ours.get_map("stat", "array"), theirs.get_map("stat", return_type="array"),
+                 1e-6, "stat")
+    for m in ("p", "z", "logp"):
+        assert_close(ours.get_map(m, "array"), theirs.get_map(m, return_type="array"), 1e-4, m)
+    # The null grids are NiMARE's, bin for bin.
+    assert np.array_equal(ours.null_distributions["histogram_bins"],
+                          np.asarray(theirs.estimator.null_distributions_["histogram_bins"]))
+
+
+def test_result_independent_of_chunking(pain_dataset, nimare_mask):
+    a = ALE(mask=nimare_mask, chunk_size=1).fit(pain_dataset)
+    b = ALE(mask=nimare_mask, chunk_size=64).fit(pain_dataset)
+    assert_close(a.get_map("stat", "array"), b.get_map("stat", "array"), 1e-7, "stat")
+    assert np.array_equal(a.get_map("p", "array"), b.get_map("p", "array"))
+
+
+def test_fit_on_distributed_client_equals_local(pain_dataset, nimare_mask):
+    distributed = pytest.importorskip("distributed")
+    local = MKDADensity(mask=nimare_mask, chunk_size=4).fit(pain_dataset)
+    with distributed.Client(n_workers=2, threads_per_worker=1, processes=True,
+                            dashboard_address=None) as client:
+        assert daskmeta.cluster.active_client() is client
+        remote = MKDADensity(mask=nimare_mask, chunk_size=4).fit(pain_dataset)
+    for m in ("stat", "p", "z"):
+        assert np.array_equal(local.get_map(m, "array"), remote.get_map(m, "array"))
