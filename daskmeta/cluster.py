@@ -30,7 +30,8 @@ def active_client():
 
 
 def get_client(address: str | None = None, n_workers: int | None = None,
-               threads_per_worker: int = 1, memory_limit: str | None = None, **kwargs):
+               threads_per_worker: int = 1, memory_limit: str | None = None,
+               timeout: str = "10s", **kwargs):
     """Return a distributed Client.
 
     In order: ``address`` (a scheduler such as ``tcp://127.0.0.1:8786``), else the
@@ -48,6 +49,8 @@ def get_client(address: str | None = None, n_workers: int | None = None,
         Threads per worker of an embedded cluster.
     memory_limit : str, optional
         Memory limit per worker of an embedded cluster (e.g. ``"2GiB"``).
+    timeout : str
+        How long to try to reach a scheduler by address.
     **kwargs
         Passed to :class:`distributed.LocalCluster`.
 
@@ -61,7 +64,7 @@ def get_client(address: str | None = None, n_workers: int | None = None,
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         try:
-            client = Client(address, timeout=dask.config.get("daskmeta.connect-timeout", "10s"))
+            client = Client(address, timeout=timeout)
         except (OSError, TimeoutError) as exc:
             raise DaskmetaError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
         _OWNED.append(client)
