@@ -191,7 +191,8 @@ class Kernel:
         """Per-experiment support index and the list of (offsets, values) supports."""
         raise NotImplementedError
 
-    def plan(self, dataset, space, mask_margin: float = DEFAULT_MASK_MARGIN) -> KernelPlan:
+    def plan(self, dataset, space, mask_margin: float = DEFAULT_MASK_MARGIN,
+             warn: bool = True) -> KernelPlan:
         """Voxel indices of the foci and the kernel supports for ``dataset`` in ``space``.
 
         Parameters
@@ -205,6 +206,8 @@ class Kernel:
             peaks just past the mask's edge) are kept, as NiMARE keeps every focus: their
             kernels still reach in-mask voxels. ``float("inf")`` keeps every focus on the
             grid; ``0`` drops every focus outside the mask.
+        warn : bool
+            Warn about dropped foci.
         """
         self._validate()
         ids = dataset.ids
@@ -214,7 +217,7 @@ class Kernel:
         focus_row = foci["id"].map(row_of).to_numpy(dtype=np.int64)
         ijk = space.mm_to_ijk(foci[["x", "y", "z"]].to_numpy())
         keep = space.distance_to_mask(ijk) <= mask_margin
-        if not keep.all():
+        if warn and not keep.all():
             n_out = int((~keep).sum())
             n_exp = len(set(foci["id"].to_numpy()[~keep]))
             warnings.warn(

@@ -107,7 +107,7 @@ def test_bad_parameters_named(nimare_mask, pain_dataset):
         ALE(kernel__fwhm=10, kernel__sample_size=20, mask=nimare_mask).fit(pain_dataset)
     with pytest.raises(DaskmetaError, match="weighting='sqrt' is not supported"):
         MKDADensity(weighting="sqrt", mask=nimare_mask).fit(pain_dataset)
-    with pytest.raises(DaskmetaError, match="expects a daskmeta Dataset; got str"):
+    with pytest.raises(DaskmetaError, match="expects a daskmeta Dataset or Collection; got str"):
         ALE(mask=nimare_mask).fit("pain.json")
 
 

@@ -1,14 +1,26 @@
 """Shared machinery of coordinate-based estimators.
 
-An estimator turns a Dataset (or, later, a selection of a Collection) into a lazy MA matrix
-chunked by experiments, reduces every chunk in one pass to what the statistic and its null
-need (a partial voxel map plus small per-experiment summaries), and combines the chunks.
+Every estimator is a reduction over the study axis: for a selection of experiments with
+weights ``w`` it needs ``w @ f(MA)`` (a voxel vector; ``f`` is ``log1p(-MA)`` for ALE, the
+identity for (M)KDA) and a few small per-experiment summaries for its null (maxima, value
+histograms, coverage). Subclasses define those three pieces:
+
+- :meth:`_block_values`: ``f`` of a float32 block of MA rows,
+- :meth:`_row_summaries`: the per-experiment summaries of a block,
+- :meth:`_finalize`: maps and nulls of one selection from its weighted sum and summaries.
+
+:meth:`fit` (one selection) and :meth:`fit_many` (many, from a Collection, in one pass per
+group of selections) share them, so one meta-analysis and a thousand give the same numbers.
 """
 
 from __future__ import annotations
 
+import copy
+
 import dask
+import dask.array as da
 import numpy as np
+from scipy import sparse
 
 from daskmeta import __version__
 from daskmeta.cluster import compute
@@ -18,19 +30,33 @@ from daskmeta.space import TAL2MNI_METHOD, Space
 
 __all__ = ["CBMAEstimator", "resolve_space"]
 
-_DEFAULT_SPACE: Space | None = None
+_SPACES: dict = {}
 
 
 def resolve_space(mask) -> Space:
-    """A :class:`Space` from a mask argument (None: the package default, loaded once)."""
-    global _DEFAULT_SPACE
+    """A :class:`Space` from a mask argument (None: the package default), cached by path."""
     if isinstance(mask, Space):
         return mask
-    if mask is None:
-        if _DEFAULT_SPACE is None:
-            _DEFAULT_SPACE = Space()
-        return _DEFAULT_SPACE
+    if mask is None or isinstance(mask, str | bytes) or hasattr(mask, "__fspath__"):
+        import os
+
+        key = None
+        if mask is not None:
+            p = os.path.abspath(os.fspath(mask))
+            key = (p, os.path.getmtime(p)) if os.path.exists(p) else None
+        if mask is None or key is not None:
+            if key not in _SPACES:
+                _SPACES[key] = Space(mask)
+            return _SPACES[key]
     return Space(mask)
+
+
+def _tree_sum(parts: list):
+    add = dask.delayed(np.add, pure=True)
+    while len(parts) > 1:
+        parts = [add(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    return parts[0]
 
 
 class CBMAEstimator:
@@ -61,7 +87,7 @@ class CBMAEstimator:
         params.update({f"kernel__{k}": v for k, v in self._make_kernel().get_params().items()})
         return params
 
-    def _make_kernel(self):
+    def _make_kernel(self, default=None):
         bad = [k for k in self.kernel_params if not k.startswith("kernel__")]
         if bad:
             raise DaskmetaError(
@@ -70,12 +96,10 @@ class CBMAEstimator:
             )
         kernel = self.kernel_transformer
         if kernel is None:
-            kernel = self._kernel_cls()
+            kernel = copy.deepcopy(default) if default is not None else self._kernel_cls()
         elif isinstance(kernel, type):
             kernel = kernel()
         else:
-            import copy
-
             kernel = copy.deepcopy(kernel)
         kernel.set_params(**{k[len("kernel__"):]: v for k, v in self.kernel_params.items()})
         return kernel
@@ -98,15 +122,75 @@ class CBMAEstimator:
                 f"this {type(self).__name__} is not fitted yet; call fit(dataset) first"
             )
 
+    # -- inputs: a Dataset, or a Collection ------------------------------------------------
+    def _source(self, data):
+        """(dataset, space, kernel, collection or None) of the input, checked for agreement."""
+        from daskmeta.collection import Collection
+        from daskmeta.dataset import Dataset
+
+        if isinstance(data, Dataset):
+            return data, resolve_space(self.mask), self._make_kernel(), None
+        if isinstance(data, Collection):
+            kernel = self._make_kernel(default=data.kernel)
+            if (type(kernel) is not type(data.kernel)
+                    or kernel.get_params() != data.kernel.get_params()):
+                raise DaskmetaError(
+                    f"the collection {data.path} holds MA maps of {data.kernel!r}; this "
+                    f"{type(self).__name__} asks for {kernel!r} (build another collection for "
+                    "other kernel parameters)"
+                )
+            if self.mask is not None and resolve_space(self.mask) != data.space:
+                raise DaskmetaError(
+                    f"the collection {data.path} was built on another mask "
+                    f"({data.attrs.get('mask_source')}); drop mask= or build a collection on "
+                    "this mask"
+                )
+            if float(self.mask_margin) != data.mask_margin:
+                raise DaskmetaError(
+                    f"the collection {data.path} was built with mask_margin="
+                    f"{data.mask_margin:g}; this estimator has {self.mask_margin:g}"
+                )
+            return data.dataset, data.space, kernel, data
+        raise DaskmetaError(
+            f"{type(self).__name__}.fit expects a daskmeta Dataset or Collection; got "
+            f"{type(data).__name__} (read files with daskmeta.io.read)"
+        )
+
+    @staticmethod
+    def _drop_empty(dataset):
+        with_foci = dataset.experiments["id"].isin(set(dataset.foci["id"]))
+        if not with_foci.any():
+            raise DatasetError(
+                f"empty selection: none of the {dataset.n_experiments} experiments has foci"
+            )
+        if not with_foci.all():
+            dataset = dataset.slice(dataset.experiments["id"][with_foci])
+        return dataset
+
+    @classmethod
+    def _select(cls, dataset, select, threshold):
+        if select is not None:
+            if isinstance(select, str):
+                ids = dataset.get_studies_by_label(select, threshold=threshold)
+                what = f"label expression {select!r} (threshold {threshold:g})"
+            else:
+                ids = [str(i) for i in select]
+                what = "the given ids"
+            if not ids:
+                raise DatasetError(f"empty selection: no experiment matches {what}")
+            dataset = dataset.slice(ids)
+        return cls._drop_empty(dataset)
+
     # -- fitting ---------------------------------------------------------------------------
-    def fit(self, dataset, select=None, threshold: float = 0.001):
-        """Fit the estimator to a Dataset and return its result.
+    def fit(self, data, select=None, threshold: float = 0.001):
+        """Fit the estimator and return its result.
 
         Parameters
         ----------
-        dataset : Dataset
-            The experiments to analyse. Experiments without foci are left out, as NiMARE
-            does.
+        data : Dataset or Collection
+            The experiments to analyse: a Dataset, or a Collection (the MA maps are then read
+            from its store instead of computed; the result is the same). Experiments without
+            foci are left out, as NiMARE does.
         select : str or sequence of str, optional
             Analyse only these experiments: a label expression (see
             :meth:`Dataset.get_studies_by_label`) or a list of experiment ids.
@@ -124,73 +208,197 @@ class CBMAEstimator:
             If the selection is empty or lacks what the kernel needs (e.g. sample sizes).
         """
         self._validate_params()
-        kernel = self._make_kernel()
-        space = resolve_space(self.mask)
+        dataset, space, kernel, collection = self._source(data)
         dataset = self._select(dataset, select, threshold)
-        plan = kernel.plan(dataset, space, self.mask_margin)
-        self.kernel_ = kernel
-        self.space_ = space
-        self.dataset_ = dataset
-        self.plan_ = plan
+        if collection is None:
+            plan = kernel.plan(dataset, space, self.mask_margin)
+            ma = plan_to_dask(plan, self.chunk_size)
+        else:
+            # The collection's build already warned about foci it dropped.
+            plan = kernel.plan(dataset, space, collection.mask_margin, warn=False)
+            ma = collection.rows(dataset.ids, self.chunk_size)
+        self.kernel_, self.space_, self.dataset_, self.plan_ = kernel, space, dataset, plan
+        self.collection_ = collection
         self._prepare(dataset, plan)
-        ma = plan_to_dask(plan, self.chunk_size)
-        maps, nulls = self._fit_ma(ma)
+        weights = sparse.csr_matrix(self._selection_weights(dataset)[None, :])
+        (stat_sum,), summaries = self._reduce(ma, weights)
+        maps, nulls = self._finalize(stat_sum, summaries, dataset, plan)
         self.null_distributions_ = nulls
         return self._make_result(maps)
-
-    def _select(self, dataset, select, threshold):
-        from daskmeta.dataset import Dataset
-
-        if not isinstance(dataset, Dataset):
-            raise DaskmetaError(
-                f"{type(self).__name__}.fit expects a daskmeta Dataset; got "
-                f"{type(dataset).__name__} (read files with daskmeta.io.read)"
-            )
-        if select is not None:
-            if isinstance(select, str):
-                ids = dataset.get_studies_by_label(select, threshold=threshold)
-                what = f"label expression {select!r} (threshold {threshold:g})"
-            else:
-                ids = [str(i) for i in select]
-                what = "the given ids"
-            if not ids:
-                raise DatasetError(f"empty selection: no experiment matches {what}")
-            dataset = dataset.slice(ids)
-        with_foci = dataset.experiments["id"].isin(set(dataset.foci["id"]))
-        if not with_foci.any():
-            raise DatasetError(
-                f"empty selection: none of the {dataset.n_experiments} experiments has foci"
-            )
-        if not with_foci.all():
-            dataset = dataset.slice(dataset.experiments["id"][with_foci])
-        return dataset
 
     def _prepare(self, dataset, plan):
         """Per-fit state computed before the pass (weights, bins). Override as needed."""
 
-    def _fit_ma(self, ma):
-        """One pass over the MA matrix: per-block reductions, then combination."""
+    def _selection_weights(self, dataset) -> np.ndarray:
+        """Weights of the experiments of one selection in ``w @ f(MA)`` (default 1)."""
+        return np.ones(dataset.n_experiments)
+
+    def _reduce(self, ma, weights):
+        """One pass over MA rows: ``weights @ f(MA)`` (dense, selections x voxels) and the
+        per-row summaries (a list over rows)."""
         blocks = ma.to_delayed().ravel()
-        bounds = np.concatenate([[0], np.cumsum(ma.chunks[0])])
-        reduce_block = dask.delayed(self._reduce_block, pure=True)
-        partials = [reduce_block(b, slice(int(a), int(z)))
-                    for b, a, z in zip(blocks, bounds[:-1], bounds[1:])]
-        results = compute(*partials)
-        return self._combine(list(results))
+        bounds = np.concatenate([[0], np.cumsum(ma.chunks[0])]).astype(int)
+        weights = sparse.csc_matrix(weights)
 
-    def _reduce_block(self, block: np.ndarray, rows: slice):
-        """Reduce one chunk (rows ``rows`` of the MA matrix) to small partial results."""
+        def reduce_block(block, a, b):
+            values = self._block_values(block.astype(np.float32, copy=False))
+            w = weights[:, a:b]
+            if w.shape[0] == 1 and w.nnz == b - a and np.all(w.data == 1.0):
+                total = values.sum(axis=0, dtype=np.float64)[None]
+            else:
+                total = np.asarray(w @ values.astype(np.float64, copy=False))
+            return total, self._row_summaries(block.astype(np.float32, copy=False))
+
+        red = dask.delayed(reduce_block, pure=True, nout=2)
+        parts = [red(blk, a, b) for blk, a, b in zip(blocks, bounds[:-1], bounds[1:])]
+        total = _tree_sum([p[0] for p in parts])
+        total, summaries = compute(total, [p[1] for p in parts])
+        return total, [s for block in summaries for s in block]
+
+    def _block_values(self, block: np.ndarray) -> np.ndarray:
+        """``f`` of a float32 block of MA rows (the values that are weighted and summed)."""
+        return block
+
+    def _row_summaries(self, block: np.ndarray) -> list:
         raise NotImplementedError
 
-    def _combine(self, partials):
+    def _finalize(self, stat_sum, summaries, dataset, plan):
         raise NotImplementedError
+
+    # -- many selections -------------------------------------------------------------------
+    def fit_many(self, collection, selections, threshold: float = 0.001, store=None,
+                 group_size: int | None = None, progress=None):
+        """Fit one meta-analysis per selection of a Collection, reading the store once per
+        group of selections.
+
+        Parameters
+        ----------
+        collection : Collection
+        selections : dict of str to (str or list of str), or list of str
+            Named label expressions or id lists; a list of label names means one selection
+            per label (``threshold`` applies).
+        threshold : float
+            Label weight threshold.
+        store : path-like, optional
+            Write the maps to this Zarr store as they are computed (``selection`` x
+            ``voxel``); the returned Dataset is then opened lazily from it.
+        group_size : int, optional
+            Selections per pass (default: as many as fit in ~512 MB of voxel sums).
+        progress : callable, optional
+            Called with ``(n_done, n_total)`` after each group.
+
+        Returns
+        -------
+        xarray.Dataset
+            ``stat``, ``p``, ``z``, ``logp`` over (``selection``, ``voxel``), with the
+            number of experiments of each selection and the provenance in attributes.
+        """
+        import xarray as xr
+
+        from daskmeta.collection import Collection
+
+        if not isinstance(collection, Collection):
+            raise DaskmetaError(f"fit_many needs a Collection; got {type(collection).__name__}")
+        self._validate_params()
+        _, space, kernel, _ = self._source(collection)
+        if isinstance(selections, list | tuple):
+            selections = {name: name for name in selections}
+        if not selections:
+            raise DaskmetaError("fit_many needs at least one selection")
+        names = list(selections)
+        subsets = []
+        for name in names:
+            try:
+                subsets.append(self._select(collection.dataset, selections[name], threshold))
+            except DatasetError as exc:
+                raise DatasetError(f"selection {name!r}: {exc}") from None
+        n_vox = space.n_voxels
+        if group_size is None:
+            group_size = max(1, int(512e6 // (n_vox * 8)))
+        self.kernel_, self.space_ = kernel, space
+        out_vars = {"stat": [], "p": [], "z": [], "logp": []}
+        n_exp = []
+        if store is not None:
+            self._init_many_store(store, names, n_vox, collection)
+        for g0 in range(0, len(names), group_size):
+            group = subsets[g0:g0 + group_size]
+            used = sorted(set().union(*(set(s.ids) for s in group)),
+                          key=collection._row_of.get)
+            pos = {i: k for k, i in enumerate(used)}
+            rows, cols, vals = [], [], []
+            plans = []
+            for s, subset in enumerate(group):
+                plan = kernel.plan(subset, space, collection.mask_margin, warn=False)
+                self._prepare(subset, plan)
+                w = self._selection_weights(subset)
+                rows.append(np.full(len(w), s))
+                cols.append([pos[i] for i in subset.ids])
+                vals.append(w)
+                plans.append(plan)
+            weights = sparse.csr_matrix(
+                (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                shape=(len(group), len(used)))
+            ma = collection.rows(used, self.chunk_size)
+            totals, summaries = self._reduce(ma, weights)
+            group_maps = {k: [] for k in out_vars}
+            for s, subset in enumerate(group):
+                self._prepare(subset, plans[s])
+                rows_s = [summaries[pos[i]] for i in subset.ids]
+                maps, _ = self._finalize(totals[s], rows_s, subset, plans[s])
+                for k in out_vars:
+                    group_maps[k].append(np.asarray(maps[k]))
+                n_exp.append(subset.n_experiments)
+            if store is not None:
+                self._write_many_group(store, g0, group_maps)
+            else:
+                for k in out_vars:
+                    out_vars[k].extend(group_maps[k])
+            if progress is not None:
+                progress(min(g0 + group_size, len(names)), len(names))
+        attrs = {"estimator": type(self).__name__, "daskmeta_version": __version__,
+                 **kernel.describe(), **space.describe(), "collection": str(collection.path),
+                 "threshold": float(threshold), "tal2mni": TAL2MNI_METHOD}
+        if store is not None:
+            import zarr
+
+            group = zarr.open_group(store, mode="r+")
+            group.attrs.update({**attrs, "complete": True})
+            group["n_experiments"][:] = np.asarray(n_exp)
+            return xr.open_zarr(store, consolidated=False)
+        data = {k: (("selection", "voxel"), np.vstack(v)) for k, v in out_vars.items()}
+        return xr.Dataset(data, coords={"selection": names, "voxel": np.arange(n_vox),
+                                        "n_experiments": ("selection", np.asarray(n_exp))},
+                          attrs=attrs)
+
+    @staticmethod
+    def _init_many_store(store, names, n_vox, collection):
+        import xarray as xr
+
+        n = len(names)
+        lazy = {k: (("selection", "voxel"), da.zeros((n, n_vox), chunks=(1, n_vox),
+                                                      dtype=np.float32 if k == "logp"
+                                                      else np.float64))
+                for k in ("stat", "p", "z", "logp")}
+        lazy["n_experiments"] = (("selection",), np.zeros(n, dtype=np.int64))
+        xr.Dataset(lazy, coords={"selection": np.asarray(names, dtype=object),
+                                 "voxel": np.arange(n_vox)},
+                   attrs={"complete": False}).to_zarr(store, compute=False, consolidated=False,
+                                                      mode="w")
+
+    @staticmethod
+    def _write_many_group(store, start, group_maps):
+        import zarr
+
+        for k, values in group_maps.items():
+            arr = zarr.open_array(store, path=k, mode="r+")
+            arr[start:start + len(values)] = np.vstack(values).astype(arr.dtype)
 
     # -- result ----------------------------------------------------------------------------
     def describe(self) -> dict:
         """Parameters and provenance for result attributes."""
         self._check_fitted()
         params = {k: v for k, v in self.get_params().items() if k != "mask"}
-        return {
+        out = {
             "estimator": type(self).__name__,
             "daskmeta_version": __version__,
             **{k: (v if isinstance(v, int | float | str | bool) else str(v))
@@ -202,10 +410,12 @@ class CBMAEstimator:
             "n_experiments": self.plan_.n_rows,
             "n_foci": int(len(self.plan_.focus_row)),
         }
+        if getattr(self, "collection_", None) is not None:
+            out["collection"] = str(self.collection_.path)
+        return out
 
     def _make_result(self, maps):
         from daskmeta.results import MetaResult
 
         return MetaResult(maps, self.space_, attrs=self.describe(), estimator=self,
                           null_distributions=self.null_distributions_)
-

@@ -112,24 +112,23 @@ class ALE(CBMAEstimator):
 
     _kernel_cls = ALEKernel
 
-    def _reduce_block(self, block, rows):
-        # log1p in float32 then summed in float64, exactly as NiMARE accumulates ALE.
-        log_sum = np.log1p(-block).sum(axis=0, dtype=np.float64)
-        row_max = block.max(axis=1) if block.shape[1] else np.zeros(len(block), np.float32)
-        hists = []
+    def _block_values(self, block):
+        # log1p in float32, summed in float64: exactly how NiMARE accumulates ALE.
+        return np.log1p(-block)
+
+    def _row_summaries(self, block):
+        out = []
         for row in block:
             vals = row[row != 0]
             bins, counts = np.unique(nearest_bin(vals, _BIN_INV_STEP), return_counts=True)
-            hists.append((bins, counts.astype(np.float64)))
-        return log_sum, row_max, hists
+            out.append((vals.max(initial=0.0), bins, counts.astype(np.float64)))
+        return out
 
-    def _combine(self, partials):
-        log_sum = np.sum([p[0] for p in partials], axis=0)
-        row_max = np.concatenate([p[1] for p in partials])
-        hists = [h for p in partials for h in p[2]]
+    def _finalize(self, log_sum, summaries, dataset, plan):
         stat = (1.0 - np.exp(log_sum)).astype(np.float32)
+        row_max = np.asarray([s[0] for s in summaries], dtype=np.float32)
         bins = ale_bins(row_max)
-        null = ale_null_histogram(hists, self.space_.n_voxels, bins)
+        null = ale_null_histogram([(s[1], s[2]) for s in summaries], plan.n_voxels, bins)
         p = nullhist_to_p(stat, null, bins)
         z = p_to_z(p, tail="one")
         maps = {"stat": stat, "p": p, "z": z, "logp": nlogp_to_logp(np.log(p))}

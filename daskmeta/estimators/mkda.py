@@ -107,21 +107,17 @@ class MKDADensity(CBMAEstimator):
     def _prepare(self, dataset, plan):
         self.weights_ = experiment_weights(dataset, self.weighting)
 
-    def _reduce_block(self, block, rows):
-        weights = self.weights_[rows]
-        if np.all(weights == 1.0):
-            stat = block.sum(axis=0, dtype=np.float64)
-        else:
-            stat = weights @ block.astype(np.float64)
-        return stat, block.sum(axis=1)
+    def _selection_weights(self, dataset):
+        return self.weights_
 
-    def _combine(self, partials):
-        stat = np.sum([p[0] for p in partials], axis=0)
-        counts = np.concatenate([p[1] for p in partials]).astype(np.float32)
-        prop_active = counts / self.space_.n_voxels  # float32, as NiMARE's
+    def _row_summaries(self, block):
+        return list(block.sum(axis=1))
+
+    def _finalize(self, stat, summaries, dataset, plan):
+        counts = np.asarray(summaries, dtype=np.float32)
+        prop_active = counts / plan.n_voxels  # float32, as NiMARE's
         weights = self.weights_
-        uniform = np.all(weights == weights[0])
-        if uniform:
+        if np.all(weights == weights[0]):
             bins = np.arange(len(prop_active) + 1, step=1)
             hist = 1.0
             for prop in prop_active:
@@ -158,22 +154,24 @@ class KDA(CBMAEstimator):
         max_poss = np.sum(value * n_foci)
         self._bins = np.arange(0, max_poss + (value * 1.5), value)
 
-    def _reduce_block(self, block, rows):
-        bins = self._bins
-        step = bins[1] - bins[0]
-        edges = np.append(bins - step / 2, bins[-1] + step / 2)
-        hists = np.zeros((len(block), len(bins)))
-        for r, row in enumerate(block):
+    def _row_summaries(self, block):
+        value = float(self.kernel_.value)
+        out = []
+        for row in block:
             vals = row[row != 0]
-            hists[r] = np.histogram(vals, bins=edges)[0]
-            hists[r, 0] += row.shape[0] - vals.shape[0]
-        return block.sum(axis=0, dtype=np.float64), hists
+            idx, counts = np.unique(np.rint(vals / value).astype(np.int64), return_counts=True)
+            out.append((idx, counts.astype(np.float64), row.shape[0] - vals.shape[0]))
+        return out
 
-    def _combine(self, partials):
-        stat = np.sum([p[0] for p in partials], axis=0).astype(np.float32)
-        ma_hists = np.concatenate([p[1] for p in partials])
+    def _finalize(self, stat, summaries, dataset, plan):
+        stat = stat.astype(np.float32)
         bins = self._bins
+        n_bins = len(bins)
         inv_step = 1 / (bins[1] - bins[0])
+        ma_hists = np.zeros((len(summaries), n_bins))
+        for r, (idx, counts, n_zero) in enumerate(summaries):
+            np.add.at(ma_hists[r], np.clip(idx, 0, n_bins - 1), counts)
+            ma_hists[r, 0] += n_zero
         ma_hists /= ma_hists.sum(1)[:, None]
         hist = ma_hists[0].copy()
         for exp_hist in ma_hists[1:]:
