@@ -136,7 +136,7 @@ def _report(out, out_dir, t0) -> None:
 def _run_demo(args) -> None:
     from daskmeta import simulate
     from daskmeta.cluster import get_client
-    from daskmeta.estimators._base import resolve_space
+    from daskmeta.space import resolve_space
     from daskmeta.workflows import run_cbma
 
     t0 = time.perf_counter()

@@ -149,7 +149,7 @@ class Collection:
             If ``store`` holds a collection of another kernel, mask, margin or dataset
             (nothing is changed), or something that is not a collection.
         """
-        from daskmeta.estimators._base import resolve_space
+        from daskmeta.space import resolve_space
 
         path = Path(store)
         space = resolve_space(mask)

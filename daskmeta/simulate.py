@@ -86,7 +86,7 @@ def coordinates(n_experiments: int = 30, true_sites=None, p_activation: float = 
     sites = np.asarray(DEFAULT_SITES if true_sites is None else true_sites, dtype=float)
     sites = sites.reshape(-1, 3)
     if space is None:
-        from daskmeta.estimators._base import resolve_space
+        from daskmeta.space import resolve_space
 
         space = resolve_space(None)
     rng = np.random.default_rng(seed)

@@ -15,7 +15,7 @@ import numpy as np
 
 from daskmeta.exceptions import DaskmetaError
 
-__all__ = ["Space", "mni2tal", "tal2mni", "normalize_space_name", "TAL2MNI_METHOD"]
+__all__ = ["Space", "mni2tal", "tal2mni", "normalize_space_name", "resolve_space", "TAL2MNI_METHOD"]
 
 #: Lancaster et al. (2007) ``tal2icbm_other`` (the transform for data normalized with
 #: templates other than SPM's or FSL's), inverted to go from Talairach to MNI. This is the
@@ -293,3 +293,29 @@ class Space:
 
     def __hash__(self) -> int:
         return hash(self.mask_hash)
+
+
+_SPACES: dict = {}
+
+
+def resolve_space(mask) -> Space:
+    """A :class:`Space` from a mask argument (None: the package default), cached by path.
+
+    Parameters
+    ----------
+    mask : None, str, path-like, nibabel image or Space
+    """
+    if isinstance(mask, Space):
+        return mask
+    if mask is None or isinstance(mask, str | bytes) or hasattr(mask, "__fspath__"):
+        import os
+
+        key = None
+        if mask is not None:
+            p = os.path.abspath(os.fspath(mask))
+            key = (p, os.path.getmtime(p)) if os.path.exists(p) else None
+        if mask is None or key is not None:
+            if key not in _SPACES:
+                _SPACES[key] = Space(mask)
+            return _SPACES[key]
+    return Space(mask)

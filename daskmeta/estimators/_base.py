@@ -26,30 +26,9 @@ from daskmeta import __version__
 from daskmeta.cluster import compute
 from daskmeta.exceptions import DaskmetaError, DatasetError, NotFittedError
 from daskmeta.kernels import DEFAULT_CHUNK_EXPERIMENTS, DEFAULT_MASK_MARGIN, plan_to_dask
-from daskmeta.space import TAL2MNI_METHOD, Space
+from daskmeta.space import TAL2MNI_METHOD, resolve_space
 
 __all__ = ["CBMAEstimator", "resolve_space"]
-
-_SPACES: dict = {}
-
-
-def resolve_space(mask) -> Space:
-    """A :class:`Space` from a mask argument (None: the package default), cached by path."""
-    if isinstance(mask, Space):
-        return mask
-    if mask is None or isinstance(mask, str | bytes) or hasattr(mask, "__fspath__"):
-        import os
-
-        key = None
-        if mask is not None:
-            p = os.path.abspath(os.fspath(mask))
-            key = (p, os.path.getmtime(p)) if os.path.exists(p) else None
-        if mask is None or key is not None:
-            if key not in _SPACES:
-                _SPACES[key] = Space(mask)
-            return _SPACES[key]
-    return Space(mask)
-
 
 def _tree_sum(parts: list):
     add = dask.delayed(np.add, pure=True)

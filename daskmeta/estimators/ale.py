@@ -16,26 +16,38 @@ _INV_STEP = 100000  # NiMARE's ALE histogram resolution: bins of 1e-5
 _BIN_INV_STEP = 1 / float(np.round(np.arange(0, 2.5e-5, 1 / _INV_STEP), 5)[1])
 
 
-@numba.njit(cache=True)
+#: Fixed partition of each convolution step (not the thread count), so sums are the same
+#: on every machine.
+_N_PARTS = 8
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
 def _update_ale_histogram(ale_idx, ale_probs, exp_idx, exp_probs, bin_centers, inv_step,
-                          n_bins, out):
-    """Distribution of 1 - (1 - a)(1 - e) for independent a ~ ale, e ~ exp (NiMARE's)."""
-    for i in range(n_bins):
-        out[i] = 0.0
-    for i_exp in range(exp_idx.shape[0]):
-        exp_one_minus = 1.0 - bin_centers[exp_idx[i_exp]]
-        exp_prob = exp_probs[i_exp]
-        for i_ale in range(ale_idx.shape[0]):
-            score = 1.0 - exp_one_minus * (1.0 - bin_centers[ale_idx[i_ale]])
-            scaled = score * inv_step
-            fl = np.floor(scaled)
-            idx = int(fl) + int(scaled - fl >= 0.5)
-            if idx < 0:
-                idx = 0
-            elif idx >= n_bins:
-                idx = n_bins - 1
-            out[idx] += exp_prob * ale_probs[i_ale]
-    return out
+                          n_bins):
+    """Distribution of 1 - (1 - a)(1 - e) for independent a ~ ale, e ~ exp (NiMARE's rule:
+    each product lands on its nearest bin, ties upward), split over the experiment's bins."""
+    parts = np.zeros((_N_PARTS, n_bins))
+    n_exp = exp_idx.shape[0]
+    step = (n_exp + _N_PARTS - 1) // _N_PARTS
+    for part in numba.prange(_N_PARTS):
+        out = parts[part]
+        for i_exp in range(part * step, min(n_exp, (part + 1) * step)):
+            exp_one_minus = 1.0 - bin_centers[exp_idx[i_exp]]
+            exp_prob = exp_probs[i_exp]
+            for i_ale in range(ale_idx.shape[0]):
+                score = 1.0 - exp_one_minus * (1.0 - bin_centers[ale_idx[i_ale]])
+                scaled = score * inv_step
+                fl = np.floor(scaled)
+                idx = int(fl) + int(scaled - fl >= 0.5)
+                if idx < 0:
+                    idx = 0
+                elif idx >= n_bins:
+                    idx = n_bins - 1
+                out[idx] += exp_prob * ale_probs[i_ale]
+    total = parts[0].copy()
+    for part in range(1, _N_PARTS):
+        total += parts[part]
+    return total
 
 
 def nearest_bin(values: np.ndarray, inv_step: float) -> np.ndarray:
@@ -71,7 +83,6 @@ def ale_null_histogram(row_hists, n_voxels: int, bin_centers: np.ndarray) -> np.
     n_bins = bin_centers.shape[0]
     recip = 1.0 / n_voxels
     ale_hist = None
-    tmp = np.zeros(n_bins)
     for bins, counts in row_hists:
         exp_hist = np.zeros(n_bins)
         np.add.at(exp_hist, np.clip(bins, 0, n_bins - 1), counts)
@@ -82,9 +93,8 @@ def ale_null_histogram(row_hists, n_voxels: int, bin_centers: np.ndarray) -> np.
             continue
         ale_idx = np.where(ale_hist > 0)[0]
         exp_idx = np.where(exp_hist > 0)[0]
-        _update_ale_histogram(ale_idx, ale_hist[ale_idx], exp_idx, exp_hist[exp_idx],
-                              bin_centers, inv_step, n_bins, tmp)
-        ale_hist, tmp = tmp, ale_hist
+        ale_hist = _update_ale_histogram(ale_idx, ale_hist[ale_idx], exp_idx,
+                                         exp_hist[exp_idx], bin_centers, inv_step, n_bins)
     return ale_hist
 
 
