@@ -1,6 +1,6 @@
-# Two commands for a new user; each sets up .venv by itself.
-#   make demo   ALE meta-analysis with FWE correction on simulated data, on a local Dask cluster
-#   make test   the whole test suite (NiMARE 0.22.1 is installed as the parity oracle)
+# Two commands for a new user; each sets up .venv by itself the first time.
+#   make demo   ALE meta-analysis with Monte Carlo FWE on simulated data, on a local Dask cluster
+#   make test   the whole test suite (installs NiMARE 0.22.1 as the parity oracle)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,20 +8,26 @@ OUT    ?= daskmeta-demo
 
 .PHONY: demo test lint bench clean
 
-$(BIN)/daskmeta: pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
-	touch $(BIN)/daskmeta
 
-demo: $(BIN)/daskmeta
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(VENV)/.runtime $@
+
+demo: $(VENV)/.runtime
 	$(BIN)/daskmeta demo --out $(OUT)
 
-test: $(BIN)/daskmeta
+test: $(VENV)/.test
 	$(BIN)/ruff check daskmeta tests benchmarks
 	$(BIN)/python -m pytest -q
 
-bench: $(BIN)/daskmeta
+bench: $(VENV)/.test
 	$(BIN)/python benchmarks/run.py
 
 clean:
