@@ -93,7 +93,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cache folder (default: $DASKMETA_DATA, else ~/.cache/daskmeta)")
     f.add_argument("--url-base", metavar="URL", help="mirror to download from ({URL}/{file})")
     f.add_argument("--overwrite", action="store_true", help="download again even if present")
+    _add_ingest_parser(sub)
     return parser
+
+
+def _add_ingest_parser(sub):
+    help_text = "build a collection: a dataset's MA maps under one kernel, in a Zarr store"
+    p = sub.add_parser(
+        "ingest", help=help_text,
+        description="Compute the modeled-activation map of every experiment of SOURCE under "
+                    "one kernel and write them, chunk by chunk, into a Zarr store that "
+                    "estimators fit from (ALE().fit(Collection.open(STORE))) and that "
+                    "xarray.open_zarr opens. An interrupted ingest resumes where it stopped "
+                    "when run again with the same arguments; a store built with another "
+                    "kernel, mask or input is refused unless --overwrite.")
+    p.add_argument("source", help="Sleuth text, NiMARE JSON, foci table (CSV/TSV), a daskmeta "
+                                  "dataset (.zip) or a Neurosynth/NeuroQuery directory")
+    p.add_argument("--kernel", required=True, choices=["mkda", "kda", "ale"],
+                   help="MKDA (binary spheres), KDA (sphere counts) or ALE (Gaussians)")
+    p.add_argument("--store", required=True, metavar="PATH",
+                   help="the Zarr store (a directory, created), e.g. neurosynth-mkda.zarr")
+    p.add_argument("--radius", type=float, default=None,
+                   help="sphere radius in mm for mkda/kda (default 10)")
+    p.add_argument("--sample-size", type=float, default=None,
+                   help="ale: a fixed sample size for every experiment's kernel (needed when "
+                        "the input has no sample sizes, e.g. Neurosynth)")
+    p.add_argument("--fwhm", type=float, default=None, help="ale: a fixed kernel FWHM in mm")
+    p.add_argument("--mask", metavar="IMG", help="mask image (default: MNI152 2 mm brain mask)")
+    p.add_argument("--mask-margin", type=float, default=None, metavar="MM",
+                   help="drop foci more than MM mm outside the mask (default 10)")
+    p.add_argument("--rows-per-chunk", type=int, default=None, metavar="N",
+                   help="experiments per stored chunk (default 8)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an existing store at PATH and build it again")
+    g = p.add_argument_group("Dask")
+    g.add_argument("--scheduler", metavar="ADDR",
+                   help="address of a running Dask scheduler (tcp://host:port; its workers "
+                        "must see PATH); default: $DASK_SCHEDULER_ADDRESS, else this process")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="build on an embedded local cluster of N worker processes (default: "
+                        "dask's threaded scheduler in this process)")
+    return p
 
 
 def _run_fetch(args) -> None:
@@ -123,6 +163,71 @@ def _run_cbma(args) -> None:
         prefix=args.prefix, select=args.select, figures=not args.no_figures, log=_log,
     )
     _report(out, args.out, t0)
+
+
+def _ingest_kernel(args):
+    from daskmeta.kernels import ALEKernel, KDAKernel, MKDAKernel
+
+    def _num(x):  # 10.0 -> 10, so the provenance reads as the Python API writes it
+        return int(x) if x is not None and float(x).is_integer() else x
+
+    if args.kernel == "ale":
+        if args.radius is not None:
+            raise DaskmetaError("--radius applies to --kernel mkda or kda, not ale (use "
+                                "--fwhm or --sample-size)")
+        return ALEKernel(fwhm=args.fwhm, sample_size=_num(args.sample_size))
+    if args.fwhm is not None or args.sample_size is not None:
+        raise DaskmetaError(f"--fwhm and --sample-size apply to --kernel ale, not "
+                            f"{args.kernel} (use --radius)")
+    cls = MKDAKernel if args.kernel == "mkda" else KDAKernel
+    return cls() if args.radius is None else cls(r=_num(args.radius))
+
+
+def _ingest_sources(source) -> list:
+    path = Path(source)
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and p.name.startswith("data-"))
+    return [path]
+
+
+def _run_ingest(args) -> None:
+    import os
+
+    from daskmeta.collection import DEFAULT_ROWS_PER_CHUNK, Collection
+    from daskmeta.io import read
+    from daskmeta.kernels import DEFAULT_MASK_MARGIN
+
+    t0 = time.perf_counter()
+    kernel = _ingest_kernel(args)
+    if args.rows_per_chunk is not None and args.rows_per_chunk < 1:
+        raise DaskmetaError(f"--rows-per-chunk must be a positive integer; got "
+                            f"{args.rows_per_chunk}")
+    if args.workers is not None and args.workers < 1:
+        raise DaskmetaError(f"--workers must be a positive integer; got {args.workers}")
+    dataset = read(args.source)
+    _log(f"read {args.source}: {dataset}")
+    if args.scheduler or args.workers or os.environ.get("DASK_SCHEDULER_ADDRESS"):
+        from daskmeta.cluster import get_client
+
+        client = get_client(args.scheduler, n_workers=args.workers)
+        _log(f"Dask: {client.scheduler_info().get('address', '?')} with "
+             f"{len(client.scheduler_info().get('workers', {}))} workers")
+    else:
+        _log(f"Dask: threaded scheduler in this process ({os.cpu_count()} cores)")
+    store = Path(args.store)
+    _log(f"building {store} with {kernel!r}")
+    collection = Collection.build(
+        dataset, kernel, store, mask=args.mask,
+        mask_margin=DEFAULT_MASK_MARGIN if args.mask_margin is None else args.mask_margin,
+        rows_per_chunk=args.rows_per_chunk or DEFAULT_ROWS_PER_CHUNK,
+        sources=_ingest_sources(args.source), progress=True, overwrite=args.overwrite)
+    size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
+    attrs = collection.attrs
+    _log(f"{collection.n_experiments} experiments ({attrs['n_foci']} foci) x "
+         f"{collection.space.n_voxels} voxels, {attrs['dtype']}, {attrs['rows_per_chunk']} "
+         f"experiments per chunk; {size / 2**20:.1f} MiB on disk; done in "
+         f"{time.perf_counter() - t0:.1f} s")
+    print(store.resolve())
 
 
 def _report(out, out_dir, t0) -> None:
@@ -167,6 +272,8 @@ def main(argv=None) -> int:
             _run_demo(args)
         elif args.command == "fetch":
             _run_fetch(args)
+        elif args.command == "ingest":
+            _run_ingest(args)
         else:
             _run_cbma(args)
     except DaskmetaError as exc:

@@ -1,14 +1,17 @@
 """Collections: a Dataset's modeled-activation matrix under one kernel, in a Zarr store.
 
 A store holds the MA matrix as a chunked, compressed ``ma`` array (dims ``study``,
-``voxel``), the mask, the Dataset (``dataset.zip``, the open format of
-:meth:`Dataset.save`) and its provenance in the attributes, so ``xarray.open_zarr(path,
-consolidated=False)`` opens it lazily without daskmeta.
+``voxel``), the mask, and its provenance in the attributes, so ``xarray.open_zarr(path,
+consolidated=False)`` opens it lazily without daskmeta. The Dataset (``dataset.zip``, the open
+format of :meth:`Dataset.save`) and the build's progress markers live in the sub-group
+``daskmeta/``: a Zarr group, so that listing the store's root finds nothing but Zarr nodes
+(zarr warns about any other file there on every open).
 
 Building is chunk by chunk: every task fills its rows with the compiled kernel, writes its own
 region, then leaves a marker file. An interrupted build (even ``kill -9``) resumes from the
 markers; the ``complete`` attribute is set only once every chunk is written, and
-:meth:`Collection.open` refuses an incomplete store.
+:meth:`Collection.open` refuses an incomplete store. The store's metadata is created in a
+temporary directory and renamed into place, so a store path never holds half its metadata.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import dask
@@ -44,7 +48,10 @@ FORMAT_VERSION = 1
 #: Experiments per stored chunk: small, so a selection reads little it does not need.
 DEFAULT_ROWS_PER_CHUNK = 8
 KERNELS = {"ALEKernel": ALEKernel, "MKDAKernel": MKDAKernel, "KDAKernel": KDAKernel}
-_PROGRESS = "_progress"
+#: Sub-group of the store holding the Dataset file and the build's progress markers.
+_META = "daskmeta"
+_PROGRESS = f"{_META}/progress"
+_DATASET_FILE = f"{_META}/dataset.zip"
 # Provenance fields that must agree before a store is resumed or reused.
 _IDENTITY = ("format", "kernel", "kernel_params", "mask_hash", "mask_margin",
              "dataset_fingerprint", "dtype", "rows_per_chunk", "n_experiments", "n_voxels")
@@ -56,6 +63,16 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _same_identity(key: str, stored, requested) -> bool:
+    if key == "kernel_params" and isinstance(stored, str):
+        # Compare values, not their spelling: r=10 and r=10.0 are the same kernel.
+        try:
+            return json.loads(stored) == json.loads(requested)
+        except ValueError:
+            return False
+    return stored == requested
 
 
 def _storage_dtype(kernel, plan) -> np.dtype:
@@ -181,13 +198,20 @@ class Collection:
             "complete": False,
         }
         if overwrite and path.exists():
-            shutil.rmtree(path)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        if path.exists() and not path.is_dir():
+            raise DaskmetaError(f"{path} exists and is a file, not a daskmeta collection store")
         if (path / "zarr.json").exists():
-            existing = xr.open_zarr(path, consolidated=False).attrs
+            import zarr
+
+            existing = dict(zarr.open_group(path, mode="r").attrs)
             if existing.get("format") != FORMAT:
                 raise DaskmetaError(f"{path} is a Zarr store but not a daskmeta collection")
             diffs = [f"{k}: store has {existing.get(k)!r}, requested {attrs[k]!r}"
-                     for k in _IDENTITY if existing.get(k) != attrs[k]]
+                     for k in _IDENTITY if not _same_identity(k, existing.get(k), attrs[k])]
             if diffs:
                 raise DaskmetaError(
                     f"refusing to add to {path}: it was built differently ("
@@ -197,9 +221,10 @@ class Collection:
             if existing.get("complete"):
                 return cls.open(path)
         elif path.exists() and any(path.iterdir()):
-            raise DaskmetaError(f"{path} exists and is not a daskmeta collection store")
+            raise DaskmetaError(f"{path} exists and is not a daskmeta collection store "
+                                "(a non-empty directory without zarr.json)")
         else:
-            cls._create(path, dataset, space, attrs)
+            cls._create_atomically(path, dataset, space, attrs)
         cls._ensure_dataset_file(path, dataset)
         cls._fill(path, plan, dataset.n_experiments, int(rows_per_chunk), dtype.name, progress)
         import zarr
@@ -209,8 +234,22 @@ class Collection:
         shutil.rmtree(path / _PROGRESS, ignore_errors=True)
         return cls.open(path)
 
+    @classmethod
+    def _create_atomically(cls, path: Path, dataset: Dataset, space: Space,
+                           attrs: dict) -> None:
+        """Write the store's metadata, coordinates, mask and Dataset file next to ``path``,
+        then rename the directory into place: a killed build never leaves half a store."""
+        tmp = path.with_name(f".{path.name}.creating")
+        shutil.rmtree(tmp, ignore_errors=True)
+        cls._create(tmp, dataset, space, attrs)
+        cls._ensure_dataset_file(tmp, dataset)
+        if path.exists():
+            path.rmdir()  # an empty directory (checked by the caller)
+        os.rename(tmp, path)
+
     @staticmethod
     def _create(path: Path, dataset: Dataset, space: Space, attrs: dict) -> None:
+        import zarr
         from zarr.codecs import BloscCodec
 
         n, v = dataset.n_experiments, space.n_voxels
@@ -228,28 +267,35 @@ class Collection:
             BloscCodec(cname="lz4", clevel=5, shuffle=shuffle),)}}
         # Metadata and coordinates only; chunks are written by the build's tasks.
         ds.to_zarr(path, compute=False, consolidated=False, mode="w-", encoding=encoding)
+        zarr.open_group(path, mode="r+").create_group(_META, attributes={
+            "description": "daskmeta's files: dataset.zip (Dataset.save) and, while a build "
+                           "runs, progress/ (one marker per written chunk of ma)"})
 
     @staticmethod
     def _ensure_dataset_file(path: Path, dataset: Dataset) -> None:
-        if not (path / "dataset.zip").exists():
-            tmp = path / "dataset.zip.tmp"
+        target = path / _DATASET_FILE
+        if not target.exists():
+            target.parent.mkdir(exist_ok=True)
+            tmp = target.with_name("dataset.zip.tmp")
             dataset.save(tmp)
-            os.replace(tmp, path / "dataset.zip")
+            os.replace(tmp, target)
 
     @staticmethod
     def _fill(path: Path, plan, n_rows: int, rows_per_chunk: int, dtype: str,
               progress: bool) -> None:
         n_chunks = -(-n_rows // rows_per_chunk)
         marker_dir = path / _PROGRESS
-        marker_dir.mkdir(exist_ok=True)
+        marker_dir.mkdir(parents=True, exist_ok=True)
         done = {int(p.stem) for p in marker_dir.glob("*.done")}
         todo = [c for c in range(n_chunks) if c not in done]
         if not todo:
             return
         plan_d = dask.delayed(plan, traverse=False)
         write = dask.delayed(_write_chunk, pure=True)
+        # Keys unique per store path: two builds on one cluster must not share tasks.
+        tag = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
         tasks = [write(str(path), plan_d, c, rows_per_chunk, dtype,
-                       dask_key_name=f"write-{path.name}-{c}") for c in todo]
+                       dask_key_name=f"write-{path.name}-{tag}-{c}") for c in todo]
         client = active_client()
         if client is not None and progress:
             from distributed import progress as show_progress
@@ -257,6 +303,11 @@ class Collection:
             futures = client.compute(tasks)
             show_progress(futures)
             client.gather(futures)
+        elif client is None and progress:
+            from dask.diagnostics import ProgressBar
+
+            with ProgressBar(minimum=1.0, dt=0.5, out=sys.stderr):
+                compute(*tasks)
         else:
             compute(*tasks)
 
@@ -285,7 +336,10 @@ class Collection:
                 f"{path} is an incomplete collection (its build was interrupted); run the "
                 "same build again (Collection.build or `daskmeta ingest`) to finish it"
             )
-        dataset = Dataset.load(path / "dataset.zip")
+        dataset_file = path / _DATASET_FILE
+        if not dataset_file.exists() and (path / "dataset.zip").exists():
+            dataset_file = path / "dataset.zip"  # stores of daskmeta 0.1.0 before the sub-group
+        dataset = Dataset.load(dataset_file)
         import nibabel as nib
 
         mask = np.asarray(data["mask"].values, dtype=np.uint8)

@@ -110,6 +110,15 @@ class CBMAEstimator:
         if isinstance(data, Dataset):
             return data, resolve_space(self.mask), self._make_kernel(), None
         if isinstance(data, Collection):
+            if self.kernel_transformer is None and type(data.kernel) is not self._kernel_cls:
+                # Without this, the collection's kernel would stand in for the estimator's
+                # own (MKDADensity on ALE maps, KDA on binary spheres) and give wrong maps.
+                raise DaskmetaError(
+                    f"the collection {data.path} holds MA maps of {data.kernel!r}; "
+                    f"{type(self).__name__} needs {self._kernel_cls.__name__} maps (build a "
+                    f"collection with {self._kernel_cls.__name__}, or pass kernel_transformer= "
+                    "explicitly)"
+                )
             kernel = self._make_kernel(default=data.kernel)
             if (type(kernel) is not type(data.kernel)
                     or kernel.get_params() != data.kernel.get_params()):
