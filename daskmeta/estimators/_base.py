@@ -30,7 +30,9 @@ from daskmeta.space import TAL2MNI_METHOD, resolve_space
 
 __all__ = ["CBMAEstimator", "resolve_space"]
 
+
 def _tree_sum(parts: list):
+    """Pairwise (tree) sum of delayed partial sums: bounded memory, fixed order."""
     add = dask.delayed(np.add, pure=True)
     while len(parts) > 1:
         parts = [add(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
@@ -229,13 +231,14 @@ class CBMAEstimator:
         weights = sparse.csc_matrix(weights)
 
         def reduce_block(block, a, b):
-            values = self._block_values(block.astype(np.float32, copy=False))
+            block = block.astype(np.float32, copy=False)
+            values = self._block_values(block)
             w = weights[:, a:b]
             if w.shape[0] == 1 and w.nnz == b - a and np.all(w.data == 1.0):
                 total = values.sum(axis=0, dtype=np.float64)[None]
             else:
                 total = np.asarray(w @ values.astype(np.float64, copy=False))
-            return total, self._row_summaries(block.astype(np.float32, copy=False))
+            return total, self._row_summaries(block)
 
         red = dask.delayed(reduce_block, pure=True, nout=2)
         parts = [red(blk, a, b) for blk, a, b in zip(blocks, bounds[:-1], bounds[1:])]
@@ -302,7 +305,8 @@ class CBMAEstimator:
                 raise DatasetError(f"selection {name!r}: {exc}") from None
         n_vox = space.n_voxels
         if group_size is None:
-            group_size = max(1, int(512e6 // (n_vox * 8)))
+            # ~1 GB: the group's float64 sums, partial sums in flight and its four maps.
+            group_size = max(1, int(1e9 // (n_vox * 8 * 8)))
         self.kernel_, self.space_ = kernel, space
         out_vars = {"stat": [], "p": [], "z": [], "logp": []}
         n_exp = []
