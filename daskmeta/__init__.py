@@ -4,7 +4,9 @@ Every coordinate-based statistic is a reduction over the study axis of a modeled
 matrix; daskmeta builds those reductions as lazy Dask graphs (see ``DESIGN`` in the docs).
 """
 
+from daskmeta import cluster, correct, estimators, io, simulate
 from daskmeta._version import __version__
+from daskmeta.collection import Collection
 from daskmeta.dataset import Dataset
 from daskmeta.exceptions import DaskmetaError, DaskmetaWarning, DatasetError, ParseError
 from daskmeta.results import MetaResult
@@ -12,6 +14,12 @@ from daskmeta.space import Space, mni2tal, tal2mni
 
 __all__ = [
     "__version__",
+    "Collection",
+    "cluster",
+    "correct",
+    "estimators",
+    "io",
+    "simulate",
     "DaskmetaError",
     "DaskmetaWarning",
     "Dataset",

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from daskmeta import __version__
+from daskmeta._version import __version__
 from daskmeta.exceptions import DaskmetaError
 
 __all__ = ["main"]

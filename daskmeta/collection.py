@@ -29,7 +29,7 @@ import numpy as np
 import xarray as xr
 from scipy import sparse
 
-from daskmeta import __version__
+from daskmeta._version import __version__
 from daskmeta.cluster import active_client, compute
 from daskmeta.dataset import Dataset
 from daskmeta.exceptions import DaskmetaError

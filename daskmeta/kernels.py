@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
+import dask
 import dask.array as da
 import numba
 import numpy as np
@@ -264,24 +265,33 @@ class Kernel:
         return plan_to_dask(self.plan(dataset, space, mask_margin), chunk_size)
 
 
+def _fill_rows(plan: KernelPlan, start: int, stop: int) -> np.ndarray:
+    return plan.fill(start, stop)
+
+
 def plan_to_dask(plan: KernelPlan, chunk_size: int = DEFAULT_CHUNK_EXPERIMENTS) -> da.Array:
-    """A lazy dask array of the MA rows of a plan, one task per chunk of experiments."""
+    """A lazy dask array of the MA rows of a plan, one task per chunk of experiments.
+
+    The plan is one node of the graph that every chunk task depends on, so it is shipped to
+    a worker once, not once per task; task names derive from the plan's content.
+    """
     n = plan.n_rows
     chunk_size = max(1, int(chunk_size))
     bounds = list(range(0, n, chunk_size)) + [n]
-    row_chunks = tuple(b - a for a, b in zip(bounds[:-1], bounds[1:])) or (0,)
-
-    def block(block_info=None):
-        (start, stop) = block_info[None]["array-location"][0]
-        return plan.fill(start, stop)
-
-    return da.map_blocks(
-        block,
-        chunks=(row_chunks, (plan.n_voxels,)),
-        dtype=MA_DTYPE,
-        meta=np.empty((0, 0), dtype=MA_DTYPE),
-        name=f"ma-{id(plan):x}",
-    )
+    token = dask.base.tokenize(plan.focus_row, plan.focus_ijk, plan.focus_kernel,
+                               plan.k_offsets, plan.k_values, plan.k_start, plan.mode,
+                               plan.flat_to_masked, plan.n_voxels)
+    plan_d = dask.delayed(plan, name=f"ma-plan-{token}", traverse=False)
+    fill = dask.delayed(_fill_rows, pure=True)
+    blocks = [
+        da.from_delayed(fill(plan_d, a, b, dask_key_name=f"ma-{token}-{a}"),
+                        shape=(b - a, plan.n_voxels), dtype=MA_DTYPE,
+                        meta=np.empty((0, 0), dtype=MA_DTYPE))
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
+    if not blocks:
+        return da.zeros((0, plan.n_voxels), dtype=MA_DTYPE)
+    return da.concatenate(blocks, axis=0)
 
 
 class ALEKernel(Kernel):

@@ -22,7 +22,7 @@ import dask.array as da
 import numpy as np
 from scipy import sparse
 
-from daskmeta import __version__
+from daskmeta._version import __version__
 from daskmeta.cluster import compute
 from daskmeta.exceptions import DaskmetaError, DatasetError, NotFittedError
 from daskmeta.kernels import DEFAULT_CHUNK_EXPERIMENTS, DEFAULT_MASK_MARGIN, plan_to_dask
@@ -38,6 +38,18 @@ def _tree_sum(parts: list):
         parts = [add(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
                  for i in range(0, len(parts), 2)]
     return parts[0]
+
+
+def _reduce_block(estimator, weights, block, a: int, b: int):
+    """``weights[:, a:b] @ f(block)`` and the block's per-row summaries (one task)."""
+    block = block.astype(np.float32, copy=False)
+    values = estimator._block_values(block)
+    w = weights[:, a:b]
+    if w.shape[0] == 1 and w.nnz == b - a and np.all(w.data == 1.0):
+        total = values.sum(axis=0, dtype=np.float64)[None]
+    else:
+        total = np.asarray(w @ values.astype(np.float64, copy=False))
+    return total, estimator._row_summaries(block)
 
 
 class CBMAEstimator:
@@ -228,20 +240,17 @@ class CBMAEstimator:
         per-row summaries (a list over rows)."""
         blocks = ma.to_delayed().ravel()
         bounds = np.concatenate([[0], np.cumsum(ma.chunks[0])]).astype(int)
-        weights = sparse.csc_matrix(weights)
-
-        def reduce_block(block, a, b):
-            block = block.astype(np.float32, copy=False)
-            values = self._block_values(block)
-            w = weights[:, a:b]
-            if w.shape[0] == 1 and w.nnz == b - a and np.all(w.data == 1.0):
-                total = values.sum(axis=0, dtype=np.float64)[None]
-            else:
-                total = np.asarray(w @ values.astype(np.float64, copy=False))
-            return total, self._row_summaries(block)
-
-        red = dask.delayed(reduce_block, pure=True, nout=2)
-        parts = [red(blk, a, b) for blk, a, b in zip(blocks, bounds[:-1], bounds[1:])]
+        # The estimator and the weights are single graph nodes the block tasks share;
+        # the estimator travels without its fitted state (plan, dataset, space).
+        light = copy.copy(self)
+        for name in ("plan_", "dataset_", "space_", "collection_", "null_distributions_"):
+            light.__dict__.pop(name, None)
+        token = dask.base.tokenize(ma.name, weights.data, weights.indices, weights.indptr)
+        est_d = dask.delayed(light, name=f"estimator-{token}", traverse=False)
+        w_d = dask.delayed(sparse.csc_matrix(weights), name=f"weights-{token}", traverse=False)
+        red = dask.delayed(_reduce_block, pure=True, nout=2)
+        parts = [red(est_d, w_d, blk, int(a), int(b))
+                 for blk, a, b in zip(blocks, bounds[:-1], bounds[1:])]
         total = _tree_sum([p[0] for p in parts])
         total, summaries = compute(total, [p[1] for p in parts])
         return total, [s for block in summaries for s in block]

@@ -1,0 +1,302 @@
+"""Monte Carlo FWE correction, daskmeta against NiMARE 0.22.1, side by side.
+
+Workloads:
+
+* ``pain21``: NiMARE's 21-study pain test dataset (19 with foci, 243 foci), ALE with each
+  experiment's sample size, NiMARE's 2 mm mask;
+* ``ns-pain865``: the Neurosynth v7 studies whose LDA50 topic
+  ``32_pain_somatosensory_stimulation`` weight is >= 0.05 (865 studies), ALE with a fixed
+  kernel sample size of 20.
+
+Each measurement runs in a fresh process (its whole process tree sampled for resident
+memory): NiMARE's ``FWECorrector(method="montecarlo", voxel_thresh=0.001)`` with
+``n_cores=1`` and ``2``; daskmeta's ``FWECorrector("montecarlo")`` on an embedded
+``LocalCluster`` of 1 and 2 single-threaded worker processes. Times exclude the fit and a
+warm-up run (numba compilation, worker start), and include everything else of
+``transform`` (cluster-forming threshold, observed clusters, maps).
+
+Run::
+
+    .venv/bin/python benchmarks/montecarlo.py            # a few minutes on 2 cores
+    .venv/bin/python benchmarks/montecarlo.py --quick    # fewer iterations
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TESTDATA = DATA / "nimare-testdata"
+MASK = str(TESTDATA / "MNI152_2x2x2_brainmask.nii.gz")
+TOPIC = "32_pain_somatosensory_stimulation"
+
+
+# --------------------------------------------------------------------------------------------
+# workloads (built identically for both programs)
+# --------------------------------------------------------------------------------------------
+def _quiet():
+    warnings.filterwarnings("ignore")
+    logging.getLogger("nimare").setLevel(logging.ERROR)
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def pain21():
+    """(daskmeta Dataset, NiMARE Dataset, estimator kwargs) of the pain test data."""
+    from nimare.dataset import Dataset as NDataset
+
+    import daskmeta
+
+    nd = NDataset(str(TESTDATA / "test_pain_dataset.json"), mask=MASK)
+    ss = nd.metadata.set_index("id")["sample_sizes"].map(np.mean)
+    foci = nd.coordinates[["id", "x", "y", "z"]].copy()
+    foci["sample_size"] = foci["id"].map(ss)
+    return daskmeta.Dataset.from_foci(foci), nd, {}
+
+
+def ns_pain865():
+    """The 865-study Neurosynth pain topic, with a fixed ALE kernel (sample size 20)."""
+    from nimare.dataset import Dataset as NDataset
+
+    from daskmeta.io import read_neurosynth
+
+    ns = read_neurosynth(DATA / "neurosynth-v7")
+    label = next(n for n in ns.label_names if n.endswith("__" + TOPIC))
+    ds = ns.slice(ns.get_studies_by_label(label, threshold=0.05))
+    assert ds.n_experiments == 865, ds
+    source = {}
+    for exp_id, g in ds.foci.groupby("id", sort=False):
+        pmid, contrast = exp_id.rsplit("-", 1)
+        coords = {"space": "MNI", "x": g["x"].tolist(), "y": g["y"].tolist(),
+                  "z": g["z"].tolist()}
+        source.setdefault(pmid, {"contrasts": {}})["contrasts"][contrast] = {"coords": coords}
+    nd = NDataset(source, target="mni152_2mm", mask=MASK)
+    return ds, nd, {"kernel__sample_size": 20}
+
+
+WORKLOADS = {"pain21": pain21, "ns-pain865": ns_pain865}
+
+
+# --------------------------------------------------------------------------------------------
+# one measurement (runs in a child process)
+# --------------------------------------------------------------------------------------------
+def _cpu_snapshot():
+    """(wall clock, machine busy CPU seconds, CPU seconds of this process tree)."""
+    import psutil
+
+    me = psutil.Process()
+    tree = 0.0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            tree += t.user + t.system
+        except psutil.Error:
+            pass
+    ct = psutil.cpu_times()
+    busy = sum(ct) - ct.idle - getattr(ct, "iowait", 0.0)
+    return time.perf_counter(), busy, tree
+
+
+def _timed(run, repeats):
+    """Best wall time of ``repeats`` runs, and the other processes' share of the machine."""
+    import psutil
+
+    best, other = float("inf"), []
+    for _ in range(repeats):
+        t0, b0, c0 = _cpu_snapshot()
+        out = run()
+        t1, b1, c1 = _cpu_snapshot()
+        best = min(best, t1 - t0)
+        other.append(max(0.0, (b1 - b0) - (c1 - c0)) / ((t1 - t0) * psutil.cpu_count()))
+    return best, float(np.mean(other)), out
+
+
+def _run_nimare(workload, n_cores, n_iters, warmup, repeats):
+    from nimare.correct import FWECorrector
+    from nimare.meta.cbma import ALE
+
+    _, nd, kwargs = WORKLOADS[workload]()
+    res = ALE(mask=MASK, random_state=0, **kwargs).fit(nd)
+    FWECorrector(method="montecarlo", n_iters=warmup, voxel_thresh=0.001,
+                 n_cores=n_cores).transform(res)
+    seconds, other, _ = _timed(
+        lambda: FWECorrector(method="montecarlo", n_iters=n_iters, voxel_thresh=0.001,
+                             n_cores=n_cores).transform(res), repeats)
+    return {"seconds": seconds, "n_iters": n_iters, "other_load": other}
+
+
+def _run_daskmeta(workload, n_workers, n_iters, warmup, batch_size, repeats):
+    from distributed import Client, LocalCluster
+
+    from daskmeta import nulls
+    from daskmeta.correct import FWECorrector
+    from daskmeta.estimators import ALE
+
+    ds, _, kwargs = WORKLOADS[workload]()
+    est = ALE(mask=MASK, **kwargs)
+    res = est.fit(ds)  # on the local threaded scheduler, before the cluster starts
+    work = nulls.montecarlo_spec(est).work_per_iteration()
+    threshold = FWECorrector("montecarlo")._cluster_threshold(res, est)
+    spec = nulls.montecarlo_spec(est, threshold)
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        # Warm every worker (numba cache, lookup tables), then the client's code paths.
+        client.run(nulls.run_batch, spec, 0, 0, 1)
+        FWECorrector("montecarlo", n_iters=warmup, batch_size=max(1, warmup // n_workers),
+                     seed=0, progress=False).transform(res)
+        seconds, other, out = _timed(
+            lambda: FWECorrector("montecarlo", n_iters=n_iters, batch_size=batch_size, seed=1,
+                                 progress=False).transform(res), repeats)
+    return {"seconds": seconds, "n_iters": out.attrs["fwe_montecarlo_n_iters_run"],
+            "work": work, "n_foci": int(len(est.plan_.focus_row)), "other_load": other}
+
+
+def _child(argv):
+    _quiet()
+    spec = json.loads(argv)
+    if spec["program"] == "nimare":
+        out = _run_nimare(spec["workload"], spec["cores"], spec["n_iters"], spec["warmup"],
+                          spec["repeats"])
+    else:
+        out = _run_daskmeta(spec["workload"], spec["cores"], spec["n_iters"], spec["warmup"],
+                            spec["batch_size"], spec["repeats"])
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the parent: run children, sample their process trees' memory, print the table
+# --------------------------------------------------------------------------------------------
+def _measure(spec: dict) -> dict:
+    import psutil
+
+    errors = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)],
+                            stdout=subprocess.PIPE, stderr=errors, text=True)
+    peak = {"tree": 0, "one": 0}
+    stop = threading.Event()
+
+    def sample():
+        try:
+            root = psutil.Process(proc.pid)
+        except psutil.Error:
+            return
+        while not stop.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                break
+            rss = []
+            for p in procs:
+                try:
+                    rss.append(p.memory_info().rss)
+                except psutil.Error:
+                    pass
+            if rss:
+                peak["tree"] = max(peak["tree"], sum(rss))
+                peak["one"] = max(peak["one"], max(rss[1:], default=0))
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    out, _ = proc.communicate()
+    stop.set()
+    thread.join()
+    lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+    errors.seek(0)
+    err = errors.read()
+    errors.close()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark child failed ({spec}):\n{out}\n{err[-3000:]}")
+    res = json.loads(lines[-1][len("RESULT "):])
+    res["peak_tree_mib"] = peak["tree"] / 2**20
+    res["peak_child_mib"] = peak["one"] / 2**20
+    res["ms_per_iter"] = 1e3 * res["seconds"] / res["n_iters"]
+    return res
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer iterations, one repeat")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="timed runs per measurement; the best is reported (default 2)")
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS),
+                        choices=list(WORKLOADS))
+    args = parser.parse_args(argv)
+    q = 0.25 if args.quick else 1.0
+    repeats = 1 if args.quick else max(1, args.repeats)
+    plans = {
+        # (NiMARE iterations, daskmeta iterations, daskmeta batch size)
+        "pain21": (int(250 * q), int(3000 * q), 100),
+        "ns-pain865": (max(2, int(6 * q)), max(4, int(30 * q)), max(1, int(5 * q))),
+    }
+    import psutil
+
+    busy = psutil.cpu_percent(interval=2.0)
+    print(f"{psutil.cpu_count()} CPUs; {busy:.0f}% busy before the benchmark"
+          + (" -- other work is running, timings (and the 1 -> 2 speed-up) will suffer"
+             if busy > 15 else ""), flush=True)
+    rows = []
+    for workload in args.workloads:
+        n_nimare, n_ours, batch = plans[workload]
+        res = {}
+        for cores in (1, 2):
+            print(f"[{workload}] NiMARE n_cores={cores}: {n_nimare} iterations ...", flush=True)
+            res["nimare", cores] = _measure({"program": "nimare", "workload": workload,
+                                             "cores": cores, "n_iters": n_nimare,
+                                             "warmup": 2, "repeats": repeats})
+            print(f"[{workload}] daskmeta {cores} worker(s): {n_ours} iterations ...",
+                  flush=True)
+            res["daskmeta", cores] = _measure({"program": "daskmeta", "workload": workload,
+                                               "cores": cores, "n_iters": n_ours,
+                                               "warmup": 2 * cores, "batch_size": batch,
+                                               "repeats": repeats})
+        rows.append((workload, res))
+
+    print()
+    head = (f"{'workload':<11} {'cores':>5} {'NiMARE ms/it':>12} {'daskmeta ms/it':>14} "
+            f"{'ratio':>6} {'NiMARE RSS':>10} {'dm RSS tree':>11} {'dm RSS/worker':>13} "
+            f"{'updates/it':>11} {'Mupd/s':>7} {'other load':>10}")
+    print(head)
+    print("-" * len(head))
+    for workload, res in rows:
+        for cores in (1, 2):
+            n, d = res["nimare", cores], res["daskmeta", cores]
+            print(f"{workload:<11} {cores:>5} {n['ms_per_iter']:>12.1f} "
+                  f"{d['ms_per_iter']:>14.2f} {n['ms_per_iter'] / d['ms_per_iter']:>5.1f}x "
+                  f"{n['peak_tree_mib']:>8.0f}Mi {d['peak_tree_mib']:>9.0f}Mi "
+                  f"{d['peak_child_mib']:>11.0f}Mi {d['work']:>11.3g} "
+                  f"{d['work'] / d['ms_per_iter'] / 1e3:>7.0f} "
+                  f"{100 * n['other_load']:>4.0f}%/{100 * d['other_load']:>3.0f}%")
+        d1, d2 = res["daskmeta", 1], res["daskmeta", 2]
+        n1, n2 = res["nimare", 1], res["nimare", 2]
+        print(f"{'':<11} speed-up 1 -> 2: daskmeta "
+              f"{d1['ms_per_iter'] / d2['ms_per_iter']:.2f}x, NiMARE "
+              f"{n1['ms_per_iter'] / n2['ms_per_iter']:.2f}x; "
+              f"{d1['n_foci']} foci, iterations NiMARE {n1['n_iters']} / daskmeta "
+              f"{d1['n_iters']}")
+    print("\nupdates/it: kernel support voxels visited per iteration (sum over foci of the "
+          "support size), the arithmetic bound of one iteration;\nMupd/s: achieved millions "
+          "of voxel updates per second (all workers). RSS: peak resident memory of the "
+          "measuring process tree; dm RSS/worker: the largest single worker or nanny process.\n"
+          "other load: share of the machine's CPU used by other processes while NiMARE / "
+          "daskmeta were timed (the machine may be shared); times are the best of the "
+          "repeats.")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        _child(sys.argv[2])
+    else:
+        main()
