@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["plot_map"]
 
 
-def plot_map(result, name: str, path, threshold: float | None = None, title: str | None = None,
+def plot_map(space, values, path, threshold: float | None = None, title: str | None = None,
              display_mode: str = "lyrz") -> Path:
-    """Save a glass-brain figure of one map of a result as PNG.
+    """Save a glass-brain figure of an in-mask map as PNG.
 
     Parameters
     ----------
-    result : MetaResult
-    name : str
-        Map name, e.g. ``"z"``.
+    space : Space
+    values : ndarray
+        In-mask vector (e.g. ``result.get_map("z", "array")``).
     path : path-like
         Output PNG.
     threshold : float, optional
@@ -30,10 +32,10 @@ def plot_map(result, name: str, path, threshold: float | None = None, title: str
     import matplotlib.pyplot as plt
     from nilearn import plotting
 
-    img = result.get_map(name)
+    img = space.to_img(np.asarray(values, dtype=np.float32))
     fig = plt.figure(figsize=(10, 3.2))
     plotting.plot_glass_brain(img, threshold=threshold, colorbar=True, plot_abs=False,
-                              display_mode=display_mode, title=title or name, figure=fig,
+                              display_mode=display_mode, title=title, figure=fig,
                               cmap="inferno")
     path = Path(path)
     fig.savefig(path, dpi=110)

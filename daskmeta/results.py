@@ -19,7 +19,8 @@ _CONNECTIVITY = {6: 1, 18: 2, 26: 3}
 
 
 def cluster_table(volume: np.ndarray, space: Space, threshold: float, min_size: int = 0,
-                  connectivity: int = 26, two_sided: bool = False) -> pd.DataFrame:
+                  connectivity: int = 26, two_sided: bool = False,
+                  peak_volume: np.ndarray | None = None) -> pd.DataFrame:
     """Clusters of a 3-D map above ``threshold``.
 
     Parameters
@@ -35,6 +36,9 @@ def cluster_table(volume: np.ndarray, space: Space, threshold: float, min_size: 
         Voxel neighbourhood.
     two_sided : bool
         Also report negative clusters.
+    peak_volume : (X, Y, Z) ndarray, optional
+        Where to find each cluster's peak and its value (default: ``volume``); e.g. the
+        uncorrected z map for clusters of a cluster-level corrected map.
 
     Returns
     -------
@@ -48,6 +52,7 @@ def cluster_table(volume: np.ndarray, space: Space, threshold: float, min_size: 
     voxel_mm3 = float(np.prod(space.zooms))
     rows = []
     signs = (1, -1) if two_sided else (1,)
+    peak_volume = volume if peak_volume is None else peak_volume
     for sign in signs:
         data = volume * sign
         labels, n = ndimage.label(data > threshold, structure=struct)
@@ -55,13 +60,13 @@ def cluster_table(volume: np.ndarray, space: Space, threshold: float, min_size: 
             continue
         index = np.arange(1, n + 1)
         sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-        peaks = ndimage.maximum_position(data, labels=labels, index=index)
+        peaks = ndimage.maximum_position(peak_volume * sign, labels=labels, index=index)
         for size, peak in zip(sizes, peaks):
             if size < min_size:
                 continue
             xyz = space.ijk_to_mm(np.asarray(peak))[0]
             rows.append({"sign": sign, "peak_x": xyz[0], "peak_y": xyz[1], "peak_z": xyz[2],
-                         "peak_value": float(volume[peak]), "n_voxels": int(size),
+                         "peak_value": float(peak_volume[peak]), "n_voxels": int(size),
                          "size_mm3": float(size * voxel_mm3)})
     table = pd.DataFrame(rows, columns=["sign", "peak_x", "peak_y", "peak_z", "peak_value",
                                         "n_voxels", "size_mm3"])
@@ -198,12 +203,20 @@ class MetaResult:
                             name="maps", attrs=dict(self.attrs))
 
     def get_table(self, name: str = "z", threshold: float = 3.1, min_size: int = 0,
-                  connectivity: int = 26, two_sided: bool = False) -> pd.DataFrame:
-        """Cluster table of a map thresholded at ``threshold`` (see :func:`cluster_table`)."""
+                  connectivity: int = 26, two_sided: bool = False,
+                  peak_map: str | None = None) -> pd.DataFrame:
+        """Cluster table of a map thresholded at ``threshold`` (see :func:`cluster_table`);
+        peaks are taken from ``peak_map`` when given (e.g. ``"z"`` for the clusters of a
+        corrected map)."""
         vol = np.zeros(self.space.shape)
         vol[self.space.mask] = self._vector(name)
+        peak_vol = None
+        if peak_map is not None:
+            peak_vol = np.zeros(self.space.shape)
+            peak_vol[self.space.mask] = self._vector(peak_map)
         return cluster_table(vol, self.space, threshold, min_size=min_size,
-                             connectivity=connectivity, two_sided=two_sided)
+                             connectivity=connectivity, two_sided=two_sided,
+                             peak_volume=peak_vol)
 
 
 def _jsonable(obj):

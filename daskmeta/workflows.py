@@ -97,7 +97,8 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
     paths = result.save_maps(out, prefix=prefix)
     tables = {}
     if table_map is not None:
-        tables[table_map] = result.get_table(table_map, threshold=_Z05)
+        # Clusters that survive correction, with their peaks in the uncorrected z map.
+        tables[table_map] = result.get_table(table_map, threshold=_Z05, peak_map="z")
     tables["z"] = result.get_table("z", threshold=3.09)  # uncorrected p < 0.001
     rows = []
     for name, table in tables.items():
@@ -113,14 +114,16 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
     if figures:
         from daskmeta.plotting import plot_map
 
-        fig_maps = ["z"] + ([table_map] if table_map else [])
-        for name in fig_maps:
-            vec = result.get_map(name, return_type="array")
-            thr = _Z05 if name != "z" else 3.09
-            if not np.any(vec > thr):
-                thr = None
-            png = out / (f"{prefix}_{name}.png" if prefix else f"{name}.png")
-            paths.append(plot_map(result, name, png, threshold=thr))
+        z = result.get_map("z", return_type="array")
+        figures_ = [("z", z, 3.09, "z (uncorrected p < 0.001)")]
+        if table_map:
+            survives = result.get_map(table_map, return_type="array") > _Z05
+            figures_.append((f"z_{fwe}-FWE", np.where(survives, z, 0.0), 0.0,
+                             f"z in clusters surviving FWE correction ({fwe})"))
+        for fname, values, thr, title in figures_:
+            png = out / (f"{prefix}_{fname}.png" if prefix else f"{fname}.png")
+            thr = thr if np.any(values > thr) else None
+            paths.append(plot_map(result.space, values, png, threshold=thr, title=title))
     prov = out / (f"{prefix}_provenance.json" if prefix else "provenance.json")
     result.save_provenance(prov)
     paths.append(prov)

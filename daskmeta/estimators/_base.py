@@ -243,6 +243,7 @@ class CBMAEstimator:
         # The estimator and the weights are single graph nodes the block tasks share;
         # the estimator travels without its fitted state (plan, dataset, space).
         light = copy.copy(self)
+        light.mask = None
         for name in ("plan_", "dataset_", "space_", "collection_", "null_distributions_"):
             light.__dict__.pop(name, None)
         token = dask.base.tokenize(ma.name, weights.data, weights.indices, weights.indptr)

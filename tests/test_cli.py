@@ -1,0 +1,93 @@
+"""The command line: the demo, analyses on real inputs, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import NIMARE_MASK, TESTDATA
+
+from daskmeta.cli import main
+
+
+def test_demo_writes_maps_table_figures(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--n-iters", "300", "--workers", "1",
+                 "--n-experiments", "25", "--mask", str(NIMARE_MASK)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == str(out.resolve())
+    for name in ("z", "logp", "stat", "p", "z_level-voxel_corr-FWE_method-montecarlo",
+                 "z_desc-size_level-cluster_corr-FWE_method-montecarlo",
+                 "logp_desc-mass_level-cluster_corr-FWE_method-montecarlo"):
+        img = nib.load(out / f"{name}.nii.gz")
+        assert img.shape == (91, 109, 91)
+    assert (out / "z.png").stat().st_size > 10_000
+    assert (out / "z_montecarlo-FWE.png").stat().st_size > 10_000
+    table = pd.read_csv(out / "clusters.tsv", sep="\t")
+    corrected = table[table["map"] == "z_desc-size_level-cluster_corr-FWE_method-montecarlo"]
+    sites = pd.read_csv(out / "true_sites.tsv", sep="\t").to_numpy()
+    # Every surviving cluster peaks within 10 mm of a true site, and most sites are found.
+    peaks = corrected[["peak_x", "peak_y", "peak_z"]].to_numpy()
+    assert len(peaks) >= 3
+    dists = np.linalg.norm(peaks[:, None, :] - sites[None], axis=2)
+    assert (dists.min(axis=1) <= 10).all()
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["fwe_montecarlo_n_iters"] == 300 and prov["estimator"] == "ALE"
+
+
+def test_ale_on_sleuth_file_bonferroni(tmp_path, capsys):
+    out = tmp_path / "res"
+    code = main(["ale", str(TESTDATA / "test_sleuth_file.txt"), "--out", str(out),
+                 "--fwe", "bonferroni", "--mask", str(NIMARE_MASK), "--workers", "1",
+                 "--prefix", "sleuth", "--no-figures"])
+    assert code == 0
+    assert (out / "sleuth_z_corr-FWE_method-bonferroni.nii.gz").exists()
+    assert (out / "sleuth_clusters.tsv").exists()
+    assert not list(out.glob("*.png"))
+
+
+def test_mkda_on_nimare_json(tmp_path):
+    out = tmp_path / "res"
+    code = main(["mkda", str(TESTDATA / "test_pain_dataset.json"), "--out", str(out),
+                 "--fwe", "none", "--mask", str(NIMARE_MASK), "--workers", "1",
+                 "--no-figures", "--radius", "8"])
+    assert code == 0
+    z = nib.load(out / "z.nii.gz").get_fdata()
+    assert z.max() > 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["ale", "{tmp}/missing.txt", "--out", "{tmp}/o"], "daskmeta: error: "),
+        (["ale", str(TESTDATA / "test_sleuth_file3.txt"), "--out", "{tmp}/o"],
+         "test_sleuth_file3.txt, line 5"),
+        (["ale", str(TESTDATA / "test_sleuth_file5.txt"), "--out", "{tmp}/o"],
+         "test_sleuth_file5.txt, line 1: unknown reference space 'Dog'"),
+        (["ale", "{csv}", "--out", "{tmp}/o", "--fwe", "none"],
+         "the ALE kernel needs a sample size for every experiment"),
+    ],
+)
+def test_errors_are_one_line(tmp_path, capsys, argv, message):
+    csv = tmp_path / "foci.csv"
+    csv.write_text("id,x,y,z\na,0,0,0\nb,10,10,10\n")
+    argv = [a.format(tmp=tmp_path, csv=csv) for a in argv]
+    assert main(argv + ["--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("daskmeta: error: ")
+    assert message in err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
+def test_help_everywhere():
+    for cmd in ([], ["ale"], ["mkda"], ["kda"], ["demo"], ["fetch"], ["ingest"]):
+        proc = subprocess.run([sys.executable, "-m", "daskmeta", *cmd, "--help"],
+                              capture_output=True, text=True, env={**os.environ}, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert "usage: daskmeta" in proc.stdout
