@@ -14,7 +14,7 @@ import dask
 
 from daskmeta.exceptions import DaskmetaError
 
-__all__ = ["get_client", "active_client", "compute", "close_client"]
+__all__ = ["get_client", "active_client", "compute", "close_client", "tree_sum"]
 
 _OWNED: list = []
 
@@ -109,3 +109,15 @@ def compute(*collections, **kwargs):
     if client is not None:
         return tuple(client.compute(list(collections), sync=True, **kwargs))
     return dask.compute(*collections, scheduler="threads", **kwargs)
+
+
+def tree_sum(parts: list):
+    """Pairwise (tree) sum of delayed arrays: parallel, bounded memory, and a fixed order of
+    additions (so the float sums do not depend on the number of workers)."""
+    import numpy as np
+
+    add = dask.delayed(np.add, pure=True)
+    while len(parts) > 1:
+        parts = [add(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    return parts[0]

@@ -30,7 +30,7 @@ import xarray as xr
 from scipy import sparse
 
 from daskmeta._version import __version__
-from daskmeta.cluster import active_client, compute
+from daskmeta.cluster import active_client, compute, tree_sum
 from daskmeta.dataset import Dataset
 from daskmeta.exceptions import DaskmetaError
 from daskmeta.kernels import (
@@ -447,13 +447,3 @@ class Collection:
                  zip(ma.to_delayed().ravel(), bounds[:-1], bounds[1:])]
         total = da.from_delayed(tree_sum(parts), shape=(n_sel, n_vox), dtype=np.float64)
         return xr.DataArray(total, dims=("selection", "voxel"))
-
-
-
-def tree_sum(parts: list):
-    """Pairwise (tree) sum of delayed arrays: bounded memory, parallel, order fixed."""
-    add = dask.delayed(np.add, pure=True)
-    while len(parts) > 1:
-        parts = [add(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
-                 for i in range(0, len(parts), 2)]
-    return parts[0]

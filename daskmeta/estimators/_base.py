@@ -23,21 +23,12 @@ import numpy as np
 from scipy import sparse
 
 from daskmeta._version import __version__
-from daskmeta.cluster import compute
+from daskmeta.cluster import compute, tree_sum
 from daskmeta.exceptions import DaskmetaError, DatasetError, NotFittedError
 from daskmeta.kernels import DEFAULT_CHUNK_EXPERIMENTS, DEFAULT_MASK_MARGIN, plan_to_dask
 from daskmeta.space import TAL2MNI_METHOD, resolve_space
 
 __all__ = ["CBMAEstimator", "resolve_space"]
-
-
-def _tree_sum(parts: list):
-    """Pairwise (tree) sum of delayed partial sums: bounded memory, fixed order."""
-    add = dask.delayed(np.add, pure=True)
-    while len(parts) > 1:
-        parts = [add(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
-                 for i in range(0, len(parts), 2)]
-    return parts[0]
 
 
 def _reduce_block(estimator, weights, block, a: int, b: int):
@@ -252,7 +243,7 @@ class CBMAEstimator:
         red = dask.delayed(_reduce_block, pure=True, nout=2)
         parts = [red(est_d, w_d, blk, int(a), int(b))
                  for blk, a, b in zip(blocks, bounds[:-1], bounds[1:])]
-        total = _tree_sum([p[0] for p in parts])
+        total = tree_sum([p[0] for p in parts])
         total, summaries = compute(total, [p[1] for p in parts])
         return total, [s for block in summaries for s in block]
 
