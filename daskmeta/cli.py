@@ -289,6 +289,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("daskmeta: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from daskmeta.cluster import close_client
+
+        close_client()  # the clients and local clusters this command started
     return 0
 
 

@@ -16,6 +16,7 @@ temporary directory and renamed into place, so a store path never holds half its
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -301,7 +302,8 @@ class Collection:
             from distributed import progress as show_progress
 
             futures = client.compute(tasks)
-            show_progress(futures)
+            with contextlib.redirect_stdout(sys.stderr):  # stdout is for results
+                show_progress(futures)
             client.gather(futures)
         elif client is None and progress:
             from dask.diagnostics import ProgressBar

@@ -781,9 +781,12 @@ def run_montecarlo(spec: MonteCarloSpec, n_iters: int, batch_size: int | None = 
             futures = client.compute(tasks)
             index = {f.key: b for f, b in zip(futures, rnd, strict=True)}
             if progress:
+                import contextlib
+
                 from distributed import progress as dprogress
 
-                dprogress(futures)
+                with contextlib.redirect_stdout(sys.stderr):  # stdout is for results
+                    dprogress(futures)
             for fut in as_completed(futures):
                 b = index[fut.key]
                 results[b] = fut.result()
