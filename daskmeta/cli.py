@@ -47,6 +47,8 @@ def _add_cbma_parser(sub, name, help_text):
                        help="weight experiments by sqrt(sample size)")
     p.add_argument("--select", metavar="EXPR",
                    help="label expression selecting experiments, e.g. 'LDA50__32_pain & ~x'")
+    p.add_argument("--threshold", type=float, default=0.001,
+                   help="label weight threshold of --select (0.001)")
     g = p.add_argument_group("correction")
     g.add_argument("--fwe", choices=["montecarlo", "bonferroni", "none"], default="montecarlo",
                    help="family-wise error correction (default: montecarlo)")
@@ -160,7 +162,8 @@ def _run_cbma(args) -> None:
         fwhm=getattr(args, "fwhm", None), sample_size=getattr(args, "sample_size", None),
         r=getattr(args, "radius", None), weighting=getattr(args, "weighting", None),
         fwe=args.fwe, n_iters=args.n_iters, voxel_thresh=args.voxel_thresh, seed=args.seed,
-        prefix=args.prefix, select=args.select, figures=not args.no_figures, log=_log,
+        prefix=args.prefix, select=args.select, threshold=args.threshold,
+        figures=not args.no_figures, log=_log,
     )
     _report(out, args.out, t0)
 

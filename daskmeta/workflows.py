@@ -41,7 +41,8 @@ def _make_estimator(name: str, mask=None, fwhm=None, sample_size=None, r=None,
 def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_size=None,
              r=None, weighting=None, fwe: str = "montecarlo", n_iters: int = 10000,
              voxel_thresh: float = 0.001, seed: int | None = None, prefix: str = "",
-             select: str | None = None, figures: bool = True, log=print) -> dict:
+             select: str | None = None, threshold: float = 0.001, figures: bool = True,
+             log=print) -> dict:
     """Fit a coordinate-based meta-analysis, correct it, and write everything to a folder.
 
     Parameters
@@ -61,6 +62,8 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
         File name prefix of the maps.
     select : str, optional
         Label expression selecting experiments.
+    threshold : float
+        Label weight threshold of ``select``.
     figures : bool
         Write PNG figures.
     log : callable
@@ -79,7 +82,7 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
     out.mkdir(parents=True, exist_ok=True)
     log(f"fitting {type(est).__name__} on {dataset.n_experiments} experiments, "
         f"{dataset.n_foci} foci")
-    result = est.fit(dataset, select=select)
+    result = est.fit(dataset, select=select, threshold=threshold)
     table_map = None
     if fwe != "none":
         from daskmeta.correct import FWECorrector

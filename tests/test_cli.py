@@ -91,3 +91,18 @@ def test_help_everywhere():
                               capture_output=True, text=True, env={**os.environ}, check=False)
         assert proc.returncode == 0, proc.stderr
         assert "usage: daskmeta" in proc.stdout
+
+
+def test_mkda_on_neurosynth_topic(tmp_path, data_dir):
+    from daskmeta import DaskmetaWarning
+
+    out = tmp_path / "topic"
+    with pytest.warns(DaskmetaWarning, match=r"136 of 35687 foci \(in 34 experiments\) lie "
+                                             r"more than 10 mm outside the mask"):
+        code = main(["mkda", str(data_dir / "neurosynth-v7"), "--out", str(out),
+                     "--select", "LDA50__32_pain_somatosensory_stimulation", "--threshold",
+                     "0.05", "--fwe", "none", "--no-figures", "--mask", str(NIMARE_MASK),
+                     "--workers", "1"])
+    assert code == 0
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["estimator"] == "MKDADensity" and prov["n_experiments"] == 865
