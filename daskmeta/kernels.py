@@ -201,12 +201,12 @@ class Kernel:
         dataset : Dataset
         space : Space
         mask_margin : float
-            Foci whose nearest voxel lies more than this many mm outside the mask (or
-            outside the image grid) are dropped, with one
+            Foci whose nearest voxel lies more than this many mm from the nearest in-mask
+            voxel (on or off the image grid) are dropped, with one
             :class:`~daskmeta.DaskmetaWarning` counting them. Foci closer than that (cortical
             peaks just past the mask's edge) are kept, as NiMARE keeps every focus: their
-            kernels still reach in-mask voxels. ``float("inf")`` keeps every focus on the
-            grid; ``0`` drops every focus outside the mask.
+            kernels still reach in-mask voxels. ``float("inf")`` keeps every focus; ``0``
+            drops every focus outside the mask.
         warn : bool
             Warn about dropped foci.
         """

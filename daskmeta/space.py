@@ -210,17 +210,23 @@ class Space:
         out[ok] = self.mask[good[:, 0], good[:, 1], good[:, 2]]
         return out
 
+    #: Voxels of padding around the grid in which distances to the mask are exact (foci just
+    #: off the grid can still be within a few mm of a mask that touches the grid's edge).
+    _DISTANCE_PAD = 20
+
     @cached_property
     def _outside_distance(self) -> np.ndarray:
         from scipy import ndimage
 
-        return ndimage.distance_transform_edt(~self.mask, sampling=self.zooms).astype(np.float32)
+        padded = np.pad(~self.mask, self._DISTANCE_PAD, constant_values=True)
+        return ndimage.distance_transform_edt(padded, sampling=self.zooms).astype(np.float32)
 
     def distance_to_mask(self, ijk) -> np.ndarray:
-        """Distance in mm from voxel indices to the nearest in-mask voxel (0 inside the mask,
-        infinity outside the image grid)."""
-        ijk = np.asarray(ijk).reshape(-1, 3)
-        ok = self.in_bounds(ijk)
+        """Distance in mm from voxel indices to the nearest in-mask voxel (0 inside the mask;
+        exact up to 20 voxels beyond the image grid, infinity farther out)."""
+        ijk = np.asarray(ijk).reshape(-1, 3) + self._DISTANCE_PAD
+        shape = np.asarray(self.shape) + 2 * self._DISTANCE_PAD
+        ok = np.all((ijk >= 0) & (ijk < shape), axis=1)
         out = np.full(len(ijk), np.inf)
         good = ijk[ok]
         out[ok] = self._outside_distance[good[:, 0], good[:, 1], good[:, 2]]

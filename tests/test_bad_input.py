@@ -127,3 +127,16 @@ def test_mask_problems(tmp_path, pain_dataset, nimare_space):
     other = nib.Nifti1Image(np.ones((5, 5, 5), np.float32), np.eye(4))
     with pytest.raises(DaskmetaError, match="does not match the mask"):
         nimare_space.from_img(other, name="z map")
+
+
+def test_focus_just_off_the_grid_but_near_the_mask_is_kept(nimare_mask, nimare_space):
+    # NiMARE's mask touches the bottom of its grid (cerebellum at z = -72 mm): a focus 4 mm
+    # below the grid is 4 mm from the mask, and its MKDA sphere reaches in-mask voxels.
+    bottom = nimare_space.voxel_ijk[nimare_space.voxel_ijk[:, 2] == 0][0]
+    xyz = nimare_space.ijk_to_mm(bottom + [0, 0, -2])[0]
+    assert nimare_space.distance_to_mask(bottom + [0, 0, -2])[0] == pytest.approx(4.0)
+    ds = daskmeta.Dataset.from_foci(pd.DataFrame(
+        {"id": ["a"], "x": [xyz[0]], "y": [xyz[1]], "z": [xyz[2]], "sample_size": [20]}))
+    res = MKDADensity(mask=nimare_mask).fit(ds)
+    assert res.attrs["n_foci"] == 1
+    assert res.get_map("stat", "array").sum() > 0

@@ -97,7 +97,7 @@ def test_mkda_on_neurosynth_topic(tmp_path, data_dir):
     from daskmeta import DaskmetaWarning
 
     out = tmp_path / "topic"
-    with pytest.warns(DaskmetaWarning, match=r"136 of 35687 foci \(in 34 experiments\) lie "
+    with pytest.warns(DaskmetaWarning, match=r"134 of 35687 foci \(in 33 experiments\) lie "
                                              r"more than 10 mm outside the mask"):
         code = main(["mkda", str(data_dir / "neurosynth-v7"), "--out", str(out),
                      "--select", "LDA50__32_pain_somatosensory_stimulation", "--threshold",
