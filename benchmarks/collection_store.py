@@ -347,8 +347,8 @@ def main(argv=None):
                       f"{dstat:>11} {dz:>9}")
         print("(max|d|: from store and NiMARE against daskmeta in memory; in memory against "
               "NiMARE. 'vs NiMARE': NiMARE's fit time / this one)")
-        print("(daskmeta drops foci more than mask_margin = 10 mm outside the mask, NiMARE "
-              "keeps them: with mask_margin=inf the MKDA maps are identical to NiMARE's)")
+        print("(daskmeta drops foci more than mask_margin = 10 mm from the mask, NiMARE keeps "
+              "them: MKDA (r = 10) is unaffected, ALE differs by the tails of their kernels)")
         print()
     if many:
         print("## fit_many, MKDADensity from MKDA stores (maps written to a Zarr store)")
