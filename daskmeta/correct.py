@@ -31,7 +31,6 @@ relocated in the null either.
 from __future__ import annotations
 
 import numbers
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
@@ -39,9 +38,7 @@ from scipy import ndimage
 from daskmeta import nulls as _nulls
 from daskmeta._stats import nlogp_to_logp, nlogp_to_z, nullhist_to_threshold, p_to_logp, p_to_z
 from daskmeta.exceptions import DaskmetaError
-
-if TYPE_CHECKING:
-    from daskmeta.results import MetaResult
+from daskmeta.results import MetaResult
 
 __all__ = ["FDRCorrector", "FWECorrector", "cluster_p_maps", "nlogp_bonferroni", "nlogp_fdr"]
 
@@ -59,9 +56,6 @@ def _is_int(x) -> bool:
 
 
 def _check_result(result, who: str):
-    # results sit above correctors in the import layers: import it when used.
-    from daskmeta.results import MetaResult
-
     if not isinstance(result, MetaResult):
         raise DaskmetaError(
             f"{who}.transform expects a daskmeta MetaResult (the return value of an "
