@@ -70,14 +70,6 @@ def p_to_z(p, tail: str = "one") -> np.ndarray:
     return nlogp_to_z(np.log(clip_p(p)), tail=tail)
 
 
-def z_to_p(z, tail: str = "one") -> np.ndarray:
-    """p-values of z-values."""
-    z = np.asarray(z, dtype=float)
-    if tail == "two":
-        return 2 * special.ndtr(-np.abs(z))
-    return special.ndtr(-z)
-
-
 def nlogp_to_logp(nlogp) -> np.ndarray:
     """-log10(p) as float32 from the natural log of p (NiMARE's ``logp`` maps)."""
     logp = np.asarray(nlogp, dtype=np.float64) / -np.log(10.0) + 0.0

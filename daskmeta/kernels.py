@@ -151,10 +151,6 @@ class KernelPlan:
                         self.shape, self.flat_to_masked, self.mode)
         return out
 
-    def support_sizes(self) -> np.ndarray:
-        """Number of support voxels of each focus's kernel (the arithmetic work per focus)."""
-        return np.diff(self.k_start)[self.focus_kernel]
-
 
 class Kernel:
     """Base class of kernels. Subclasses define the support and the combination rule."""
@@ -324,10 +320,6 @@ class ALEKernel(Kernel):
             raise DatasetError(
                 f"ALEKernel: sample_size must be a positive number; got {self.sample_size!r}"
             )
-
-    @property
-    def uses_dataset_sample_sizes(self) -> bool:
-        return self.fwhm is None and self.sample_size is None
 
     def experiment_fwhm(self, dataset) -> np.ndarray:
         """FWHM (mm) of each experiment's kernel."""
