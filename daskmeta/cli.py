@@ -1,7 +1,9 @@
 """The ``daskmeta`` command line.
 
 Errors about the input print as one line (``daskmeta: error: ...``) with exit status 2; a
-traceback appears only with ``--debug``.
+traceback appears only with ``--debug``. Warnings print as one line too (``daskmeta: warning:
+...``, with the category for warnings other than :class:`~daskmeta.DaskmetaWarning`); with
+``--debug``, in Python's format (file and line).
 """
 
 from __future__ import annotations
@@ -9,16 +11,25 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from daskmeta._version import __version__
-from daskmeta.exceptions import DaskmetaError
+from daskmeta.exceptions import DaskmetaError, DaskmetaWarning
 
 __all__ = ["main"]
 
 
 def _log(msg: str) -> None:
     print(f"[daskmeta {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line, ``daskmeta: warning: ...`` (the command's
+    :func:`warnings.formatwarning`); categories other than DaskmetaWarning are named."""
+    kind = "" if issubclass(category, DaskmetaWarning) else f" ({category.__name__})"
+    text = " ".join(str(message).splitlines())
+    return f"daskmeta: warning{kind}: {text}\n"
 
 
 def _add_cluster_options(p):
@@ -124,8 +135,9 @@ def _add_ingest_parser(sub):
     p.add_argument("--mask", metavar="IMG", help="mask image (default: MNI152 2 mm brain mask)")
     p.add_argument("--mask-margin", type=float, default=None, metavar="MM",
                    help="drop foci more than MM mm outside the mask (default 10)")
-    p.add_argument("--rows-per-chunk", type=int, default=None, metavar="N",
-                   help="experiments per stored chunk (default 8)")
+    p.add_argument("--rows-per-shard", type=int, default=None, metavar="N",
+                   help="experiments per shard, the unit one task writes (default 64); reads "
+                        "fetch single rows whatever it is")
     p.add_argument("--overwrite", action="store_true",
                    help="delete an existing store at PATH and build it again")
     g = p.add_argument_group("Dask")
@@ -196,15 +208,15 @@ def _ingest_sources(source) -> list:
 def _run_ingest(args) -> None:
     import os
 
-    from daskmeta.collection import DEFAULT_ROWS_PER_CHUNK, Collection
+    from daskmeta.collection import DEFAULT_ROWS_PER_SHARD, Collection
     from daskmeta.io import read
     from daskmeta.kernels import DEFAULT_MASK_MARGIN
 
     t0 = time.perf_counter()
     kernel = _ingest_kernel(args)
-    if args.rows_per_chunk is not None and args.rows_per_chunk < 1:
-        raise DaskmetaError(f"--rows-per-chunk must be a positive integer; got "
-                            f"{args.rows_per_chunk}")
+    if args.rows_per_shard is not None and args.rows_per_shard < 1:
+        raise DaskmetaError(f"--rows-per-shard must be a positive integer; got "
+                            f"{args.rows_per_shard}")
     if args.workers is not None and args.workers < 1:
         raise DaskmetaError(f"--workers must be a positive integer; got {args.workers}")
     dataset = read(args.source)
@@ -222,13 +234,14 @@ def _run_ingest(args) -> None:
     collection = Collection.build(
         dataset, kernel, store, mask=args.mask,
         mask_margin=DEFAULT_MASK_MARGIN if args.mask_margin is None else args.mask_margin,
-        rows_per_chunk=args.rows_per_chunk or DEFAULT_ROWS_PER_CHUNK,
+        rows_per_shard=args.rows_per_shard or DEFAULT_ROWS_PER_SHARD,
         sources=_ingest_sources(args.source), progress=True, overwrite=args.overwrite)
     size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
     attrs = collection.attrs
     _log(f"{collection.n_experiments} experiments ({attrs['n_foci']} foci) x "
-         f"{collection.space.n_voxels} voxels, {attrs['dtype']}, {attrs['rows_per_chunk']} "
-         f"experiments per chunk; {size / 2**20:.1f} MiB on disk; done in "
+         f"{collection.space.n_voxels} voxels, {attrs['dtype']}, "
+         f"{attrs.get('rows_per_shard') or attrs.get('rows_per_chunk')} experiments per "
+         f"shard; {size / 2**20:.1f} MiB on disk; done in "
          f"{time.perf_counter() - t0:.1f} s")
     print(store.resolve())
 
@@ -270,6 +283,11 @@ def main(argv=None) -> int:
     """Entry point of the ``daskmeta`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Warnings print (on stderr) as one line, for this run only; callers recording warnings
+    # (warnings.catch_warnings(record=True), pytest.warns) still receive them.
+    formatwarning = warnings.formatwarning
+    if not args.debug:
+        warnings.formatwarning = _format_warning
     try:
         if args.command == "demo":
             _run_demo(args)
@@ -295,7 +313,10 @@ def main(argv=None) -> int:
     finally:
         from daskmeta.cluster import close_client
 
-        close_client()  # the clients and local clusters this command started
+        try:
+            close_client()  # the clients and local clusters this command started
+        finally:
+            warnings.formatwarning = formatwarning
     return 0
 
 

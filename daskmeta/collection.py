@@ -1,15 +1,16 @@
 """Collections: a Dataset's modeled-activation matrix under one kernel, in a Zarr store.
 
-A store holds the MA matrix as a chunked, compressed ``ma`` array (dims ``study``,
-``voxel``), the mask, and its provenance in the attributes, so ``xarray.open_zarr(path,
+A store holds the MA matrix as a compressed ``ma`` array (dims ``study``, ``voxel``) stored
+as shards of many rows whose inner chunks are single rows, so a build writes one file per
+shard and a selection reads exactly its rows (:mod:`daskmeta.storage`); the mask, and its provenance in the attributes, so ``xarray.open_zarr(path,
 consolidated=False)`` opens it lazily without daskmeta. The Dataset (``dataset.zip``, the open
 format of :meth:`Dataset.save`) and the build's progress markers live in the sub-group
 ``daskmeta/``: a Zarr group, so that listing the store's root finds nothing but Zarr nodes
 (zarr warns about any other file there on every open).
 
-Building is chunk by chunk: every task fills its rows with the compiled kernel, writes its own
-region, then leaves a marker file. An interrupted build (even ``kill -9``) resumes from the
-markers; the ``complete`` attribute is set only once every chunk is written, and
+Building is shard by shard: every task fills its rows with the compiled kernel, writes its
+own shard, then leaves a marker file. An interrupted build (even ``kill -9``) resumes from the
+markers; the ``complete`` attribute is set only once every shard is written, and
 :meth:`Collection.open` refuses an incomplete store. The store's metadata is created in a
 temporary directory and renamed into place, so a store path never holds half its metadata.
 """
@@ -41,21 +42,20 @@ from daskmeta.kernels import (
     MKDAKernel,
 )
 from daskmeta.space import TAL2MNI_METHOD, Space
+from daskmeta.storage import read_rows
 
 __all__ = ["Collection", "KERNELS"]
 
 FORMAT = "daskmeta-collection"
-FORMAT_VERSION = 1
-#: Experiments per stored chunk: small, so a selection reads little it does not need.
-DEFAULT_ROWS_PER_CHUNK = 8
+#: 1: chunks of 8 rows (daskmeta 0.1.0, still readable); 2: shards of one-row chunks.
+FORMAT_VERSION = 2
+#: Experiments per shard (one file, written by one task); reads are per row whatever this is.
+DEFAULT_ROWS_PER_SHARD = 64
 KERNELS = {"ALEKernel": ALEKernel, "MKDAKernel": MKDAKernel, "KDAKernel": KDAKernel}
 #: Sub-group of the store holding the Dataset file and the build's progress markers.
 _META = "daskmeta"
 _PROGRESS = f"{_META}/progress"
 _DATASET_FILE = f"{_META}/dataset.zip"
-# Provenance fields that must agree before a store is resumed or reused.
-_IDENTITY = ("format", "kernel", "kernel_params", "mask_hash", "mask_margin",
-             "dataset_fingerprint", "dtype", "rows_per_chunk", "n_experiments", "n_voxels")
 
 
 def _sha256(path: Path) -> str:
@@ -89,12 +89,12 @@ def _storage_dtype(kernel, plan) -> np.dtype:
     return np.dtype(np.uint8 if value <= 255 else np.float32)
 
 
-def _write_chunk(store: str, plan, index: int, rows_per_chunk: int, dtype: str) -> int:
-    """Fill and write stored chunk ``index``, then leave its marker (runs on a worker)."""
+def _write_shard(store: str, plan, index: int, rows_per_shard: int, dtype: str) -> int:
+    """Fill and write shard ``index`` of ``ma``, then leave its marker (runs on a worker)."""
     import zarr
 
-    start = index * rows_per_chunk
-    stop = min(start + rows_per_chunk, plan.n_rows)
+    start = index * rows_per_shard
+    stop = min(start + rows_per_shard, plan.n_rows)
     block = plan.fill(start, stop).astype(dtype, copy=False)
     zarr.open_array(store, path="ma", mode="r+")[start:stop] = block
     marker = Path(store) / _PROGRESS / f"{index:08d}.done"
@@ -133,7 +133,7 @@ class Collection:
     @classmethod
     def build(cls, dataset: Dataset, kernel, store, mask=None,
               mask_margin: float = DEFAULT_MASK_MARGIN,
-              rows_per_chunk: int = DEFAULT_ROWS_PER_CHUNK, sources=(), progress=False,
+              rows_per_shard: int = DEFAULT_ROWS_PER_SHARD, sources=(), progress=False,
               overwrite: bool = False) -> Collection:
         """Build (or resume building) a collection store.
 
@@ -148,8 +148,10 @@ class Collection:
             Analysis mask (default: the package's MNI152 2 mm brain mask).
         mask_margin : float
             See :meth:`daskmeta.kernels.Kernel.plan`.
-        rows_per_chunk : int
-            Experiments per stored chunk.
+        rows_per_shard : int
+            Experiments per shard: one file, written by one task (memory per task is about
+            this many MA rows). Reads fetch single rows whatever its value. A resumed build
+            keeps the store's own value.
         sources : sequence of path-like
             Input files; their names and sha256 are recorded in the provenance.
         progress : bool
@@ -171,32 +173,20 @@ class Collection:
 
         path = Path(store)
         space = resolve_space(mask)
-        if not (isinstance(rows_per_chunk, int | np.integer) and rows_per_chunk > 0):
-            raise DaskmetaError(f"rows_per_chunk must be a positive integer; got "
-                                f"{rows_per_chunk!r}")
+        if not (isinstance(rows_per_shard, int | np.integer) and rows_per_shard > 0):
+            raise DaskmetaError(f"rows_per_shard must be a positive integer; got "
+                                f"{rows_per_shard!r}")
         if dataset.n_experiments == 0:
             raise DaskmetaError("cannot build a collection of an empty dataset")
-        plan = kernel.plan(dataset, space, mask_margin)
-        dtype = _storage_dtype(kernel, plan)
-        attrs = {
+        identity = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
             "kernel": type(kernel).__name__,
             "kernel_params": json.dumps(kernel.get_params(), sort_keys=True),
+            "mask_hash": space.mask_hash,
             "mask_margin": float(mask_margin),
             "dataset_fingerprint": dataset.fingerprint(),
-            "dtype": dtype.name,
-            "rows_per_chunk": int(rows_per_chunk),
             "n_experiments": dataset.n_experiments,
-            "n_foci": int(len(plan.focus_row)),
             "n_voxels": space.n_voxels,
-            "daskmeta_version": __version__,
-            "tal2mni": TAL2MNI_METHOD,
-            "dataset_name": dataset.name,
-            "sources": json.dumps([{"file": Path(s).name, "sha256": _sha256(Path(s))}
-                                   for s in sources]),
-            **{k: v for k, v in space.describe().items()},
-            "complete": False,
         }
         if overwrite and path.exists():
             if path.is_dir():
@@ -205,14 +195,15 @@ class Collection:
                 path.unlink()
         if path.exists() and not path.is_dir():
             raise DaskmetaError(f"{path} exists and is a file, not a daskmeta collection store")
+        existing = None
         if (path / "zarr.json").exists():
             import zarr
 
             existing = dict(zarr.open_group(path, mode="r").attrs)
             if existing.get("format") != FORMAT:
                 raise DaskmetaError(f"{path} is a Zarr store but not a daskmeta collection")
-            diffs = [f"{k}: store has {existing.get(k)!r}, requested {attrs[k]!r}"
-                     for k in _IDENTITY if not _same_identity(k, existing.get(k), attrs[k])]
+            diffs = [f"{k}: store has {existing.get(k)!r}, requested {v!r}"
+                     for k, v in identity.items() if not _same_identity(k, existing.get(k), v)]
             if diffs:
                 raise DaskmetaError(
                     f"refusing to add to {path}: it was built differently ("
@@ -224,10 +215,30 @@ class Collection:
         elif path.exists() and any(path.iterdir()):
             raise DaskmetaError(f"{path} exists and is not a daskmeta collection store "
                                 "(a non-empty directory without zarr.json)")
-        else:
+        # Planning warns about dropped foci: only once the store is known to need building.
+        plan = kernel.plan(dataset, space, mask_margin)
+        if existing is None:
+            attrs = {
+                **identity,
+                "format_version": FORMAT_VERSION,
+                "dtype": _storage_dtype(kernel, plan).name,
+                "rows_per_shard": int(rows_per_shard),
+                "n_foci": int(len(plan.focus_row)),
+                "daskmeta_version": __version__,
+                "tal2mni": TAL2MNI_METHOD,
+                "dataset_name": dataset.name,
+                "sources": json.dumps([{"file": Path(s).name, "sha256": _sha256(Path(s))}
+                                       for s in sources]),
+                **{k: v for k, v in space.describe().items()},
+                "complete": False,
+            }
             cls._create_atomically(path, dataset, space, attrs)
+        else:
+            attrs = existing  # resuming: the store keeps its own layout
         cls._ensure_dataset_file(path, dataset)
-        cls._fill(path, plan, dataset.n_experiments, int(rows_per_chunk), dtype.name, progress)
+        # Format 1 stores (daskmeta 0.1.0) were written in chunks of rows_per_chunk rows.
+        unit = int(attrs.get("rows_per_shard") or attrs["rows_per_chunk"])
+        cls._fill(path, plan, dataset.n_experiments, unit, attrs["dtype"], progress)
         import zarr
 
         group = zarr.open_group(path, mode="r+")
@@ -254,7 +265,7 @@ class Collection:
         from zarr.codecs import BloscCodec
 
         n, v = dataset.n_experiments, space.n_voxels
-        rows = int(attrs["rows_per_chunk"])
+        rows = int(attrs["rows_per_shard"])
         dtype = np.dtype(attrs["dtype"])
         ma = da.zeros((n, v), chunks=(rows, v), dtype=dtype)
         ds = xr.Dataset(
@@ -264,13 +275,13 @@ class Collection:
             attrs=attrs,
         )
         shuffle = "bitshuffle" if dtype.itemsize == 1 else "shuffle"
-        encoding = {"ma": {"chunks": (rows, v), "compressors": (
+        encoding = {"ma": {"chunks": (1, v), "shards": (rows, v), "compressors": (
             BloscCodec(cname="lz4", clevel=5, shuffle=shuffle),)}}
-        # Metadata and coordinates only; chunks are written by the build's tasks.
+        # Metadata and coordinates only; shards are written by the build's tasks.
         ds.to_zarr(path, compute=False, consolidated=False, mode="w-", encoding=encoding)
         zarr.open_group(path, mode="r+").create_group(_META, attributes={
             "description": "daskmeta's files: dataset.zip (Dataset.save) and, while a build "
-                           "runs, progress/ (one marker per written chunk of ma)"})
+                           "runs, progress/ (one marker per written shard of ma)"})
 
     @staticmethod
     def _ensure_dataset_file(path: Path, dataset: Dataset) -> None:
@@ -282,9 +293,9 @@ class Collection:
             os.replace(tmp, target)
 
     @staticmethod
-    def _fill(path: Path, plan, n_rows: int, rows_per_chunk: int, dtype: str,
+    def _fill(path: Path, plan, n_rows: int, rows_per_unit: int, dtype: str,
               progress: bool) -> None:
-        n_chunks = -(-n_rows // rows_per_chunk)
+        n_chunks = -(-n_rows // rows_per_unit)
         marker_dir = path / _PROGRESS
         marker_dir.mkdir(parents=True, exist_ok=True)
         done = {int(p.stem) for p in marker_dir.glob("*.done")}
@@ -292,10 +303,10 @@ class Collection:
         if not todo:
             return
         plan_d = dask.delayed(plan, traverse=False)
-        write = dask.delayed(_write_chunk, pure=True)
+        write = dask.delayed(_write_shard, pure=True)
         # Keys unique per store path: two builds on one cluster must not share tasks.
         tag = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
-        tasks = [write(str(path), plan_d, c, rows_per_chunk, dtype,
+        tasks = [write(str(path), plan_d, c, rows_per_unit, dtype,
                        dask_key_name=f"write-{path.name}-{tag}-{c}") for c in todo]
         client = active_client()
         if client is not None and progress:
@@ -329,6 +340,9 @@ class Collection:
             raise DaskmetaError(f"{path} is not a daskmeta collection store (no zarr.json)")
         data = xr.open_zarr(path, consolidated=False)
         attrs = data.attrs
+        if "ma" in data and "rows_per_shard" in attrs:
+            # One dask chunk per shard, not per one-row inner chunk.
+            data = data.chunk({"study": int(attrs["rows_per_shard"])})
         if attrs.get("format") != FORMAT:
             raise DaskmetaError(f"{path} is a Zarr store but not a daskmeta collection")
         if attrs.get("format_version", 0) > FORMAT_VERSION:
@@ -382,13 +396,39 @@ class Collection:
         except KeyError as exc:
             raise DaskmetaError(f"experiment {exc} is not in the collection {self.path}") from None
 
-    def rows(self, ids, chunk_size: int = 64) -> da.Array:
-        """The MA rows of the given experiments (float32), lazy, chunked by ``chunk_size``."""
+    def rows(self, ids, chunk_size: int = 64, dtype=np.float32) -> da.Array:
+        """The MA rows of the given experiments, lazy, in blocks of ``chunk_size`` rows.
+
+        Each block is one task that reads exactly its rows from the store.
+
+        Parameters
+        ----------
+        ids : sequence of str
+            Experiment ids, in the order wanted.
+        chunk_size : int
+            Rows per block.
+        dtype : dtype or None
+            Dtype of the blocks (default float32); ``None`` keeps the stored one (``uint8``
+            for MKDA, for instance), which saves memory and time in reductions.
+        """
         index = self.row_indices(ids)
-        ma = self.ma.data
-        with dask.config.set({"array.slicing.split_large_chunks": False}):
-            sel = ma[index] if len(index) != ma.shape[0] or np.any(np.diff(index) != 1) else ma
-        return sel.astype(np.float32).rechunk((chunk_size, ma.shape[1]))
+        n_vox = self.space.n_voxels
+        stored = np.dtype(self.attrs["dtype"])
+        array_path = str(self.path / "ma")
+        # Keys name the store's contents (fingerprint, build time), not only its path.
+        stamp = (self.attrs["dataset_fingerprint"], (self.path / "ma" / "zarr.json").stat().st_mtime_ns)
+        read = dask.delayed(read_rows, pure=True)
+        blocks = []
+        for a in range(0, len(index), chunk_size):
+            part = index[a:a + chunk_size]
+            key = f"read-rows-{dask.base.tokenize(array_path, stamp, part)}"
+            blocks.append(da.from_delayed(read(array_path, part, dask_key_name=key),
+                                          shape=(len(part), n_vox), dtype=stored))
+        if not blocks:
+            out = da.zeros((0, n_vox), dtype=stored)
+        else:
+            out = blocks[0] if len(blocks) == 1 else da.concatenate(blocks, axis=0)
+        return out if dtype is None else out.astype(dtype)
 
     def selection_weights(self, selections: dict, threshold: float = 0.001):
         """A sparse (selection x experiment) 0/1 matrix from named label expressions or id

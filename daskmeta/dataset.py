@@ -30,6 +30,44 @@ def _as_str_ids(values) -> np.ndarray:
     return np.asarray([str(v) for v in arr], dtype=object)
 
 
+def _from_text(col: pd.Series, dtype: str) -> pd.Series:
+    """A column read as text (missing cells NaN), in the dtype :meth:`Dataset.save` recorded.
+
+    Parameters
+    ----------
+    col : pandas.Series
+        The column as read with ``dtype=str``.
+    dtype : str
+        The recorded dtype, e.g. ``"int64"``, ``"bool"``, ``"object"``.
+
+    Returns
+    -------
+    pandas.Series
+        The column in ``dtype``; as read (text) when this pandas does not know ``dtype`` or
+        the text does not convert to it.
+    """
+    if dtype == "str":  # pandas' default for text since 3.0: as read (object on pandas 2)
+        return col
+    try:
+        target = pd.api.types.pandas_dtype(dtype)
+        if pd.api.types.is_bool_dtype(target):
+            values = col.map({"True": True, "False": False}).astype(object)
+            if (values.isna() & col.notna()).any() or (
+                    isinstance(target, np.dtype) and values.isna().any()):
+                raise ValueError(f"not a {dtype} column")
+            return values.astype(target)
+        if isinstance(target, np.dtype) and target.kind in "iufc":
+            # Python's int(), float() and complex() per cell: exact for save's "%.17g".
+            return pd.Series(np.asarray(col, dtype=object).astype(target), index=col.index,
+                             name=col.name)
+        if pd.api.types.is_numeric_dtype(target):  # nullable Int64, Float64, ...
+            return pd.to_numeric(col.astype(object), dtype_backend="numpy_nullable").astype(
+                target)
+        return col.astype(target)  # object, string, datetime64, category, ...
+    except (TypeError, ValueError, OverflowError):
+        return col
+
+
 class Dataset:
     """Experiments and their foci, metadata, labels and images.
 
@@ -346,17 +384,24 @@ class Dataset:
     # -- persistence (an open format: a zip of TSV, JSON and npz; no pickle) ---------------
     def save(self, path) -> Path:
         """Write the Dataset to one file (a zip of TSV tables, a JSON manifest and the
-        label matrix as numpy arrays), readable without daskmeta."""
+        label matrix as numpy arrays), readable without daskmeta.
+
+        The manifest records each table column's dtype (``"dtypes"``), so :meth:`load` gives
+        back text of digits as text (``"00123"``), integers as integers, and so on.
+        """
         path = Path(path)
         labels = self.labels.tocsr()
+        frames = {"experiments": self.experiments, "foci": self.foci,
+                  "metadata": self.metadata, "images": self.images}
+        dtypes = {key: {str(c): str(t) for c, t in frame.dtypes.items()}
+                  for key, frame in frames.items()}
         with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(
                 "manifest.json",
                 json.dumps({"format": _FORMAT, "version": _FORMAT_VERSION, "name": self.name,
-                            "label_names": self.label_names}, indent=1),
+                            "label_names": self.label_names, "dtypes": dtypes}, indent=1),
             )
-            for key, frame in (("experiments", self.experiments), ("foci", self.foci),
-                               ("metadata", self.metadata), ("images", self.images)):
+            for key, frame in frames.items():
                 # "\r\n" line ends make the writer quote any field holding "\r" or "\n".
                 zf.writestr(f"{key}.tsv", frame.to_csv(sep="\t", index=False,
                                                        float_format="%.17g",
@@ -369,7 +414,11 @@ class Dataset:
 
     @classmethod
     def load(cls, path) -> Dataset:
-        """Read a Dataset written by :meth:`save`."""
+        """Read a Dataset written by :meth:`save`.
+
+        Columns come back in the dtypes the manifest records; files written before daskmeta
+        recorded them have their column types inferred from the text, as pandas does.
+        """
         path = Path(path)
         try:
             zf = zipfile.ZipFile(path)
@@ -387,15 +436,27 @@ class Dataset:
                     f"{path}: written by a newer daskmeta (format {manifest['version']})"
                 )
 
+            dtypes = manifest.get("dtypes")  # absent from files of older daskmeta
+            if dtypes is not None and not isinstance(dtypes, dict):
+                raise DatasetError(f"{path}: damaged daskmeta dataset file (invalid dtypes)")
+
             def table(name):
                 # Only empty cells are missing (save writes NaN as ""): ids such as "NA" or
                 # "null", and such strings in metadata, are kept as written.
                 raw = zf.read(f"{name}.tsv")
                 cols = pd.read_csv(io.BytesIO(raw), sep="\t", nrows=0).columns
                 na = {c: [""] for c in cols if c not in ("id", "study_id")}
-                return pd.read_csv(io.BytesIO(raw), sep="\t",
-                                   dtype={"id": str, "study_id": str},
-                                   keep_default_na=False, na_values=na)
+                if dtypes is None:  # an older file: let pandas infer the column types
+                    return pd.read_csv(io.BytesIO(raw), sep="\t",
+                                       dtype={"id": str, "study_id": str},
+                                       keep_default_na=False, na_values=na)
+                recorded = dtypes[name]
+                frame = pd.read_csv(io.BytesIO(raw), sep="\t", dtype=str,
+                                    keep_default_na=False, na_values=na)
+                for c in frame.columns:
+                    if c in recorded:
+                        frame[c] = _from_text(frame[c], recorded[c])
+                return frame
 
             try:
                 with zf.open("labels.npz") as fh:

@@ -210,27 +210,28 @@ class Space:
         out[ok] = self.mask[good[:, 0], good[:, 1], good[:, 2]]
         return out
 
-    #: Voxels of padding around the grid in which distances to the mask are exact (foci just
-    #: off the grid can still be within a few mm of a mask that touches the grid's edge).
-    _DISTANCE_PAD = 20
-
     @cached_property
-    def _outside_distance(self) -> np.ndarray:
+    def _mask_surface(self):
+        """KD-tree of the mask's surface voxels (in mm along the grid axes): the nearest mask
+        voxel to any point outside the mask lies on the surface."""
         from scipy import ndimage
+        from scipy.spatial import cKDTree
 
-        padded = np.pad(~self.mask, self._DISTANCE_PAD, constant_values=True)
-        return ndimage.distance_transform_edt(padded, sampling=self.zooms).astype(np.float32)
+        inner = ndimage.binary_erosion(self.mask, structure=np.ones((3, 3, 3), bool),
+                                       border_value=0)
+        surface = np.argwhere(self.mask & ~inner)
+        return cKDTree(surface * np.asarray(self.zooms, dtype=float))
 
     def distance_to_mask(self, ijk) -> np.ndarray:
-        """Distance in mm from voxel indices to the nearest in-mask voxel (0 inside the mask;
-        exact up to 20 voxels beyond the image grid, infinity farther out)."""
-        ijk = np.asarray(ijk).reshape(-1, 3) + self._DISTANCE_PAD
-        shape = np.asarray(self.shape) + 2 * self._DISTANCE_PAD
-        ok = np.all((ijk >= 0) & (ijk < shape), axis=1)
-        out = np.full(len(ijk), np.inf)
-        good = ijk[ok]
-        out[ok] = self._outside_distance[good[:, 0], good[:, 1], good[:, 2]]
-        return out
+        """Distance in mm from voxel indices (on or off the grid) to the nearest in-mask voxel,
+        0 inside the mask."""
+        ijk = np.asarray(ijk).reshape(-1, 3)
+        out = np.zeros(len(ijk))
+        outside = ~self.in_mask(ijk)
+        if outside.any():
+            points = ijk[outside] * np.asarray(self.zooms, dtype=float)
+            out[outside] = self._mask_surface.query(points)[0]
+        return out.astype(np.float32)
 
     # -- vectors <-> images ---------------------------------------------------------------
     def to_img(self, vector, dtype=None) -> nib.Nifti1Image:

@@ -129,6 +129,18 @@ def test_mask_problems(tmp_path, pain_dataset, nimare_space):
         nimare_space.from_img(other, name="z map")
 
 
+def test_distance_to_mask_is_exact_on_and_off_the_grid(nimare_space):
+    rng = np.random.default_rng(3)
+    shape = np.asarray(nimare_space.shape)
+    points = np.vstack([rng.integers(-60, shape + 60, size=(300, 3)),
+                        nimare_space.voxel_ijk[:5]])  # and some in-mask voxels
+    mask_mm = nimare_space.voxel_ijk * 2.0
+    brute = np.array([np.sqrt(((mask_mm - p * 2.0) ** 2).sum(1)).min() for p in points])
+    got = nimare_space.distance_to_mask(points)
+    assert np.array_equal(got, brute.astype(np.float32))
+    assert np.all(got[-5:] == 0)
+
+
 def test_focus_just_off_the_grid_but_near_the_mask_is_kept(nimare_mask, nimare_space):
     # NiMARE's mask touches the bottom of its grid (cerebellum at z = -72 mm): a focus 4 mm
     # below the grid is 4 mm from the mask, and its MKDA sphere reaches in-mask voxels.

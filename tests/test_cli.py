@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -83,6 +84,59 @@ def test_errors_are_one_line(tmp_path, capsys, argv, message):
     assert err[-1].startswith("daskmeta: error: ")
     assert message in err[-1]
     assert not any("Traceback" in line for line in err)
+
+
+def _run_cli(*args):
+    # In a fresh interpreter: pytest records warnings (and errors on DaskmetaWarning) in-process.
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          env={**os.environ}, check=False)
+
+
+def test_warnings_are_one_line(tmp_path):
+    csv = tmp_path / "foci.csv"
+    csv.write_text("id,x,y,z\na,0,0,0\na,-30,20,10\nb,10,10,10\nb,0,0,200\nc,20,-40,30\n")
+    proc = _run_cli("-m", "daskmeta", "mkda", str(csv), "--out", str(tmp_path / "o"),
+                    "--fwe", "none", "--no-figures", "--mask", str(NIMARE_MASK),
+                    "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr.splitlines()
+    assert ("daskmeta: warning: 1 of 5 foci (in 1 experiments) lie more than 10 mm outside "
+            "the mask and were dropped") in err
+    # Not Python's "file.py:123: DaskmetaWarning: ..." followed by the source line.
+    assert not any("warnings.warn(" in line or "DaskmetaWarning" in line for line in err)
+    assert not any(".py:" in line for line in err)
+
+
+def test_other_warnings_name_their_category():
+    script = ("import sys, warnings\n"
+              "from daskmeta import cli\n"
+              "cli._run_fetch = lambda args: warnings.warn('overflow in\\nexp', RuntimeWarning)\n"
+              "code = cli.main(['fetch', 'neurosynth'])\n"
+              "assert warnings.formatwarning is not cli._format_warning  # restored\n"
+              "warnings.warn('after the run', UserWarning)\n"
+              "sys.exit(code)\n")
+    proc = _run_cli("-c", script)
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr.splitlines()
+    assert err[0] == "daskmeta: warning (RuntimeWarning): overflow in exp"
+    assert "UserWarning: after the run" in err[1]  # Python's own format again
+
+
+def test_warning_format_is_restored_after_errors(monkeypatch, capsys):
+    from daskmeta import DaskmetaError, DaskmetaWarning, cli
+
+    seen = []
+
+    def fetch(args):
+        seen.append(warnings.formatwarning("dropped", DaskmetaWarning, "x.py", 1))
+        raise DaskmetaError("no network")
+
+    original = warnings.formatwarning
+    monkeypatch.setattr(cli, "_run_fetch", fetch)
+    assert main(["fetch", "neurosynth"]) == 2
+    assert seen == ["daskmeta: warning: dropped\n"]
+    assert warnings.formatwarning is original
+    assert capsys.readouterr().err.splitlines() == ["daskmeta: error: no network"]
 
 
 def test_help_everywhere():

@@ -43,7 +43,7 @@ MAPS = ("stat", "p", "z")
 
 def _build(dataset, kernel, path, **kwargs):
     kwargs.setdefault("mask", MASK)
-    kwargs.setdefault("rows_per_chunk", ROWS)
+    kwargs.setdefault("rows_per_shard", ROWS)
     return Collection.build(dataset, kernel, path, **kwargs)
 
 
@@ -190,13 +190,20 @@ def test_refuses_another_mask_margin_or_dataset(stores, pain_dataset):
     path = stores["mkda"].path
     with pytest.raises(DaskmetaError, match="refusing to add.*mask_hash"):
         _build(pain_dataset, MKDAKernel(), path, mask=None)
-    with pytest.raises(DaskmetaError, match="refusing to add.*mask_margin"), \
-            pytest.warns(DaskmetaWarning, match="3 of 243 foci"):
-        _build(pain_dataset, MKDAKernel(), path, mask_margin=5)
+    # Refused before planning: no warning about the foci the refused margin would drop.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DaskmetaError, match="refusing to add.*mask_margin"):
+            _build(pain_dataset, MKDAKernel(), path, mask_margin=5)
     with pytest.raises(DaskmetaError, match="refusing to add.*dataset_fingerprint"):
         _build(pain_dataset.slice(pain_dataset.ids[:10]), MKDAKernel(), path)
-    with pytest.raises(DaskmetaError, match="refusing to add.*rows_per_chunk"):
-        _build(pain_dataset, MKDAKernel(), path, rows_per_chunk=8)
+
+
+def test_another_shard_size_reuses_the_complete_store(stores, pain_dataset):
+    # The shard size is layout, not content: the complete store is opened as it is.
+    again = _build(pain_dataset, MKDAKernel(), stores["mkda"].path, rows_per_shard=8)
+    assert again.attrs["rows_per_shard"] == ROWS
+    assert np.array_equal(again.ma.values, stores["mkda"].ma.values)
 
 
 def test_same_kernel_spelled_differently_reuses_the_store(stores, pain_dataset):
@@ -225,8 +232,8 @@ def test_refuses_what_is_not_a_collection(tmp_path, pain_dataset):
     a_file.write_text("x")
     with pytest.raises(DaskmetaError, match="is a file, not a daskmeta collection store"):
         _build(pain_dataset, MKDAKernel(), a_file)
-    with pytest.raises(DaskmetaError, match="rows_per_chunk must be a positive integer"):
-        _build(pain_dataset, MKDAKernel(), tmp_path / "x.zarr", rows_per_chunk=0)
+    with pytest.raises(DaskmetaError, match="rows_per_shard must be a positive integer"):
+        _build(pain_dataset, MKDAKernel(), tmp_path / "x.zarr", rows_per_shard=0)
 
 
 def test_empty_directory_becomes_a_store(tmp_path, pain_dataset):
@@ -255,20 +262,20 @@ def test_open_refuses_an_incomplete_store(tmp_path, stores, pain_dataset):
 
 def test_build_stopped_midway_then_resumed(tmp_path, monkeypatch, stores, pain_dataset):
     path = tmp_path / "s.zarr"
-    real = coll_mod._write_chunk
+    real = coll_mod._write_shard
     written = []
 
-    def failing(store, plan, index, rows_per_chunk, dtype):
+    def failing(store, plan, index, rows_per_shard, dtype):
         if index == 3:
             raise RuntimeError("worker lost")
         written.append(index)
-        return real(store, plan, index, rows_per_chunk, dtype)
+        return real(store, plan, index, rows_per_shard, dtype)
 
-    monkeypatch.setattr(coll_mod, "_write_chunk", failing)
+    monkeypatch.setattr(coll_mod, "_write_shard", failing)
     # One thread, so no task is still writing once the build has raised.
     with pytest.raises(RuntimeError, match="worker lost"), dask.config.set(num_workers=1):
         _build(pain_dataset, ALEKernel(), path)
-    monkeypatch.setattr(coll_mod, "_write_chunk", real)
+    monkeypatch.setattr(coll_mod, "_write_shard", real)
     assert zarr.open_group(path, mode="r").attrs["complete"] is False
     markers = sorted(int(p.stem) for p in (path / coll_mod._PROGRESS).glob("*.done"))
     assert 3 not in markers and set(markers) == set(written)
@@ -445,7 +452,7 @@ def test_fit_many_label_list_and_errors(labelled_stores, labelled):
 def test_cli_ingest(tmp_path, capsys, stores):
     store = tmp_path / "s.zarr"
     assert main(["ingest", str(PAIN_JSON), "--kernel", "mkda", "--store", str(store),
-                 "--mask", MASK, "--rows-per-chunk", "4"]) == 0
+                 "--mask", MASK, "--rows-per-shard", "4"]) == 0
     out, err = capsys.readouterr()
     assert out.strip() == str(store.resolve())
     assert "21 experiments (243 foci) x 228483 voxels, uint8" in err
@@ -456,12 +463,12 @@ def test_cli_ingest(tmp_path, capsys, stores):
                         "sha256": hashlib.sha256(PAIN_JSON.read_bytes()).hexdigest()}]
     # The CLI's --radius 10 is the Python API's r=10: running it again reuses the store.
     assert main(["ingest", str(PAIN_JSON), "--kernel", "mkda", "--store", str(store),
-                 "--mask", MASK, "--rows-per-chunk", "4", "--radius", "10"]) == 0
+                 "--mask", MASK, "--rows-per-shard", "4", "--radius", "10"]) == 0
     capsys.readouterr()
     # Another kernel into the same store: one line, exit status 2, nothing changed.
     before = (store / "zarr.json").read_bytes()
     assert main(["ingest", str(PAIN_JSON), "--kernel", "kda", "--store", str(store),
-                 "--mask", MASK, "--rows-per-chunk", "4"]) == 2
+                 "--mask", MASK, "--rows-per-shard", "4"]) == 2
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("daskmeta: error:")]
     assert len(lines) == 1

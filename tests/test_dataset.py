@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
@@ -286,6 +287,63 @@ def test_save_load_round_trip(tmp_path, small):
     assert back.fingerprint() == small.fingerprint()
 
 
+@pytest.fixture
+def typed():
+    """A Dataset whose metadata columns pandas would re-type if it inferred them from text."""
+    ids = ["a", "b", "c"]
+    metadata = pd.DataFrame({
+        "id": ids,
+        "pmid": ["00123", "2011", "0"],  # text of digits, with leading zeros
+        "year": [2001, 2002, 2003],
+        "score": [0.1, np.nan, 1e-300],
+        "included": [True, False, True],
+        "note": pd.Series(["x", "1.5", None], dtype=object),
+    })
+    return Dataset(pd.DataFrame({"id": ids, "sample_size": [10, np.nan, 12]}),
+                   _foci([("a", 0.1, -2.5, 3), ("c", 1 / 3, 0, 0)]), metadata=metadata,
+                   name="typed")
+
+
+def test_save_load_keeps_column_dtypes(tmp_path, typed):
+    back = Dataset.load(typed.save(tmp_path / "typed.zip"))
+    _assert_same(typed, back)
+    meta = back.metadata
+    assert meta.dtypes.to_dict() == typed.metadata.dtypes.to_dict()
+    assert meta["pmid"].tolist() == ["00123", "2011", "0"]
+    assert meta["year"].tolist() == [2001, 2002, 2003]
+    np.testing.assert_array_equal(meta["score"], [0.1, np.nan, 1e-300])
+    assert meta["included"].tolist() == [True, False, True]
+    # Missing stays missing (NaN in an object column, as before).
+    assert meta["note"].tolist()[:2] == ["x", "1.5"] and pd.isna(meta["note"][2])
+    pd.testing.assert_frame_equal(meta.drop(columns="note"), typed.metadata.drop(columns="note"))
+    for key in ("experiments", "foci", "images"):
+        pd.testing.assert_frame_equal(getattr(back, key), getattr(typed, key))
+
+
+def test_load_file_without_dtypes(tmp_path, typed):
+    # A file written before save recorded the dtypes: column types are inferred, as before.
+    new = typed.save(tmp_path / "new.zip")
+    old = tmp_path / "old.zip"
+    with zipfile.ZipFile(new) as src, zipfile.ZipFile(old, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "manifest.json":
+                manifest = json.loads(data)
+                assert set(manifest["dtypes"]) == {"experiments", "foci", "metadata", "images"}
+                assert manifest["dtypes"]["metadata"]["pmid"] in ("object", "str")
+                del manifest["dtypes"]
+                data = json.dumps(manifest)
+            dst.writestr(info, data)
+    back = Dataset.load(old)
+    _assert_same(typed, back)
+    meta = back.metadata
+    assert meta["pmid"].tolist() == [123, 2011, 0]  # pandas' inference, as before
+    assert meta["year"].tolist() == [2001, 2002, 2003]
+    np.testing.assert_array_equal(meta["score"], [0.1, np.nan, 1e-300])
+    assert meta["included"].tolist() == [True, False, True]
+    assert meta["note"].tolist()[:2] == ["x", "1.5"] and pd.isna(meta["note"][2])
+
+
 def test_save_load_real_dataset(tmp_path):
     from daskmeta.io import read_nimare_json
 
@@ -350,7 +408,9 @@ def test_save_load_round_trip_hypothesis(tmp_path, ids, data):
                           for _ in ids])
     ds = Dataset(pd.DataFrame({"id": ids, "sample_size": sizes}), _foci(rows),
                  labels=sparse.csr_matrix(weights), label_names=["l a", "l&b"],
-                 metadata=pd.DataFrame({"id": ids, "note": [f"note {i}" for i in ids]}))
+                 metadata=pd.DataFrame({"id": ids, "note": [f"note {i}" for i in ids],
+                                        "code": ids}))
     back = Dataset.load(ds.save(tmp_path / "h.zip"))
     _assert_same(ds, back)
     assert back.metadata["note"].tolist() == [f"note {i}" for i in ids]
+    assert back.metadata["code"].tolist() == ids  # text, even where it reads as a number

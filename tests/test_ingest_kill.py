@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(not NEUROSYNTH.is_dir(),
 
 def _ingest_cmd(source, store):
     return [sys.executable, "-m", "daskmeta.cli", "ingest", str(source), "--kernel", "mkda",
-            "--store", str(store), "--mask", str(MASK), "--rows-per-chunk", str(ROWS)]
+            "--store", str(store), "--mask", str(MASK), "--rows-per-shard", str(ROWS)]
 
 
 def _env():
@@ -94,7 +94,7 @@ def test_kill_9_midway_then_resume_equals_clean_build(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DaskmetaWarning)  # foci far outside the mask
         clean = Collection.build(subset, MKDAKernel(), tmp_path / "clean.zarr", mask=MASK,
-                                 rows_per_chunk=ROWS)
+                                 rows_per_shard=ROWS)
     assert resumed.attrs["dataset_fingerprint"] == clean.attrs["dataset_fingerprint"]
     a = zarr.open_array(store, path="ma", mode="r")
     b = zarr.open_array(clean.path, path="ma", mode="r")

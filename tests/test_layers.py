@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "daskmeta"
 
 LAYERS = {
     0: {"exceptions", "_version", "_stats", "_labels", "space", "cluster"},
-    1: {"dataset", "io", "results"},
+    1: {"dataset", "io", "results", "storage"},
     2: {"kernels", "collection", "simulate"},
     3: {"estimators", "nulls", "correct", "decode"},
     4: {"workflows", "plotting", "reports"},

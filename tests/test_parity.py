@@ -68,6 +68,35 @@ def test_estimator_maps_match_nimare(name, cls, kw_ours, kw_theirs, pain_dataset
     # The null grids are NiMARE's, bin for bin.
     assert np.array_equal(ours.null_distributions["histogram_bins"],
                           np.asarray(theirs.estimator.null_distributions_["histogram_bins"]))
+    if name == "ALE":  # the segmented convolution adds NiMARE's products in NiMARE's order
+        key = "histweights_corr-none_method-approximate"
+        assert np.array_equal(ours.null_distributions[key],
+                              theirs.estimator.null_distributions_[key])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ale_convolution_step_equals_nimare(seed):
+    from nimare.meta.cbma.null_utils import _update_ale_histogram
+
+    from daskmeta.estimators.ale import _convolve_step
+
+    rng = np.random.default_rng(seed)
+    n_bins = 9000 + 500 * seed  # several tiles, the last one partial
+    centers = np.round(np.arange(n_bins) * 1e-5, 5)
+    inv_step = 1 / (centers[1] - centers[0])
+    ale = np.zeros(n_bins)
+    lo, hi = 3 * seed, n_bins - 40 * seed  # mass up to the top: products clip to the last bin
+    ale[lo:hi] = rng.random(hi - lo) ** 8
+    ale[rng.random(n_bins) < 0.2] = 0  # gaps
+    exp_bins = np.sort(rng.choice(np.arange(1, 3000), 60, replace=False))
+    exp_bins[0] = 0
+    exp_probs = rng.random(60) / 60
+    expected = np.zeros(n_bins)
+    nz = np.flatnonzero(ale)
+    _update_ale_histogram(nz, ale[nz], exp_bins, exp_probs, centers, inv_step, n_bins, expected)
+    got = np.full(n_bins, np.nan)
+    _convolve_step(ale, nz[0], nz[-1] + 1, exp_bins, exp_probs, centers, inv_step, got)
+    assert np.array_equal(got, expected)
 
 
 def test_result_independent_of_chunking(pain_dataset, nimare_mask):

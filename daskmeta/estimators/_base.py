@@ -5,7 +5,7 @@ weights ``w`` it needs ``w @ f(MA)`` (a voxel vector; ``f`` is ``log1p(-MA)`` fo
 identity for (M)KDA) and a few small per-experiment summaries for its null (maxima, value
 histograms, coverage). Subclasses define those three pieces:
 
-- :meth:`_block_values`: ``f`` of a float32 block of MA rows,
+- :meth:`_block_values`: ``f`` of a block of MA rows (float32, or a store's own dtype),
 - :meth:`_row_summaries`: the per-experiment summaries of a block,
 - :meth:`_finalize`: maps and nulls of one selection from its weighted sum and summaries.
 
@@ -24,6 +24,7 @@ from scipy import sparse
 
 from daskmeta._version import __version__
 from daskmeta.cluster import compute, tree_sum
+from daskmeta.estimators._reductions import weighted_row_sum
 from daskmeta.exceptions import DaskmetaError, DatasetError, NotFittedError
 from daskmeta.kernels import DEFAULT_CHUNK_EXPERIMENTS, DEFAULT_MASK_MARGIN, plan_to_dask
 from daskmeta.space import TAL2MNI_METHOD, resolve_space
@@ -33,11 +34,10 @@ __all__ = ["CBMAEstimator", "resolve_space"]
 
 def _reduce_block(estimator, weights, block, a: int, b: int):
     """``weights[:, a:b] @ f(block)`` and the block's per-row summaries (one task)."""
-    block = block.astype(np.float32, copy=False)
     values = estimator._block_values(block)
     w = weights[:, a:b]
-    if w.shape[0] == 1 and w.nnz == b - a and np.all(w.data == 1.0):
-        total = values.sum(axis=0, dtype=np.float64)[None]
+    if w.shape[0] == 1:
+        total = weighted_row_sum(values, w.toarray().ravel())[None]
     else:
         total = np.asarray(w @ values.astype(np.float64, copy=False))
     return total, estimator._row_summaries(block)
@@ -209,7 +209,7 @@ class CBMAEstimator:
         else:
             # The collection's build already warned about foci it dropped.
             plan = kernel.plan(dataset, space, collection.mask_margin, warn=False)
-            ma = collection.rows(dataset.ids, self.chunk_size)
+            ma = collection.rows(dataset.ids, self.chunk_size, dtype=None)
         self.kernel_, self.space_, self.dataset_, self.plan_ = kernel, space, dataset, plan
         self.collection_ = collection
         self._prepare(dataset, plan)
@@ -248,7 +248,8 @@ class CBMAEstimator:
         return total, [s for block in summaries for s in block]
 
     def _block_values(self, block: np.ndarray) -> np.ndarray:
-        """``f`` of a float32 block of MA rows (the values that are weighted and summed)."""
+        """``f`` of a block of MA rows, float32 or a store's integer dtype (the values that are
+        weighted and summed)."""
         return block
 
     def _row_summaries(self, block: np.ndarray) -> list:
@@ -331,7 +332,7 @@ class CBMAEstimator:
             weights = sparse.csr_matrix(
                 (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                 shape=(len(group), len(used)))
-            ma = collection.rows(used, self.chunk_size)
+            ma = collection.rows(used, self.chunk_size, dtype=None)
             totals, summaries = self._reduce(ma, weights)
             group_maps = {k: [] for k in out_vars}
             for s, subset in enumerate(group):
