@@ -28,6 +28,7 @@ __all__ = ["RowReader", "read_rows"]
 _MISSING = np.uint64(2**64 - 1)
 _INDEX_ENTRY_BYTES = 16  # (offset, nbytes) as two little-endian uint64
 _CRC_BYTES = 4
+_SPECIAL_FLOATS = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 
 
 class RowReader:
@@ -106,6 +107,8 @@ class RowReader:
         else:
             return None
         fill = meta.get("fill_value", 0)
+        if isinstance(fill, str) and dtype.kind == "f":
+            fill = _SPECIAL_FLOATS.get(fill)  # Zarr v3 spells these as strings
         if not isinstance(fill, int | float) or isinstance(fill, bool):
             return None
         return cls(path, shape, dtype, int(rows_per_shard), key, blosc, location == "end",

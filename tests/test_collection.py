@@ -413,6 +413,25 @@ def test_fit_many_equals_separate_fits(labelled_stores, name):
     assert len({many["stat"].values[k].tobytes() for k in range(3)}) == 3
 
 
+@pytest.mark.parametrize("name", ["mkda", "ale"])
+def test_fit_many_in_several_tasks_equals_separate_fits(monkeypatch, labelled_stores, name):
+    # Tasks of 4 rows read 2 at a time: several partial sums per task and per pass.
+    from daskmeta.estimators import _base
+
+    monkeypatch.setattr(_base, "FIT_MANY_ROWS_PER_TASK", 4)
+    collection = labelled_stores[name]
+    est = ESTIMATORS[name]
+    many = est(chunk_size=2).fit_many(collection, SELECTIONS, threshold=0.5)
+    for k, select in enumerate(SELECTIONS.values()):
+        maps = _maps(est(chunk_size=2).fit(collection, select=select, threshold=0.5))
+        if name == "mkda":  # integer counts: the order of additions cannot matter
+            for m in MAPS:
+                assert np.array_equal(many[m].values[k], maps[m]), m
+        else:  # float64 sums added in another order
+            for m in MAPS:
+                np.testing.assert_allclose(many[m].values[k], maps[m], rtol=1e-6, atol=1e-9)
+
+
 def test_fit_many_with_store_and_group_size(tmp_path, labelled_stores):
     collection = labelled_stores["mkda"]
     default = MKDADensity().fit_many(collection, SELECTIONS, threshold=0.5)

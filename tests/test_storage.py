@@ -27,10 +27,11 @@ def _array(path, dtype, sharded=True, compressed=True, fill_value=0):
     return values
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize(("dtype", "fill_value"), [(np.uint8, 0), (np.uint16, 0),
+                                                   (np.float32, 0.0), (np.float32, np.nan)])
 @pytest.mark.parametrize("compressed", [True, False])
-def test_reads_equal_zarr(tmp_path, dtype, compressed):
-    values = _array(tmp_path / "a.zarr", dtype, compressed=compressed)
+def test_reads_equal_zarr(tmp_path, dtype, fill_value, compressed):
+    values = _array(tmp_path / "a.zarr", dtype, compressed=compressed, fill_value=fill_value)
     reader = RowReader.open(tmp_path / "a.zarr")
     assert reader is not None and reader.rows_per_shard == PER_SHARD
     rows = [22, 0, 7, 7, 13, 4, 5, 21]  # any order, repeats, across shards

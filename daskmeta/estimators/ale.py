@@ -7,7 +7,7 @@ import numpy as np
 
 from daskmeta._stats import nlogp_to_logp, nullhist_to_p, p_to_z
 from daskmeta.estimators._base import CBMAEstimator
-from daskmeta.estimators._reductions import nearest_bin_histograms
+from daskmeta.estimators._reductions import nonzero_summary, weighted_entry_sum
 from daskmeta.kernels import ALEKernel
 
 __all__ = ["ALE"]
@@ -18,7 +18,7 @@ _BIN_INV_STEP = 1 / float(np.round(np.arange(0, 2.5e-5, 1 / _INV_STEP), 5)[1])
 
 
 #: Histogram bins per parallel tile of a convolution step (sized for the L1/L2 caches).
-_TILE_BINS = 4096
+_TILE_BINS = 2048
 
 
 @numba.njit(cache=True, inline="always")
@@ -39,6 +39,44 @@ def _first_reaching(target, lo, hi, exp_one_minus, bin_centers, inv_step):
         else:
             lo = mid + 1
     return lo
+
+
+@numba.njit(cache=True)
+def _run_end(i, d, hi, one_minus, bin_centers, inv_step):
+    """First bin in (i, hi) whose combined-bin offset is below ``d`` (``hi`` if none).
+
+    The offset falls by one each time the combined bin's fractional position has drifted
+    down by a whole bin, about every 1 / e bins: start from that prediction and settle it on
+    the exact formula (the offset never rises, so the answer is where it first drops).
+    """
+    e = 1.0 - one_minus
+    if e <= 0.0:
+        return hi  # e = 0 maps every bin to itself
+    frac = (1.0 - one_minus * (1.0 - bin_centers[i])) * inv_step - (i + d)
+    guess = i + 1 + int(max(0.0, frac + 0.5) / e)
+    lo = i + 1
+    if guess >= hi:
+        if _score_bin(one_minus, bin_centers[hi - 1], inv_step) - (hi - 1) >= d:
+            return hi
+        guess = hi - 1
+    for _ in range(8):  # settle near the prediction
+        if guess > lo and _score_bin(one_minus, bin_centers[guess - 1], inv_step) - (
+                guess - 1) < d:
+            guess -= 1
+        elif _score_bin(one_minus, bin_centers[guess], inv_step) - guess >= d:
+            guess += 1
+            if guess >= hi:
+                return hi
+        else:
+            return guess
+    a, b = lo, hi  # a poor prediction: bisect
+    while a < b:
+        mid = (a + b) // 2
+        if _score_bin(one_minus, bin_centers[mid], inv_step) - mid < d:
+            b = mid
+        else:
+            a = mid + 1
+    return a
 
 
 @numba.njit(cache=True, parallel=True)
@@ -68,14 +106,7 @@ def _convolve_step(ale, lo, hi, exp_bins, exp_probs, bin_centers, inv_step, out)
                                                                    bin_centers, inv_step)
             while i < i_end:
                 d = _score_bin(one_minus, bin_centers[i], inv_step) - i
-                a = i + 1
-                b = i_end
-                while a < b:  # end of the run: first bin whose offset is below d
-                    mid = (a + b) // 2
-                    if _score_bin(one_minus, bin_centers[mid], inv_step) - mid < d:
-                        b = mid
-                    else:
-                        a = mid + 1
+                a = _run_end(i, d, i_end, one_minus, bin_centers, inv_step)
                 stop = max(i, min(a, n_bins - 1 - d))
                 if stop > i:
                     dst = out[i + d:stop + d]
@@ -182,9 +213,21 @@ class ALE(CBMAEstimator):
         # log1p in float32, summed in float64: exactly how NiMARE accumulates ALE.
         return np.log1p(-block)
 
+    def _reduce_rows(self, block, weights):
+        offsets, columns, values, row_max, h_off, bins, counts = nonzero_summary(
+            block, _BIN_INV_STEP)
+        # Zeros add nothing (log1p(-0) = -0). numpy's float32 log1p, as NiMARE's.
+        total = weighted_entry_sum(offsets, columns, np.log1p(-values), weights,
+                                   block.shape[1])
+        return total, self._split_summaries(row_max, h_off, bins, counts)
+
     def _row_summaries(self, block):
-        row_max, bins, counts, offsets = nearest_bin_histograms(block, _BIN_INV_STEP)
-        return [(row_max[r], bins[offsets[r]:offsets[r + 1]], counts[offsets[r]:offsets[r + 1]])
+        _, _, _, row_max, h_off, bins, counts = nonzero_summary(block, _BIN_INV_STEP)
+        return self._split_summaries(row_max, h_off, bins, counts)
+
+    @staticmethod
+    def _split_summaries(row_max, h_off, bins, counts):
+        return [(row_max[r], bins[h_off[r]:h_off[r + 1]], counts[h_off[r]:h_off[r + 1]])
                 for r in range(len(row_max))]
 
     def _finalize(self, log_sum, summaries, dataset, plan):
