@@ -396,6 +396,14 @@ class Collection:
         except KeyError as exc:
             raise DaskmetaError(f"experiment {exc} is not in the collection {self.path}") from None
 
+    def content_token(self) -> str:
+        """A token naming the store's contents (kernel, dataset, build time), not only its
+        path, for the keys of tasks that read it."""
+        attrs = self.attrs
+        return dask.base.tokenize(str(self.path), attrs["kernel"], attrs["kernel_params"],
+                                  attrs["mask_hash"], attrs["dataset_fingerprint"],
+                                  (self.path / "ma" / "zarr.json").stat().st_mtime_ns)
+
     def rows(self, ids, chunk_size: int = 64, dtype=np.float32) -> da.Array:
         """The MA rows of the given experiments, lazy, in blocks of ``chunk_size`` rows.
 
@@ -415,8 +423,7 @@ class Collection:
         n_vox = self.space.n_voxels
         stored = np.dtype(self.attrs["dtype"])
         array_path = str(self.path / "ma")
-        # Keys name the store's contents (fingerprint, build time), not only its path.
-        stamp = (self.attrs["dataset_fingerprint"], (self.path / "ma" / "zarr.json").stat().st_mtime_ns)
+        stamp = self.content_token()
         read = dask.delayed(read_rows, pure=True)
         blocks = []
         for a in range(0, len(index), chunk_size):

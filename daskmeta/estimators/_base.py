@@ -273,8 +273,8 @@ class CBMAEstimator:
         index = collection.row_indices(ids)
         array_path = str(collection.path / "ma")
         light = self._light_copy()
-        token = dask.base.tokenize(array_path, collection.attrs["dataset_fingerprint"], index,
-                                   weights.data, weights.indices, weights.indptr)
+        token = dask.base.tokenize(collection.content_token(), index, weights.data,
+                                   weights.indices, weights.indptr)
         est_d = dask.delayed(light, name=f"estimator-{token}", traverse=False)
         w_d = dask.delayed(sparse.csc_matrix(weights), name=f"weights-{token}", traverse=False)
         red = dask.delayed(_reduce_stored_rows, pure=True, nout=2)
