@@ -13,6 +13,19 @@ __all__ = ["nonzero_summary", "weighted_entry_sum", "weighted_row_sum",
            "weighted_rows_by_selection"]
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _compact_nonzero(row, col_buf, val_buf):
+    """Copy a row's non-zero entries (column, value) to the front of the buffers; return
+    how many. Branch-free: MA rows are mostly zeros in an unpredictable pattern."""
+    k = 0
+    for j in range(row.shape[0]):
+        v = row[j]
+        col_buf[k] = j
+        val_buf[k] = v
+        k += v != 0
+    return k
+
+
 @numba.njit(cache=True, nogil=True)
 def weighted_row_sum(block, weights):
     """``weights @ block`` as float64, adding rows in order (as ``block.sum(axis=0)`` and a
@@ -62,13 +75,7 @@ def nonzero_summary(block, inv_step):
     bin_parts = []
     count_parts = []
     for r in range(n_rows):
-        row = block[r]
-        k = 0
-        for j in range(n_cols):  # branch-free compaction: rows are ~80% zeros, unpredictably
-            v = row[j]
-            col_buf[k] = j
-            val_buf[k] = v
-            k += v != 0
+        k = _compact_nonzero(block[r], col_buf, val_buf)
         top = 0.0
         top_bin = 0
         for i in range(k):
@@ -130,13 +137,7 @@ def weighted_rows_by_selection(block, indptr, indices, data, n_selections):
     for r in range(n_rows):
         if indptr[r] == indptr[r + 1]:
             continue
-        row = block[r]
-        k = 0
-        for j in range(n_cols):  # branch-free compaction of the non-zero entries
-            v = row[j]
-            col_buf[k] = j
-            val_buf[k] = np.float64(v)
-            k += v != 0
+        k = _compact_nonzero(block[r], col_buf, val_buf)
         for p in range(indptr[r], indptr[r + 1]):
             target = out[indices[p]]
             w = data[p]
