@@ -38,29 +38,37 @@ def evaluate_label_expression(expr, label_names, labels, threshold) -> np.ndarra
     """
     if not isinstance(expr, str) or not expr.strip():
         raise DaskmetaError(f"a label expression must be a non-empty string; got {expr!r}")
-    index = {n: i for i, n in enumerate(label_names)}
-    labels = labels.tocsc()
+    labels = labels.tocsc(copy=False)
+    label_names = list(label_names)
     n = labels.shape[0]
 
+    def position(name: str):
+        try:
+            return label_names.index(name)  # a scan: cheaper than indexing every name
+        except ValueError:
+            return None
+
     def column(name: str) -> np.ndarray:
-        if name not in index:
+        at = position(name)
+        if at is None:
             close = difflib.get_close_matches(name, label_names, n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise DaskmetaError(
                 f"unknown label {name!r} in expression {expr!r} ({len(label_names)} labels "
                 f"available){hint}"
             )
-        col = labels[:, index[name]]
+        start, stop = labels.indptr[at], labels.indptr[at + 1]
+        indices, data = labels.indices[start:stop], labels.data[start:stop]
         out = np.zeros(n, dtype=bool)
-        rows = col.indices[col.data >= threshold]
+        rows = indices[data >= threshold]
         out[rows] = True
         if threshold <= 0:
             out[:] = True
-            below = col.indices[col.data < threshold]
+            below = indices[data < threshold]
             out[below] = False
         return out
 
-    if expr.strip() in index:
+    if position(expr.strip()) is not None:
         return column(expr.strip())
 
     tokens = _tokenize(expr)

@@ -17,25 +17,60 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
     return (y * np.sign(x)).astype(int)
 
 
+def _null_tail(histogram_weights) -> np.ndarray:
+    """Upper-tail probability of each bin of a null histogram (NiMARE's normalisation)."""
+    weights = np.asarray(histogram_weights, dtype=np.float64)
+    null = weights / np.sum(weights)
+    null = np.cumsum(null[::-1])[::-1]
+    null /= np.max(null)
+    return null
+
+
+def _value_bins(test_values, histogram_bins) -> np.ndarray:
+    """Bin of each positive statistic (nearest centre, ties away from zero, clipped to the
+    last bin); -1 for statistics <= 0."""
+    n_bins = len(histogram_bins)
+    inv_step = 1 / (histogram_bins[1] - histogram_bins[0])
+    out = np.full(test_values.shape, -1, dtype=np.int64)
+    idx = np.where(test_values > 0)[0]
+    value_bins = round_half_away(test_values[idx] * inv_step)
+    value_bins[value_bins >= n_bins] = n_bins - 1
+    out[idx] = value_bins
+    return out
+
+
 def nullhist_to_p(test_values, histogram_weights, histogram_bins) -> np.ndarray:
     """One-sided p-values of statistics against a null histogram (bin centres).
 
     P-values are clipped below at the smallest non-zero tail probability, as NiMARE does.
     """
     test_values = np.atleast_1d(np.asarray(test_values))
-    weights = np.asarray(histogram_weights, dtype=np.float64)
-    n_bins = len(histogram_bins)
-    inv_step = 1 / (histogram_bins[1] - histogram_bins[0])
-    null = weights / np.sum(weights)
-    null = np.cumsum(null[::-1])[::-1]
-    null /= np.max(null)
+    null = _null_tail(histogram_weights)
     smallest = np.min(null[null != 0])
     p = np.ones(test_values.shape)
-    idx = np.where(test_values > 0)[0]
-    value_bins = round_half_away(test_values[idx] * inv_step)
-    value_bins[value_bins >= n_bins] = n_bins - 1
-    p[idx] = null[value_bins]
+    value_bins = _value_bins(test_values, histogram_bins)
+    positive = value_bins >= 0
+    p[positive] = null[value_bins[positive]]
     return np.maximum(smallest, np.minimum(p, 1.0))
+
+
+def nullhist_maps(stat, histogram_weights, histogram_bins) -> dict:
+    """``stat``, ``p``, ``z`` and ``logp`` maps of statistics against a null histogram.
+
+    The same numbers as :func:`nullhist_to_p`, :func:`p_to_z` (one-tailed) and
+    :func:`nlogp_to_logp` applied voxel by voxel, computed once per bin of the null and
+    looked up: a p-value takes at most one value per bin.
+    """
+    stat = np.atleast_1d(np.asarray(stat))
+    null = _null_tail(histogram_weights)
+    smallest = np.min(null[null != 0])
+    # The last entry is for statistics <= 0 (p = 1); index -1 reaches it.
+    p_table = np.maximum(smallest, np.minimum(np.append(null, 1.0), 1.0))
+    z_table = p_to_z(p_table, tail="one")
+    logp_table = nlogp_to_logp(np.log(p_table))
+    value_bins = _value_bins(stat, histogram_bins)
+    return {"stat": stat, "p": p_table[value_bins], "z": z_table[value_bins],
+            "logp": logp_table[value_bins]}
 
 
 def nullhist_to_threshold(histogram_weights, histogram_bins, p: float) -> float:

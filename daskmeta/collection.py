@@ -31,6 +31,7 @@ import numpy as np
 import xarray as xr
 from scipy import sparse
 
+from daskmeta._rows import row_histograms
 from daskmeta._version import __version__
 from daskmeta.cluster import active_client, compute, tree_sum
 from daskmeta.dataset import Dataset
@@ -47,8 +48,9 @@ from daskmeta.storage import read_rows
 __all__ = ["Collection", "KERNELS"]
 
 FORMAT = "daskmeta-collection"
-#: 1: chunks of 8 rows (daskmeta 0.1.0, still readable); 2: shards of one-row chunks.
-FORMAT_VERSION = 2
+#: 1: chunks of 8 rows (daskmeta 0.1.0); 2: shards of one-row chunks; 3: and each row's
+#: maximum and value histogram (``ma_max``, ``ma_hist``). All still readable.
+FORMAT_VERSION = 3
 #: Experiments per shard (one file, written by one task); reads are per row whatever this is.
 DEFAULT_ROWS_PER_SHARD = 64
 KERNELS = {"ALEKernel": ALEKernel, "MKDAKernel": MKDAKernel, "KDAKernel": KDAKernel}
@@ -89,14 +91,30 @@ def _storage_dtype(kernel, plan) -> np.dtype:
     return np.dtype(np.uint8 if value <= 255 else np.float32)
 
 
-def _write_shard(store: str, plan, index: int, rows_per_shard: int, dtype: str) -> int:
-    """Fill and write shard ``index`` of ``ma``, then leave its marker (runs on a worker)."""
+def _hist_width(max_value: float, inv_step: float) -> int:
+    """Bins that hold values up to ``max_value`` (the grid of :func:`_rows.nearest_bin`)."""
+    scaled = float(max_value) * inv_step
+    return int(np.floor(scaled)) + int(scaled - np.floor(scaled) >= 0.5) + 1
+
+
+def _write_shard(store: str, plan, index: int, rows_per_shard: int, dtype: str,
+                 hist_grid) -> int:
+    """Fill and write shard ``index`` of ``ma`` (and, with ``hist_grid = (inv_step,
+    width)``, its rows' maxima and value histograms), then leave its marker (runs on a
+    worker)."""
     import zarr
 
     start = index * rows_per_shard
     stop = min(start + rows_per_shard, plan.n_rows)
-    block = plan.fill(start, stop).astype(dtype, copy=False)
-    zarr.open_array(store, path="ma", mode="r+")[start:stop] = block
+    block = plan.fill(start, stop)
+    if hist_grid is not None:
+        row_max, hist, overflow = row_histograms(block, *hist_grid)
+        if overflow:
+            raise DaskmetaError(f"{store}: MA values of shard {index} exceed the value "
+                                "histogram's range (a kernel bound is wrong)")
+        zarr.open_array(store, path="ma_hist", mode="r+")[start:stop] = hist
+        zarr.open_array(store, path="ma_max", mode="r+")[start:stop] = row_max
+    zarr.open_array(store, path="ma", mode="r+")[start:stop] = block.astype(dtype, copy=False)
     marker = Path(store) / _PROGRESS / f"{index:08d}.done"
     fd = os.open(marker, os.O_CREAT | os.O_WRONLY, 0o644)
     os.close(fd)
@@ -223,6 +241,8 @@ class Collection:
                 "format_version": FORMAT_VERSION,
                 "dtype": _storage_dtype(kernel, plan).name,
                 "rows_per_shard": int(rows_per_shard),
+                "ma_hist_inv_step": kernel.hist_inv_step(),
+                "ma_hist_width": _hist_width(plan.max_value(), kernel.hist_inv_step()),
                 "n_foci": int(len(plan.focus_row)),
                 "daskmeta_version": __version__,
                 "tal2mni": TAL2MNI_METHOD,
@@ -238,7 +258,9 @@ class Collection:
         cls._ensure_dataset_file(path, dataset)
         # Format 1 stores (daskmeta 0.1.0) were written in chunks of rows_per_chunk rows.
         unit = int(attrs.get("rows_per_shard") or attrs["rows_per_chunk"])
-        cls._fill(path, plan, dataset.n_experiments, unit, attrs["dtype"], progress)
+        hist_grid = ((float(attrs["ma_hist_inv_step"]), int(attrs["ma_hist_width"]))
+                     if "ma_hist_width" in attrs else None)  # format 3
+        cls._fill(path, plan, dataset.n_experiments, unit, attrs["dtype"], hist_grid, progress)
         import zarr
 
         group = zarr.open_group(path, mode="r+")
@@ -268,15 +290,22 @@ class Collection:
         rows = int(attrs["rows_per_shard"])
         dtype = np.dtype(attrs["dtype"])
         ma = da.zeros((n, v), chunks=(rows, v), dtype=dtype)
+        width = int(attrs["ma_hist_width"])
         ds = xr.Dataset(
             {"ma": (("study", "voxel"), ma),
+             "ma_max": (("study",), da.zeros(n, chunks=rows, dtype=np.float32)),
+             "ma_hist": (("study", "ma_bin"), da.zeros((n, width), chunks=(rows, width),
+                                                       dtype=np.int32)),
              "mask": (("i", "j", "k"), space.mask.astype(np.uint8))},
             coords={"study": np.asarray(dataset.ids, dtype=object), "voxel": np.arange(v)},
             attrs=attrs,
         )
         shuffle = "bitshuffle" if dtype.itemsize == 1 else "shuffle"
         encoding = {"ma": {"chunks": (1, v), "shards": (rows, v), "compressors": (
-            BloscCodec(cname="lz4", clevel=5, shuffle=shuffle),)}}
+            BloscCodec(cname="lz4", clevel=5, shuffle=shuffle),)},
+            "ma_hist": {"chunks": (1, width), "shards": (rows, width), "compressors": (
+                BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)},
+            "ma_max": {"chunks": (rows,)}}
         # Metadata and coordinates only; shards are written by the build's tasks.
         ds.to_zarr(path, compute=False, consolidated=False, mode="w-", encoding=encoding)
         zarr.open_group(path, mode="r+").create_group(_META, attributes={
@@ -293,7 +322,7 @@ class Collection:
             os.replace(tmp, target)
 
     @staticmethod
-    def _fill(path: Path, plan, n_rows: int, rows_per_unit: int, dtype: str,
+    def _fill(path: Path, plan, n_rows: int, rows_per_unit: int, dtype: str, hist_grid,
               progress: bool) -> None:
         n_chunks = -(-n_rows // rows_per_unit)
         marker_dir = path / _PROGRESS
@@ -306,7 +335,7 @@ class Collection:
         write = dask.delayed(_write_shard, pure=True)
         # Keys unique per store path: two builds on one cluster must not share tasks.
         tag = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
-        tasks = [write(str(path), plan_d, c, rows_per_unit, dtype,
+        tasks = [write(str(path), plan_d, c, rows_per_unit, dtype, hist_grid,
                        dask_key_name=f"write-{path.name}-{tag}-{c}") for c in todo]
         client = active_client()
         if client is not None and progress:
@@ -436,6 +465,31 @@ class Collection:
         else:
             out = blocks[0] if len(blocks) == 1 else da.concatenate(blocks, axis=0)
         return out if dtype is None else out.astype(dtype)
+
+    def value_histograms(self, rows, inv_step: float):
+        """Stored maxima and value histograms of rows (format 3 stores), or None.
+
+        Parameters
+        ----------
+        rows : sequence of int
+            Row positions (:meth:`row_indices`).
+        inv_step : float
+            The grid wanted; None is returned if the store's differs (or it has none).
+
+        Returns
+        -------
+        (row_max, hist) : float32 (n,) and int32 (n, n_bins), or None
+            ``hist[r, b]`` counts the non-zero MA values of row ``r`` whose nearest bin
+            centre (ties upward) is ``b / inv_step``.
+        """
+        if "ma_hist" not in self.data or self.attrs.get("ma_hist_inv_step") != inv_step:
+            return None
+        rows = np.asarray(rows, dtype=np.int64)
+        if "_row_max" not in self.__dict__:
+            import zarr
+
+            self._row_max = zarr.open_array(self.path, path="ma_max", mode="r")[:]
+        return self._row_max[rows], read_rows(self.path / "ma_hist", rows)
 
     def selection_weights(self, selections: dict, threshold: float = 0.001):
         """A sparse (selection x experiment) 0/1 matrix from named label expressions or id

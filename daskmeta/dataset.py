@@ -328,7 +328,16 @@ class Dataset:
 
         See :meth:`get_studies_by_label`.
         """
-        return evaluate_label_expression(expr, self.label_names, self.labels, threshold)
+        return evaluate_label_expression(expr, self.label_names, self._labels_by_column(),
+                                         threshold)
+
+    def _labels_by_column(self):
+        """``labels`` in CSC form, converted once (label expressions read columns)."""
+        cached = self.__dict__.get("_csc_labels")
+        if cached is None or cached[0] is not self.labels:
+            cached = (self.labels, self.labels.tocsc())
+            self.__dict__["_csc_labels"] = cached
+        return cached[1]
 
     def get_studies_by_label(self, expr: str, threshold: float = 0.001) -> list[str]:
         """Ids of experiments whose labels satisfy ``expr``.

@@ -29,6 +29,9 @@ MA_DTYPE = np.float32
 DEFAULT_CHUNK_EXPERIMENTS = 64
 #: Foci more than this many mm outside the mask are dropped (see :meth:`Kernel.plan`).
 DEFAULT_MASK_MARGIN = 10.0
+#: Inverse bin width of NiMARE's ALE null histogram (bins of 1e-5): 1 / (bins[1] - bins[0])
+#: for its grid, which is not exactly 1e5 in float64.
+ALE_HIST_INV_STEP = 1 / float(np.round(np.arange(0, 2.5e-5, 1 / 100000), 5)[1])
 
 _MODE_MAX, _MODE_SET, _MODE_ADD = 0, 1, 2
 
@@ -141,6 +144,15 @@ class KernelPlan:
     def n_rows(self) -> int:
         return len(self.ids)
 
+    def max_value(self) -> float:
+        """An upper bound of the MA values of the plan's rows."""
+        if len(self.k_values) == 0 or self.n_rows == 0:
+            return 0.0
+        top = float(self.k_values.max())
+        if self.mode == _MODE_ADD:  # sums over an experiment's foci
+            top *= float(np.diff(self.row_start).max())
+        return top
+
     def fill(self, start: int, stop: int) -> np.ndarray:
         """Dense float32 MA rows ``start:stop`` (one chunk)."""
         out = np.zeros((stop - start, self.n_voxels), dtype=MA_DTYPE)
@@ -183,6 +195,11 @@ class Kernel:
 
     def _validate(self):
         pass
+
+    def hist_inv_step(self) -> float:
+        """Inverse bin width of the grid on which collections store the histograms of this
+        kernel's MA values (multiples of ``value`` for spheres)."""
+        return 1.0 / float(self.value)
 
     def _supports(self, dataset, space, rows):
         """Per-experiment support index and the list of (offsets, values) supports."""
@@ -304,6 +321,10 @@ class ALEKernel(Kernel):
 
     _mode = _MODE_MAX
     _param_names = ("fwhm", "sample_size")
+
+    def hist_inv_step(self) -> float:
+        """NiMARE's ALE null grid (bins of 1e-5)."""
+        return ALE_HIST_INV_STEP
 
     def __init__(self, fwhm=None, sample_size=None):
         self.fwhm = fwhm

@@ -125,6 +125,57 @@ def test_rows_equal_kernel_transform_and_dtype(stores, pain_dataset, nimare_spac
         collection.rows(["nope"])
 
 
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_stored_value_histograms_give_the_row_summaries(stores, name):
+    # What a fit reads instead of summarising the rows equals what it would compute.
+    collection = stores[name]
+    est = ESTIMATORS[name]()
+    est.kernel_ = collection.kernel
+    rows = np.arange(collection.n_experiments)[::-1]
+    inv_step = est._hist_inv_step(collection.kernel)
+    row_max, hist = collection.value_histograms(rows, inv_step)
+    block = collection.ma.values[rows]
+    assert np.array_equal(row_max, block.max(axis=1).astype(np.float32))
+    assert np.array_equal(hist.sum(axis=1), np.count_nonzero(block, axis=1))
+    from_hist = est._summaries_from_hist(row_max, hist, inv_step, collection.space.n_voxels)
+    computed = est._row_summaries(block)
+    assert len(from_hist) == len(computed) == len(rows)
+
+    def same(a, b):  # summaries are numbers, or tuples of numbers and arrays
+        if isinstance(a, tuple):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return np.array_equal(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+
+    assert all(same(a, b) for a, b in zip(from_hist, computed))
+    assert collection.value_histograms(rows, inv_step * 2) is None
+
+
+def test_store_without_value_histograms_fits_the_same(tmp_path, labelled_stores):
+    # Stores of daskmeta < 0.3 (format 2) have no ma_hist: summaries come from the rows.
+    import shutil
+
+    for name in ("mkda", "ale"):
+        path = tmp_path / f"{name}.zarr"
+        shutil.copytree(labelled_stores[name].path, path)
+        for node in ("ma_hist", "ma_max"):
+            shutil.rmtree(path / node)
+        group = zarr.open_group(path, mode="r+")
+        for key in ("ma_hist_inv_step", "ma_hist_width"):
+            del group.attrs[key]
+        group.attrs["format_version"] = 2
+        old = Collection.open(path)
+        assert old.value_histograms(np.arange(3), 1.0) is None
+        est = ESTIMATORS[name]
+        for select in SELECTIONS.values():
+            _assert_same_maps(_maps(est().fit(old, select=select, threshold=0.5)),
+                              _maps(est().fit(labelled_stores[name], select=select,
+                                              threshold=0.5)), name)
+        many_old = est().fit_many(old, SELECTIONS, threshold=0.5)
+        many_new = est().fit_many(labelled_stores[name], SELECTIONS, threshold=0.5)
+        for m in MAPS:
+            assert np.array_equal(many_old[m].values, many_new[m].values), (name, m)
+
+
 # -- the store: xarray, provenance, other processes ------------------------------------------
 def test_open_zarr_lazily_with_provenance(stores, nimare_space):
     path = stores["mkda"].path
@@ -265,11 +316,11 @@ def test_build_stopped_midway_then_resumed(tmp_path, monkeypatch, stores, pain_d
     real = coll_mod._write_shard
     written = []
 
-    def failing(store, plan, index, rows_per_shard, dtype):
+    def failing(store, plan, index, *args):
         if index == 3:
             raise RuntimeError("worker lost")
         written.append(index)
-        return real(store, plan, index, rows_per_shard, dtype)
+        return real(store, plan, index, *args)
 
     monkeypatch.setattr(coll_mod, "_write_shard", failing)
     # One thread, so no task is still writing once the build has raised.

@@ -20,6 +20,7 @@ database several times faster).
 from __future__ import annotations
 
 import copy
+import operator
 
 import dask
 import dask.array as da
@@ -28,7 +29,7 @@ from scipy import sparse
 
 from daskmeta._version import __version__
 from daskmeta.cluster import compute, tree_sum
-from daskmeta.estimators._reductions import weighted_row_sum, weighted_rows_by_selection
+from daskmeta.estimators._reductions import add_rows_by_selection, weighted_row_sum
 from daskmeta.exceptions import DaskmetaError, DatasetError, NotFittedError
 from daskmeta.kernels import DEFAULT_CHUNK_EXPERIMENTS, DEFAULT_MASK_MARGIN, plan_to_dask
 from daskmeta.space import TAL2MNI_METHOD, resolve_space
@@ -38,32 +39,73 @@ __all__ = ["CBMAEstimator", "resolve_space"]
 
 #: Rows of a collection each :meth:`CBMAEstimator.fit_many` task reduces into one partial sum.
 FIT_MANY_ROWS_PER_TASK = 1024
+#: Selections whose maps one :meth:`CBMAEstimator.fit_many` task computes (and writes).
+FIT_MANY_SELECTIONS_PER_TASK = 16
+#: Bytes the sums of one :meth:`CBMAEstimator.fit_many` pass may take (sets the group size).
+FIT_MANY_MEMORY = 2_000_000_000
+_MANY_DTYPES = {"stat": np.float64, "p": np.float64, "z": np.float64, "logp": np.float32}
 
 
-def _reduce_block(estimator, weights, block, a: int, b: int):
-    """``weights[:, a:b] @ f(block)`` and the block's per-row summaries (one task)."""
+def _reduce_block(estimator, weights, block, a: int, b: int, with_summaries: bool):
+    """``weights[:, a:b] @ f(block)`` and, if asked, the block's per-row summaries (one
+    task)."""
     w = weights[:, a:b]
     if w.shape[0] == 1:
-        total, summaries = estimator._reduce_rows(block, w.toarray().ravel())
+        w = w.toarray().ravel()
+        if with_summaries:
+            total, summaries = estimator._reduce_rows(block, w)
+        else:
+            total, summaries = estimator._row_sums(block, w), []
         return total[None], summaries
     w = sparse.csc_matrix(w)
-    total = weighted_rows_by_selection(estimator._block_values(block), w.indptr, w.indices,
-                                       w.data.astype(np.float64, copy=False), w.shape[0])
-    return total, estimator._row_summaries(block)
+    total = np.zeros((w.shape[0], block.shape[1]))
+    add_rows_by_selection(estimator._block_values(block), w.indptr, w.indices,
+                          w.data.astype(np.float64, copy=False), total)
+    return total, estimator._row_summaries(block) if with_summaries else []
 
 
-def _reduce_stored_rows(estimator, weights, array_path: str, rows, a: int, chunk_size: int):
-    """``weights[:, a:a + len(rows)] @ f(MA rows)`` and the rows' summaries, reading the
-    rows from a store ``chunk_size`` at a time into one partial sum (one task)."""
-    total = None
+def _reduce_stored_rows(estimator, weights, array_path: str, n_cols: int, rows, a: int,
+                        chunk_size: int, dtype, with_summaries: bool):
+    """``weights[:, a:a + len(rows)] @ f(MA rows)`` in ``dtype`` and, if asked, the rows'
+    summaries, reading the rows from a store ``chunk_size`` at a time into one sum (one
+    task)."""
+    total = np.zeros((weights.shape[0], n_cols), dtype=dtype)
     summaries = []
     for start in range(0, len(rows), chunk_size):
         block = read_rows(array_path, rows[start:start + chunk_size])
-        part, block_summaries = _reduce_block(estimator, weights, block, a + start,
-                                              a + start + len(block))
-        total = part if total is None else np.add(total, part, out=total)
-        summaries.extend(block_summaries)
+        w = weights[:, a + start:a + start + len(block)]
+        add_rows_by_selection(estimator._block_values(block), w.indptr, w.indices,
+                              w.data.astype(dtype), total)
+        if with_summaries:
+            summaries.extend(estimator._row_summaries(block))
     return total, summaries
+
+
+def _concat_lists(lists):
+    return [item for part in lists for item in part]
+
+
+def _finalize_selections(estimator, sums, summaries, jobs, n_voxels: int, target):
+    """Maps of a few selections from their sums (one task): ``jobs`` holds, per selection,
+    the positions of its rows among the pass's rows, its experiments and foci counts. With
+    ``target = (store, first index)`` the maps are written there and not returned."""
+    estimator = copy.copy(estimator)  # _prepare sets per-selection state
+    maps_of = {k: [] for k in _MANY_DTYPES}
+    for s, (positions, experiments, n_foci) in enumerate(jobs):
+        estimator._prepare(experiments, n_foci)
+        maps, _ = estimator._finalize(sums[s].astype(np.float64),
+                                      [summaries[p] for p in positions], n_voxels)
+        for k, dtype in _MANY_DTYPES.items():
+            maps_of[k].append(np.asarray(maps[k], dtype=dtype))
+    stacked = {k: np.vstack(v) for k, v in maps_of.items()}
+    if target is None:
+        return stacked
+    import zarr
+
+    store, start = target
+    for k, values in stacked.items():
+        zarr.open_array(store, path=k, mode="r+")[start:start + len(values)] = values
+    return None
 
 
 class CBMAEstimator:
@@ -235,23 +277,37 @@ class CBMAEstimator:
             ma = collection.rows(dataset.ids, self.chunk_size, dtype=None)
         self.kernel_, self.space_, self.dataset_, self.plan_ = kernel, space, dataset, plan
         self.collection_ = collection
-        self._prepare(dataset, plan)
-        weights = sparse.csr_matrix(self._selection_weights(dataset)[None, :])
-        (stat_sum,), summaries = self._reduce(ma, weights)
-        maps, nulls = self._finalize(stat_sum, summaries, dataset, plan)
+        self._prepare(dataset.experiments, np.diff(plan.row_start))
+        weights = sparse.csr_matrix(self._selection_weights(dataset.n_experiments)[None, :])
+        stored = None if collection is None else self._stored_summaries(
+            collection, collection.row_indices(dataset.ids), kernel)
+        (stat_sum,), summaries = self._reduce(ma, weights, with_summaries=stored is None)
+        summaries = summaries if stored is None else stored
+        maps, nulls = self._finalize(stat_sum, summaries, plan.n_voxels)
         self.null_distributions_ = nulls
         return self._make_result(maps)
 
-    def _prepare(self, dataset, plan):
-        """Per-fit state computed before the pass (weights, bins). Override as needed."""
+    def _prepare(self, experiments, n_foci):
+        """Per-selection state computed before the pass (weights, bins), from the selection's
+        experiments table and its number of foci per experiment. Override as needed."""
 
-    def _selection_weights(self, dataset) -> np.ndarray:
+    def _selection_weights(self, n_experiments: int) -> np.ndarray:
         """Weights of the experiments of one selection in ``w @ f(MA)`` (default 1)."""
-        return np.ones(dataset.n_experiments)
+        return np.ones(n_experiments)
 
-    def _reduce(self, ma, weights):
-        """One pass over MA rows: ``weights @ f(MA)`` (dense, selections x voxels) and the
-        per-row summaries (a list over rows)."""
+    def _stored_summaries(self, collection, rows, kernel):
+        """The row summaries of a collection's rows from the value histograms it stores, or
+        None if it has none on the grid this estimator needs (then they are computed from
+        the rows)."""
+        inv_step = self._hist_inv_step(kernel)
+        stored = collection.value_histograms(rows, inv_step)
+        if stored is None:
+            return None
+        return self._summaries_from_hist(*stored, inv_step, collection.space.n_voxels)
+
+    def _reduce(self, ma, weights, with_summaries: bool = True):
+        """One pass over MA rows: ``weights @ f(MA)`` (dense, selections x voxels) and, if
+        asked, the per-row summaries (a list over rows)."""
         blocks = ma.to_delayed().ravel()
         bounds = np.concatenate([[0], np.cumsum(ma.chunks[0])]).astype(int)
         # The estimator and the weights are single graph nodes the block tasks share.
@@ -260,28 +316,10 @@ class CBMAEstimator:
         est_d = dask.delayed(light, name=f"estimator-{token}", traverse=False)
         w_d = dask.delayed(sparse.csc_matrix(weights), name=f"weights-{token}", traverse=False)
         red = dask.delayed(_reduce_block, pure=True, nout=2)
-        parts = [red(est_d, w_d, blk, int(a), int(b))
+        parts = [red(est_d, w_d, blk, int(a), int(b), with_summaries)
                  for blk, a, b in zip(blocks, bounds[:-1], bounds[1:])]
         total = tree_sum([p[0] for p in parts])
         total, summaries = compute(total, [p[1] for p in parts])
-        return total, [s for block in summaries for s in block]
-
-    def _reduce_stored(self, collection, ids, weights):
-        """:meth:`_reduce` over a collection's rows for many selections: each task reads
-        :data:`FIT_MANY_ROWS_PER_TASK` rows, ``chunk_size`` at a time, into one partial sum,
-        so a pass makes few (selections x voxels) partials to add up."""
-        index = collection.row_indices(ids)
-        array_path = str(collection.path / "ma")
-        light = self._light_copy()
-        token = dask.base.tokenize(collection.content_token(), index, weights.data,
-                                   weights.indices, weights.indptr)
-        est_d = dask.delayed(light, name=f"estimator-{token}", traverse=False)
-        w_d = dask.delayed(sparse.csc_matrix(weights), name=f"weights-{token}", traverse=False)
-        red = dask.delayed(_reduce_stored_rows, pure=True, nout=2)
-        step = max(FIT_MANY_ROWS_PER_TASK, self.chunk_size)
-        parts = [red(est_d, w_d, array_path, index[a:a + step], a, self.chunk_size)
-                 for a in range(0, len(index), step)]
-        total, summaries = compute(tree_sum([p[0] for p in parts]), [p[1] for p in parts])
         return total, [s for block in summaries for s in block]
 
     def _light_copy(self):
@@ -297,23 +335,70 @@ class CBMAEstimator:
         weighted and summed)."""
         return block
 
-    def _reduce_rows(self, block: np.ndarray, weights: np.ndarray):
+    def _row_sums(self, block: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """``weights @ _block_values(block)`` in float64 with rows added in order (the same
-        numbers as the sparse product of :meth:`fit_many`), and the row summaries. Override
-        to do both in fewer passes over the block."""
-        return weighted_row_sum(self._block_values(block), weights), self._row_summaries(block)
+        numbers as the sparse product of :meth:`fit_many`)."""
+        return weighted_row_sum(self._block_values(block), weights)
+
+    def _reduce_rows(self, block: np.ndarray, weights: np.ndarray):
+        """:meth:`_row_sums` and :meth:`_row_summaries` of a block. Override to do both in
+        fewer passes over the block."""
+        return self._row_sums(block, weights), self._row_summaries(block)
 
     def _row_summaries(self, block: np.ndarray) -> list:
+        """Per-row summaries of a block of MA rows (what :meth:`_finalize` needs of each
+        experiment for its null)."""
         raise NotImplementedError
 
-    def _finalize(self, stat_sum, summaries, dataset, plan):
+    def _hist_inv_step(self, kernel) -> float:
+        """Grid of the stored value histograms :meth:`_summaries_from_hist` reads."""
+        return kernel.hist_inv_step()
+
+    def _summaries_from_hist(self, row_max, hist, inv_step: float, n_voxels: int) -> list:
+        """:meth:`_row_summaries` of rows from a collection's stored maxima and value
+        histograms (non-zero values counted per bin of width ``1 / inv_step``)."""
+        raise NotImplementedError
+
+    def _finalize(self, stat_sum, summaries, n_voxels: int):
+        """Maps and null distributions of one selection from ``w @ f(MA)`` (float64) and its
+        experiments' row summaries (in selection order)."""
         raise NotImplementedError
 
     # -- many selections -------------------------------------------------------------------
+    @staticmethod
+    def _selection_rows(dataset, select, threshold: float, has_foci: np.ndarray) -> np.ndarray:
+        """Rows (ascending) of the experiments of ``dataset`` a selection names, without those
+        that have no foci; the same experiments, in the same order, as :meth:`_select`."""
+        if isinstance(select, str):
+            chosen = dataset.label_mask(select, threshold)
+            what = f"label expression {select!r} (threshold {threshold:g})"
+        else:
+            ids = [str(i) for i in select]
+            known = dataset.experiments["id"].isin(set(ids)).to_numpy()
+            if len(set(ids)) > int(known.sum()):
+                present = set(dataset.experiments["id"][known])
+                unknown = [i for i in ids if i not in present]
+                raise DatasetError(f"unknown experiment ids: {', '.join(unknown[:10])}")
+            chosen = known
+            what = "the given ids"
+        if not chosen.any():
+            raise DatasetError(f"empty selection: no experiment matches {what}")
+        rows = np.flatnonzero(chosen & has_foci)
+        if len(rows) == 0:
+            raise DatasetError(
+                f"empty selection: none of the {int(chosen.sum())} experiments has foci"
+            )
+        return rows
+
     def fit_many(self, collection, selections, threshold: float = 0.001, store=None,
                  group_size: int | None = None, progress=None):
         """Fit one meta-analysis per selection of a Collection, reading the store once per
         group of selections.
+
+        Each pass over the store sums the MA rows of a group of selections in tasks of
+        :data:`FIT_MANY_ROWS_PER_TASK` rows (exact integer counts for unweighted (M)KDA,
+        float64 otherwise), then computes the maps of the group's selections in tasks of
+        :data:`FIT_MANY_SELECTIONS_PER_TASK`, which write them to ``store`` when one is given.
 
         Parameters
         ----------
@@ -327,7 +412,8 @@ class CBMAEstimator:
             Write the maps to this Zarr store as they are computed (``selection`` x
             ``voxel``); the returned Dataset is then opened lazily from it.
         group_size : int, optional
-            Selections per pass (default: as many as fit in ~512 MB of voxel sums).
+            Selections per pass (default: as many as keep the pass's sums within
+            :data:`FIT_MANY_MEMORY` bytes).
         progress : callable, optional
             Called with ``(n_done, n_total)`` after each group.
 
@@ -336,6 +422,11 @@ class CBMAEstimator:
         xarray.Dataset
             ``stat``, ``p``, ``z``, ``logp`` over (``selection``, ``voxel``), with the
             number of experiments of each selection and the provenance in attributes.
+
+        Raises
+        ------
+        DatasetError
+            If a selection is empty or names unknown experiments (the message names it).
         """
         import xarray as xr
 
@@ -349,93 +440,115 @@ class CBMAEstimator:
             selections = {name: name for name in selections}
         if not selections:
             raise DaskmetaError("fit_many needs at least one selection")
+        if group_size is not None and not (isinstance(group_size, int | np.integer)
+                                           and group_size > 0):
+            raise DaskmetaError(f"group_size must be a positive integer; got {group_size!r}")
         names = list(selections)
-        subsets = []
+        dataset = collection.dataset
+        has_foci = dataset.experiments["id"].isin(set(dataset.foci["id"])).to_numpy()
+        rows_of = []
         for name in names:
             try:
-                subsets.append(self._select(collection.dataset, selections[name], threshold))
+                rows_of.append(self._selection_rows(dataset, selections[name], threshold,
+                                                    has_foci))
             except DatasetError as exc:
                 raise DatasetError(f"selection {name!r}: {exc}") from None
+        self.kernel_, self.space_ = kernel, space
+        # Foci per experiment that made it into the store (the build's margin rule).
+        n_foci = np.diff(kernel.plan(dataset, space, collection.mask_margin,
+                                     warn=False).row_start)
+        weights_of = []
+        for rows in rows_of:
+            self._prepare(dataset.experiments.iloc[rows], n_foci[rows])
+            weights_of.append(np.asarray(self._selection_weights(len(rows)), dtype=np.float64))
+        stored = np.dtype(collection.attrs["dtype"])
+        exact_counts = stored.kind in "ui" and all(np.all(w == 1.0) for w in weights_of)
+        acc_dtype = np.dtype(np.uint32 if exact_counts else np.float64)
         n_vox = space.n_voxels
         if group_size is None:
-            # ~1 GB: the group's float64 sums, partial sums in flight and its four maps.
-            group_size = max(1, int(1e9 // (n_vox * 8 * 8)))
-        self.kernel_, self.space_ = kernel, space
-        out_vars = {"stat": [], "p": [], "z": [], "logp": []}
-        n_exp = []
-        if store is not None:
-            self._init_many_store(store, names, n_vox, collection)
-        for g0 in range(0, len(names), group_size):
-            group = subsets[g0:g0 + group_size]
-            used = sorted(set().union(*(set(s.ids) for s in group)),
-                          key=collection._row_of.get)
-            pos = {i: k for k, i in enumerate(used)}
-            rows, cols, vals = [], [], []
-            plans = []
-            for s, subset in enumerate(group):
-                plan = kernel.plan(subset, space, collection.mask_margin, warn=False)
-                self._prepare(subset, plan)
-                w = self._selection_weights(subset)
-                rows.append(np.full(len(w), s))
-                cols.append([pos[i] for i in subset.ids])
-                vals.append(w)
-                plans.append(plan)
-            weights = sparse.csr_matrix(
-                (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                shape=(len(group), len(used)))
-            totals, summaries = self._reduce_stored(collection, used, weights)
-            group_maps = {k: [] for k in out_vars}
-            for s, subset in enumerate(group):
-                self._prepare(subset, plans[s])
-                rows_s = [summaries[pos[i]] for i in subset.ids]
-                maps, _ = self._finalize(totals[s], rows_s, subset, plans[s])
-                for k in out_vars:
-                    group_maps[k].append(np.asarray(maps[k]))
-                n_exp.append(subset.n_experiments)
-            if store is not None:
-                self._write_many_group(store, g0, group_maps)
-            else:
-                for k in out_vars:
-                    out_vars[k].extend(group_maps[k])
-            if progress is not None:
-                progress(min(g0 + group_size, len(names)), len(names))
+            # Each thread's running sum, finished partial sums and their tree sum.
+            group_size = max(1, int(FIT_MANY_MEMORY // (n_vox * acc_dtype.itemsize * 6)))
         attrs = {"estimator": type(self).__name__, "daskmeta_version": __version__,
                  **kernel.describe(), **space.describe(), "collection": str(collection.path),
                  "threshold": float(threshold), "tal2mni": TAL2MNI_METHOD}
+        n_exp = np.asarray([len(rows) for rows in rows_of])
+        if store is not None:
+            self._init_many_store(store, names, n_vox, n_exp)
+            out = None
+        else:
+            out = {k: np.empty((len(names), n_vox), dtype=_MANY_DTYPES[k]) for k in _MANY_DTYPES}
+        light = self._light_copy()
+        for g0 in range(0, len(names), group_size):
+            g1 = min(g0 + group_size, len(names))
+            results = self._fit_group(light, collection, rows_of[g0:g1], weights_of[g0:g1],
+                                      n_foci, acc_dtype, None if store is None
+                                      else (str(store), g0))
+            if out is not None:
+                for s0, maps in results:
+                    for k in out:
+                        out[k][g0 + s0:g0 + s0 + len(maps[k])] = maps[k]
+            if progress is not None:
+                progress(g1, len(names))
         if store is not None:
             import zarr
 
-            group = zarr.open_group(store, mode="r+")
-            group.attrs.update({**attrs, "complete": True})
-            group["n_experiments"][:] = np.asarray(n_exp)
+            zarr.open_group(store, mode="r+").attrs.update({**attrs, "complete": True})
             return xr.open_zarr(store, consolidated=False)
-        data = {k: (("selection", "voxel"), np.vstack(v)) for k, v in out_vars.items()}
+        data = {k: (("selection", "voxel"), v) for k, v in out.items()}
         return xr.Dataset(data, coords={"selection": names, "voxel": np.arange(n_vox),
-                                        "n_experiments": ("selection", np.asarray(n_exp))},
+                                        "n_experiments": ("selection", n_exp)},
                           attrs=attrs)
 
+    def _fit_group(self, light, collection, rows_of, weights_of, n_foci, acc_dtype, target):
+        """One pass over the store for a group of selections: sums in row tasks, then maps in
+        selection tasks (written to ``target = (store, first index)`` if given)."""
+        used = np.unique(np.concatenate(rows_of))
+        w_rows = np.concatenate([np.full(len(r), s) for s, r in enumerate(rows_of)])
+        w_cols = np.searchsorted(used, np.concatenate(rows_of))
+        weights = sparse.csc_matrix((np.concatenate(weights_of), (w_rows, w_cols)),
+                                    shape=(len(rows_of), len(used)))
+        array_path = str(collection.path / "ma")
+        token = dask.base.tokenize(collection.content_token(), used, weights.data,
+                                   weights.indices, weights.indptr, acc_dtype.str)
+        est_d = dask.delayed(light, name=f"estimator-{token}", traverse=False)
+        w_d = dask.delayed(weights, name=f"weights-{token}", traverse=False)
+        red = dask.delayed(_reduce_stored_rows, pure=True, nout=2)
+        step = max(FIT_MANY_ROWS_PER_TASK, self.chunk_size)
+        n_vox = collection.space.n_voxels
+        stored = self._stored_summaries(collection, used, self.kernel_)
+        parts = [red(est_d, w_d, array_path, n_vox, used[a:a + step], a, self.chunk_size,
+                     acc_dtype, stored is None) for a in range(0, len(used), step)]
+        total = tree_sum([p[0] for p in parts])
+        if stored is None:
+            summaries = dask.delayed(_concat_lists, pure=True)([p[1] for p in parts])
+        else:
+            summaries = dask.delayed(stored, name=f"summaries-{token}", traverse=False)
+        experiments = collection.dataset.experiments
+        finalize = dask.delayed(_finalize_selections, pure=True)
+        tasks = []
+        for s0 in range(0, len(rows_of), FIT_MANY_SELECTIONS_PER_TASK):
+            s1 = min(s0 + FIT_MANY_SELECTIONS_PER_TASK, len(rows_of))
+            jobs = [(np.searchsorted(used, rows_of[s]), experiments.iloc[rows_of[s]],
+                     n_foci[rows_of[s]]) for s in range(s0, s1)]
+            sums = dask.delayed(operator.getitem, pure=True)(total, slice(s0, s1))
+            where = None if target is None else (target[0], target[1] + s0)
+            tasks.append(finalize(est_d, sums, summaries, jobs, n_vox, where))
+        return [(s0, maps) for s0, maps in
+                zip(range(0, len(rows_of), FIT_MANY_SELECTIONS_PER_TASK), compute(*tasks))]
+
     @staticmethod
-    def _init_many_store(store, names, n_vox, collection):
+    def _init_many_store(store, names, n_vox, n_exp):
         import xarray as xr
 
         n = len(names)
         lazy = {k: (("selection", "voxel"), da.zeros((n, n_vox), chunks=(1, n_vox),
-                                                      dtype=np.float32 if k == "logp"
-                                                      else np.float64))
-                for k in ("stat", "p", "z", "logp")}
-        lazy["n_experiments"] = (("selection",), np.zeros(n, dtype=np.int64))
+                                                      dtype=dtype))
+                for k, dtype in _MANY_DTYPES.items()}
         xr.Dataset(lazy, coords={"selection": np.asarray(names, dtype=object),
-                                 "voxel": np.arange(n_vox)},
+                                 "voxel": np.arange(n_vox),
+                                 "n_experiments": ("selection", np.asarray(n_exp))},
                    attrs={"complete": False}).to_zarr(store, compute=False, consolidated=False,
                                                       mode="w")
-
-    @staticmethod
-    def _write_many_group(store, start, group_maps):
-        import zarr
-
-        for k, values in group_maps.items():
-            arr = zarr.open_array(store, path=k, mode="r+")
-            arr[start:start + len(values)] = np.vstack(values).astype(arr.dtype)
 
     # -- result ----------------------------------------------------------------------------
     def describe(self) -> dict:

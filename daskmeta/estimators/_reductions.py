@@ -9,21 +9,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["nonzero_summary", "weighted_entry_sum", "weighted_row_sum",
-           "weighted_rows_by_selection"]
+from daskmeta._rows import compact_nonzero, nearest_bin
 
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _compact_nonzero(row, col_buf, val_buf):
-    """Copy a row's non-zero entries (column, value) to the front of the buffers; return
-    how many. Branch-free: MA rows are mostly zeros in an unpredictable pattern."""
-    k = 0
-    for j in range(row.shape[0]):
-        v = row[j]
-        col_buf[k] = j
-        val_buf[k] = v
-        k += v != 0
-    return k
+__all__ = ["add_rows_by_selection", "entry_histograms", "nonzero_entries",
+           "weighted_entry_sum", "weighted_row_sum"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -43,70 +32,67 @@ def weighted_row_sum(block, weights):
 
 
 @numba.njit(cache=True, nogil=True)
-def nonzero_summary(block, inv_step):
-    """One pass over a block of MA rows: each row's non-zero entries, maximum, and histogram
-    of its non-zero values over bins of width ``1 / inv_step`` (nearest bin centre, ties
-    upward: NiMARE's ``_nearest_bin``).
+def nonzero_entries(block):
+    """A block of MA rows in compressed sparse row form: ``offsets`` (n_rows + 1), and the
+    non-zero entries' ``columns`` (int32) and ``values`` (the block's dtype), each row's in
+    column order. One pass over the block, one copy of its non-zeros."""
+    n_rows, n_cols = block.shape
+    offsets = np.zeros(n_rows + 1, dtype=np.int64)
+    capacity = max(n_cols, n_rows * n_cols // 4)
+    columns = np.empty(capacity, dtype=np.int32)
+    values = np.empty(capacity, dtype=block.dtype)
+    k = 0
+    for r in range(n_rows):
+        if k + n_cols > columns.shape[0]:  # compaction writes up to a whole row
+            capacity = max(2 * columns.shape[0], k + n_cols)
+            grown_c = np.empty(capacity, dtype=np.int32)
+            grown_v = np.empty(capacity, dtype=block.dtype)
+            grown_c[:k] = columns[:k]
+            grown_v[:k] = values[:k]
+            columns, values = grown_c, grown_v
+        k += compact_nonzero(block[r], columns[k:], values[k:])
+        offsets[r + 1] = k
+    return offsets, columns[:k], values[:k]
 
-    A row is read once, while it is in cache (blocks are far larger than the caches, and
-    memory bandwidth, not arithmetic, sets the pace).
+
+@numba.njit(cache=True, nogil=True)
+def entry_histograms(offsets, values, inv_step):
+    """Each row's maximum and the histogram of its (non-zero) entry values on the grid of
+    :func:`daskmeta._rows.nearest_bin`, as occupied bins and their counts.
 
     Returns
     -------
-    offsets : (n_rows + 1,) int64
-        Row ``r``'s entries are ``columns[offsets[r]:offsets[r + 1]]`` and ``values[...]``.
-    columns : int32
-    values : block's dtype
     row_max : (n_rows,) float32
     hist_offsets : (n_rows + 1,) int64
         Row ``r``'s occupied bins are ``bins[hist_offsets[r]:hist_offsets[r + 1]]``.
     bins : int64
     counts : float64
     """
-    n_rows, n_cols = block.shape
-    col_buf = np.empty(n_cols, dtype=np.int32)
-    val_buf = np.empty(n_cols, dtype=block.dtype)
-    bin_buf = np.empty(n_cols, dtype=np.int64)
-    offsets = np.zeros(n_rows + 1, dtype=np.int64)
-    hist_offsets = np.zeros(n_rows + 1, dtype=np.int64)
+    n_rows = offsets.shape[0] - 1
     row_max = np.zeros(n_rows, dtype=np.float32)
-    col_parts = []
-    val_parts = []
+    hist_offsets = np.zeros(n_rows + 1, dtype=np.int64)
     bin_parts = []
     count_parts = []
     for r in range(n_rows):
-        k = _compact_nonzero(block[r], col_buf, val_buf)
-        top = 0.0
+        top = np.float32(0)
         top_bin = 0
-        for i in range(k):
-            v = np.float64(val_buf[i])
-            scaled = v * inv_step
-            fl = np.floor(scaled)
-            b = max(0, int(fl) + int(scaled - fl >= 0.5))
-            bin_buf[i] = b
-            top = max(top, v)
-            top_bin = max(top_bin, b)
-        row_max[r] = top
+        for k in range(offsets[r], offsets[r + 1]):
+            top = max(top, np.float32(values[k]))
+            top_bin = max(top_bin, nearest_bin(values[k], inv_step))
         hist = np.zeros(top_bin + 1, dtype=np.int64)
-        for i in range(k):
-            hist[bin_buf[i]] += 1
+        for k in range(offsets[r], offsets[r + 1]):
+            hist[nearest_bin(values[k], inv_step)] += 1
         occupied = np.flatnonzero(hist)
-        col_parts.append(col_buf[:k].copy())
-        val_parts.append(val_buf[:k].copy())
         bin_parts.append(occupied.astype(np.int64))
         count_parts.append(hist[occupied].astype(np.float64))
-        offsets[r + 1] = offsets[r] + k
+        row_max[r] = top
         hist_offsets[r + 1] = hist_offsets[r] + occupied.shape[0]
-    columns = np.empty(offsets[n_rows], dtype=np.int32)
-    values = np.empty(offsets[n_rows], dtype=block.dtype)
     bins = np.empty(hist_offsets[n_rows], dtype=np.int64)
     counts = np.empty(hist_offsets[n_rows], dtype=np.float64)
     for r in range(n_rows):
-        columns[offsets[r]:offsets[r + 1]] = col_parts[r]
-        values[offsets[r]:offsets[r + 1]] = val_parts[r]
         bins[hist_offsets[r]:hist_offsets[r + 1]] = bin_parts[r]
         counts[hist_offsets[r]:hist_offsets[r + 1]] = count_parts[r]
-    return offsets, columns, values, row_max, hist_offsets, bins, counts
+    return row_max, hist_offsets, bins, counts
 
 
 @numba.njit(cache=True, nogil=True)
@@ -124,23 +110,22 @@ def weighted_entry_sum(offsets, columns, values, weights, n_cols):
 
 
 @numba.njit(cache=True, nogil=True)
-def weighted_rows_by_selection(block, indptr, indices, data, n_selections):
-    """``W @ block`` as float64 for a sparse (selection x row) ``W`` given in CSC form
-    (``indptr``, ``indices``, ``data`` over the block's rows): each row's non-zero entries
-    are gathered once and added to the selections that hold it. The same numbers as
-    ``W @ block.astype(float64)`` (per entry, rows added in order), without converting the
-    block or touching its zeros."""
+def add_rows_by_selection(block, indptr, indices, data, out):
+    """``out += W @ block`` for a sparse (selection x row) ``W`` given in CSC form (``indptr``,
+    ``indices``, ``data`` over the block's rows), in ``out``'s dtype (float64, or an
+    unsigned integer for exact counts): each row's non-zero entries are gathered once and
+    added to the selections that hold it. Per entry, rows are added in order: the same
+    numbers as ``W @ block.astype(out.dtype)``, without converting the block or touching its
+    zeros."""
     n_rows, n_cols = block.shape
-    out = np.zeros((n_selections, n_cols))
     col_buf = np.empty(n_cols, dtype=np.int64)
-    val_buf = np.empty(n_cols, dtype=np.float64)
+    val_buf = np.empty(n_cols, dtype=out.dtype)
     for r in range(n_rows):
         if indptr[r] == indptr[r + 1]:
             continue
-        k = _compact_nonzero(block[r], col_buf, val_buf)
+        k = compact_nonzero(block[r], col_buf, val_buf)
         for p in range(indptr[r], indptr[r + 1]):
             target = out[indices[p]]
             w = data[p]
             for q in range(k):
                 target[col_buf[q]] += w * val_buf[q]
-    return out

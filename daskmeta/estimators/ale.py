@@ -5,16 +5,18 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from daskmeta._stats import nlogp_to_logp, nullhist_to_p, p_to_z
+from daskmeta._stats import nullhist_maps
 from daskmeta.estimators._base import CBMAEstimator
-from daskmeta.estimators._reductions import nonzero_summary, weighted_entry_sum
-from daskmeta.kernels import ALEKernel
+from daskmeta.estimators._reductions import (
+    entry_histograms,
+    nonzero_entries,
+    weighted_entry_sum,
+)
+from daskmeta.kernels import ALE_HIST_INV_STEP, ALEKernel
 
 __all__ = ["ALE"]
 
 _INV_STEP = 100000  # NiMARE's ALE histogram resolution: bins of 1e-5
-# The inverse step NiMARE bins with: 1 / (bins[1] - bins[0]), not exactly 1e5 in float64.
-_BIN_INV_STEP = 1 / float(np.round(np.arange(0, 2.5e-5, 1 / _INV_STEP), 5)[1])
 
 
 #: Histogram bins per parallel tile of a convolution step (sized for the L1/L2 caches).
@@ -213,30 +215,44 @@ class ALE(CBMAEstimator):
         # log1p in float32, summed in float64: exactly how NiMARE accumulates ALE.
         return np.log1p(-block)
 
-    def _reduce_rows(self, block, weights):
-        offsets, columns, values, row_max, h_off, bins, counts = nonzero_summary(
-            block, _BIN_INV_STEP)
+    @staticmethod
+    def _log_sum(offsets, columns, values, weights, n_cols):
         # Zeros add nothing (log1p(-0) = -0). numpy's float32 log1p, as NiMARE's.
-        total = weighted_entry_sum(offsets, columns, np.log1p(-values), weights,
-                                   block.shape[1])
-        return total, self._split_summaries(row_max, h_off, bins, counts)
+        return weighted_entry_sum(offsets, columns, np.log1p(-values), weights, n_cols)
+
+    def _row_sums(self, block, weights):
+        return self._log_sum(*nonzero_entries(block), weights, block.shape[1])
+
+    def _reduce_rows(self, block, weights):
+        offsets, columns, values = nonzero_entries(block)
+        total = self._log_sum(offsets, columns, values, weights, block.shape[1])
+        return total, self._split_summaries(*entry_histograms(offsets, values,
+                                                              ALE_HIST_INV_STEP))
 
     def _row_summaries(self, block):
-        _, _, _, row_max, h_off, bins, counts = nonzero_summary(block, _BIN_INV_STEP)
-        return self._split_summaries(row_max, h_off, bins, counts)
+        offsets, _, values = nonzero_entries(block)
+        return self._split_summaries(*entry_histograms(offsets, values, ALE_HIST_INV_STEP))
 
     @staticmethod
     def _split_summaries(row_max, h_off, bins, counts):
         return [(row_max[r], bins[h_off[r]:h_off[r + 1]], counts[h_off[r]:h_off[r + 1]])
                 for r in range(len(row_max))]
 
-    def _finalize(self, log_sum, summaries, dataset, plan):
+    def _hist_inv_step(self, kernel):
+        return ALE_HIST_INV_STEP
+
+    def _summaries_from_hist(self, row_max, hist, inv_step, n_voxels):
+        out = []
+        for r in range(len(row_max)):
+            bins = np.flatnonzero(hist[r])
+            out.append((row_max[r], bins, hist[r, bins].astype(np.float64)))
+        return out
+
+    def _finalize(self, log_sum, summaries, n_voxels):
         stat = (1.0 - np.exp(log_sum)).astype(np.float32)
         row_max = np.asarray([s[0] for s in summaries], dtype=np.float32)
         bins = ale_bins(row_max)
-        null = ale_null_histogram([(s[1], s[2]) for s in summaries], plan.n_voxels, bins)
-        p = nullhist_to_p(stat, null, bins)
-        z = p_to_z(p, tail="one")
-        maps = {"stat": stat, "p": p, "z": z, "logp": nlogp_to_logp(np.log(p))}
+        null = ale_null_histogram([(s[1], s[2]) for s in summaries], n_voxels, bins)
+        maps = nullhist_maps(stat, null, bins)
         nulls = {"histogram_bins": bins, "histweights_corr-none_method-approximate": null}
         return maps, nulls

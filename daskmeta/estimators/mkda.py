@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from daskmeta._stats import nlogp_to_logp, nullhist_to_p, p_to_z, round_half_away
+from daskmeta._stats import nullhist_maps, round_half_away
 from daskmeta.estimators._base import CBMAEstimator
 from daskmeta.exceptions import DaskmetaError, DatasetError
 from daskmeta.kernels import DEFAULT_CHUNK_EXPERIMENTS, DEFAULT_MASK_MARGIN, KDAKernel, MKDAKernel
@@ -15,22 +15,23 @@ __all__ = ["KDA", "MKDADensity"]
 DEFAULT_HISTOGRAM_BINS = 100_000
 
 
-def experiment_weights(dataset, weighting) -> np.ndarray:
+def experiment_weights(experiments, weighting) -> np.ndarray:
     """Relative weights of experiments, normalised to sum to their number (NiMARE).
 
-    ``None`` or ``"uniform"``: all 1. ``"sample_size"``: sqrt(N) (Wager et al., 2009).
+    ``experiments`` is a Dataset's experiments table (``id``, ``sample_size``). ``None`` or
+    ``"uniform"``: all 1. ``"sample_size"``: sqrt(N) (Wager et al., 2009).
     """
-    n = dataset.n_experiments
+    n = len(experiments)
     if weighting in (None, "uniform"):
         return np.ones(n)
     if weighting != "sample_size":
         raise DaskmetaError(
             f"weighting={weighting!r} is not supported; allowed: None, 'uniform', 'sample_size'"
         )
-    sizes = dataset.experiments["sample_size"].to_numpy(dtype=float)
+    sizes = experiments["sample_size"].to_numpy(dtype=float)
     bad = ~(np.isfinite(sizes) & (sizes > 0))
     if bad.any():
-        ids = dataset.experiments["id"][bad].tolist()
+        ids = experiments["id"][bad].tolist()
         raise DatasetError(
             f"sample-size weighting needs a positive sample size for every experiment; "
             f"{len(ids)} have none: {', '.join(ids[:25])}"
@@ -104,18 +105,30 @@ class MKDADensity(CBMAEstimator):
         self.weighting = weighting
         self.n_histogram_bins = n_histogram_bins
 
-    def _prepare(self, dataset, plan):
-        self.weights_ = experiment_weights(dataset, self.weighting)
+    def _prepare(self, experiments, n_foci):
+        self.weights_ = experiment_weights(experiments, self.weighting)
 
-    def _selection_weights(self, dataset):
+    def _selection_weights(self, n_experiments):
         return self.weights_
+
+    def _row_sums(self, block, weights):
+        if block.dtype.kind in "ui" and np.all(weights == 1.0):
+            # Unweighted counts of a store's integer rows: exact in uint32, and numpy's sum
+            # runs about twice as fast as the general weighted kernel.
+            return block.sum(axis=0, dtype=np.uint32).astype(np.float64)
+        return super()._row_sums(block, weights)
 
     def _row_summaries(self, block):
         return list(block.sum(axis=1))
 
-    def _finalize(self, stat, summaries, dataset, plan):
+    def _summaries_from_hist(self, row_max, hist, inv_step, n_voxels):
+        # Row sums: count x value per bin (exact for integer values).
+        return list(hist @ (np.arange(hist.shape[1], dtype=np.float64)
+                            * float(self.kernel_.value)))
+
+    def _finalize(self, stat, summaries, n_voxels):
         counts = np.asarray(summaries, dtype=np.float32)
-        prop_active = counts / plan.n_voxels  # float32, as NiMARE's
+        prop_active = counts / n_voxels  # float32, as NiMARE's
         weights = self.weights_
         if np.all(weights == weights[0]):
             bins = np.arange(len(prop_active) + 1, step=1)
@@ -125,9 +138,7 @@ class MKDADensity(CBMAEstimator):
         else:
             bins = _weighted_bins(weights, self.n_histogram_bins)
             hist = _weighted_null(weights, prop_active, bins)
-        p = nullhist_to_p(stat, hist, bins)
-        z = p_to_z(p, tail="one")
-        maps = {"stat": stat, "p": p, "z": z, "logp": nlogp_to_logp(np.log(p))}
+        maps = nullhist_maps(stat, hist, bins)
         nulls = {"histogram_bins": bins, "histweights_corr-none_method-approximate": hist}
         return maps, nulls
 
@@ -148,11 +159,17 @@ class KDA(CBMAEstimator):
 
     _kernel_cls = KDAKernel
 
-    def _prepare(self, dataset, plan):
+    def _prepare(self, experiments, n_foci):
         value = float(self.kernel_.value)
-        n_foci = np.diff(plan.row_start).astype(np.float64)
-        max_poss = np.sum(value * n_foci)
+        max_poss = np.sum(value * np.asarray(n_foci, dtype=np.float64))
         self._bins = np.arange(0, max_poss + (value * 1.5), value)
+
+    def _summaries_from_hist(self, row_max, hist, inv_step, n_voxels):
+        out = []
+        for row in hist:
+            idx = np.flatnonzero(row)
+            out.append((idx, row[idx].astype(np.float64), n_voxels - int(row.sum())))
+        return out
 
     def _row_summaries(self, block):
         value = float(self.kernel_.value)
@@ -163,7 +180,7 @@ class KDA(CBMAEstimator):
             out.append((idx, counts.astype(np.float64), row.shape[0] - vals.shape[0]))
         return out
 
-    def _finalize(self, stat, summaries, dataset, plan):
+    def _finalize(self, stat, summaries, n_voxels):
         stat = stat.astype(np.float32)
         bins = self._bins
         n_bins = len(bins)
@@ -182,8 +199,6 @@ class KDA(CBMAEstimator):
             probs = np.outer(exp_hist[e_idx], hist[s_idx]).ravel()
             hist = np.zeros(hist.shape)
             np.add.at(hist, score_idx, probs)
-        p = nullhist_to_p(stat, hist, bins)
-        z = p_to_z(p, tail="one")
-        maps = {"stat": stat, "p": p, "z": z, "logp": nlogp_to_logp(np.log(p))}
+        maps = nullhist_maps(stat, hist, bins)
         nulls = {"histogram_bins": bins, "histweights_corr-none_method-approximate": hist}
         return maps, nulls
