@@ -2,7 +2,11 @@
 
 A store holds the MA matrix as a compressed ``ma`` array (dims ``study``, ``voxel``) stored
 as shards of many rows whose inner chunks are single rows, so a build writes one file per
-shard and a selection reads exactly its rows (:mod:`daskmeta.storage`); the mask, and its provenance in the attributes, so ``xarray.open_zarr(path,
+shard and a selection reads exactly its rows (:mod:`daskmeta.storage`); each row's maximum
+(``ma_max``) and the histogram of its non-zero values (``ma_hist``, dims ``study``,
+``ma_bin``: bins of width ``1 / ma_hist_inv_step``, nearest centre, ties upward), which are
+all an estimator's null needs of an experiment, so a fit reads no more than the weighted sum
+needs; the mask; and the provenance in the attributes, so ``xarray.open_zarr(path,
 consolidated=False)`` opens it lazily without daskmeta. The Dataset (``dataset.zip``, the open
 format of :meth:`Dataset.save`) and the build's progress markers live in the sub-group
 ``daskmeta/``: a Zarr group, so that listing the store's root finds nothing but Zarr nodes
@@ -467,7 +471,7 @@ class Collection:
         return out if dtype is None else out.astype(dtype)
 
     def value_histograms(self, rows, inv_step: float):
-        """Stored maxima and value histograms of rows (format 3 stores), or None.
+        """Stored value histograms of rows (format 3 stores), or None.
 
         Parameters
         ----------
@@ -478,18 +482,24 @@ class Collection:
 
         Returns
         -------
-        (row_max, hist) : float32 (n,) and int32 (n, n_bins), or None
+        (n, n_bins) int32 ndarray or None
             ``hist[r, b]`` counts the non-zero MA values of row ``r`` whose nearest bin
             centre (ties upward) is ``b / inv_step``.
         """
         if "ma_hist" not in self.data or self.attrs.get("ma_hist_inv_step") != inv_step:
             return None
-        rows = np.asarray(rows, dtype=np.int64)
+        return read_rows(self.path / "ma_hist", np.asarray(rows, dtype=np.int64))
+
+    def row_maxima(self, rows) -> np.ndarray:
+        """Stored maximum MA value of rows (format 3 stores; read once, then cached)."""
+        if "ma_max" not in self.data:
+            raise DaskmetaError(f"{self.path} stores no row maxima (a store of an earlier "
+                                "format)")
         if "_row_max" not in self.__dict__:
             import zarr
 
             self._row_max = zarr.open_array(self.path, path="ma_max", mode="r")[:]
-        return self._row_max[rows], read_rows(self.path / "ma_hist", rows)
+        return self._row_max[np.asarray(rows, dtype=np.int64)]
 
     def selection_weights(self, selections: dict, threshold: float = 0.001):
         """A sparse (selection x experiment) 0/1 matrix from named label expressions or id

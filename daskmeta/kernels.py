@@ -230,7 +230,7 @@ class Kernel:
         row_of = {i: r for r, i in enumerate(ids)}
         focus_row = foci["id"].map(row_of).to_numpy(dtype=np.int64)
         ijk = space.mm_to_ijk(foci[["x", "y", "z"]].to_numpy())
-        keep = space.distance_to_mask(ijk) <= mask_margin
+        keep = space.near_mask(ijk, mask_margin)
         if warn and not keep.all():
             n_out = int((~keep).sum())
             n_exp = len(set(foci["id"].to_numpy()[~keep]))

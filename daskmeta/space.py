@@ -100,6 +100,11 @@ def _default_mask_img() -> nib.Nifti1Image:
     return nib.Nifti1Image(data, img.affine)
 
 
+#: :meth:`Space.near_mask` looks the mask up within this many voxels of a point; wider
+#: margins use :meth:`Space.distance_to_mask`.
+_NEAR_MASK_MAX_VOXELS = 12
+
+
 class Space:
     """A mask image and its voxel grid: the space every map lives in.
 
@@ -232,6 +237,54 @@ class Space:
             points = ijk[outside] * np.asarray(self.zooms, dtype=float)
             out[outside] = self._mask_surface.query(points)[0]
         return out.astype(np.float32)
+
+    def near_mask(self, ijk, margin: float) -> np.ndarray:
+        """Whether voxel indices (on or off the grid) lie within ``margin`` mm of an in-mask
+        voxel: ``distance_to_mask(ijk) <= margin``, decided by looking the mask up around
+        each point outside it (no KD-tree for margins up to
+        ``_NEAR_MASK_MAX_VOXELS`` voxels).
+
+        Parameters
+        ----------
+        ijk : (N, 3) array of int
+        margin : float
+            mm; ``inf`` accepts every point, ``0`` only in-mask ones.
+
+        Returns
+        -------
+        (N,) bool ndarray
+        """
+        ijk = np.asarray(ijk, dtype=np.int64).reshape(-1, 3)
+        out = self.in_mask(ijk)
+        outside = np.flatnonzero(~out)
+        if len(outside) == 0 or margin <= 0:
+            return out
+        if np.isinf(margin):
+            return np.ones(len(ijk), dtype=bool)
+        zooms = np.asarray(self.zooms, dtype=float)
+        radius = int(margin // zooms.min())
+        if radius > _NEAR_MASK_MAX_VOXELS:
+            return self.distance_to_mask(ijk) <= margin
+        # The offsets of the ball (rounded as distance_to_mask rounds), looked up in a mask
+        # padded so that every point within `radius` voxels of the grid stays inside it.
+        steps = np.arange(-radius, radius + 1)
+        offsets = np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), -1).reshape(-1, 3)
+        length = np.sqrt(((offsets * zooms) ** 2).sum(axis=1)).astype(np.float32)
+        offsets = offsets[length <= margin]
+        pad = 2 * radius
+        padded = np.zeros(tuple(np.asarray(self.shape) + 2 * pad), dtype=bool)
+        padded[pad:-pad, pad:-pad, pad:-pad] = self.mask
+        strides = np.array([padded.shape[1] * padded.shape[2], padded.shape[2], 1])
+        points = ijk[outside]
+        close = np.all((points >= -radius) & (points < np.asarray(self.shape) + radius), 1)
+        rows = outside[close]
+        base = (points[close] + pad) @ strides
+        shifts = offsets @ strides
+        flat = padded.reshape(-1)
+        step = max(1, (1 << 20) // len(shifts))  # bounded memory
+        for a in range(0, len(rows), step):
+            out[rows[a:a + step]] = flat[base[a:a + step, None] + shifts].any(axis=1)
+        return out
 
     # -- vectors <-> images ---------------------------------------------------------------
     def to_img(self, vector, dtype=None) -> nib.Nifti1Image:

@@ -141,6 +141,21 @@ def test_distance_to_mask_is_exact_on_and_off_the_grid(nimare_space):
     assert np.all(got[-5:] == 0)
 
 
+@pytest.mark.parametrize("margin", [0.0, 2.0, 4.5, 10.0, 17.3, 30.0, float("inf")])
+def test_near_mask_is_distance_within_margin(nimare_mask, margin):
+    # Looking the mask up around points decides exactly as the KD-tree distance does, on
+    # and off the grid; margins of up to 12 voxels (24 mm) never build the KD-tree.
+    space = daskmeta.Space(nimare_mask)
+    rng = np.random.default_rng(5)
+    shape = np.asarray(space.shape)
+    points = np.vstack([rng.integers(-20, shape + 20, size=(3000, 3)),
+                        space.voxel_ijk[::5000] + rng.integers(-8, 9, size=(46, 3))])
+    got = space.near_mask(points, margin)
+    assert ("_mask_surface" in space.__dict__) == (24 < margin < np.inf)
+    assert np.array_equal(got, space.distance_to_mask(points) <= margin)
+    assert 0 < got.sum() < len(points) or np.isinf(margin)
+
+
 def test_focus_just_off_the_grid_but_near_the_mask_is_kept(nimare_mask, nimare_space):
     # NiMARE's mask touches the bottom of its grid (cerebellum at z = -72 mm): a focus 4 mm
     # below the grid is 4 mm from the mask, and its MKDA sphere reaches in-mask voxels.

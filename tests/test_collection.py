@@ -133,11 +133,12 @@ def test_stored_value_histograms_give_the_row_summaries(stores, name):
     est.kernel_ = collection.kernel
     rows = np.arange(collection.n_experiments)[::-1]
     inv_step = est._hist_inv_step(collection.kernel)
-    row_max, hist = collection.value_histograms(rows, inv_step)
+    hist = collection.value_histograms(rows, inv_step)
+    row_max = collection.row_maxima(rows)
     block = collection.ma.values[rows]
     assert np.array_equal(row_max, block.max(axis=1).astype(np.float32))
     assert np.array_equal(hist.sum(axis=1), np.count_nonzero(block, axis=1))
-    from_hist = est._summaries_from_hist(row_max, hist, inv_step, collection.space.n_voxels)
+    from_hist = est._summaries_from_hist(hist, row_max, collection.space.n_voxels)
     computed = est._row_summaries(block)
     assert len(from_hist) == len(computed) == len(rows)
 
@@ -151,7 +152,7 @@ def test_stored_value_histograms_give_the_row_summaries(stores, name):
 
 
 def test_store_without_value_histograms_fits_the_same(tmp_path, labelled_stores):
-    # Stores of daskmeta < 0.3 (format 2) have no ma_hist: summaries come from the rows.
+    # Format-2 stores have no ma_hist: summaries come from the rows.
     import shutil
 
     for name in ("mkda", "ale"):
@@ -165,6 +166,8 @@ def test_store_without_value_histograms_fits_the_same(tmp_path, labelled_stores)
         group.attrs["format_version"] = 2
         old = Collection.open(path)
         assert old.value_histograms(np.arange(3), 1.0) is None
+        with pytest.raises(DaskmetaError, match="stores no row maxima"):
+            old.row_maxima([0])
         est = ESTIMATORS[name]
         for select in SELECTIONS.values():
             _assert_same_maps(_maps(est().fit(old, select=select, threshold=0.5)),

@@ -117,6 +117,7 @@ class CBMAEstimator:
 
     _kernel_cls: type = None  # set by subclasses
     _null_methods = ("approximate",)
+    _needs_row_max = False  # whether _summaries_from_hist reads the rows' maxima
     _param_names = ("null_method", "mask", "mask_margin", "chunk_size")
 
     def __init__(self, kernel_transformer=None, null_method="approximate", mask=None,
@@ -299,11 +300,11 @@ class CBMAEstimator:
         """The row summaries of a collection's rows from the value histograms it stores, or
         None if it has none on the grid this estimator needs (then they are computed from
         the rows)."""
-        inv_step = self._hist_inv_step(kernel)
-        stored = collection.value_histograms(rows, inv_step)
-        if stored is None:
+        hist = collection.value_histograms(rows, self._hist_inv_step(kernel))
+        if hist is None:
             return None
-        return self._summaries_from_hist(*stored, inv_step, collection.space.n_voxels)
+        row_max = collection.row_maxima(rows) if self._needs_row_max else None
+        return self._summaries_from_hist(hist, row_max, collection.space.n_voxels)
 
     def _reduce(self, ma, weights, with_summaries: bool = True):
         """One pass over MA rows: ``weights @ f(MA)`` (dense, selections x voxels) and, if
@@ -354,9 +355,10 @@ class CBMAEstimator:
         """Grid of the stored value histograms :meth:`_summaries_from_hist` reads."""
         return kernel.hist_inv_step()
 
-    def _summaries_from_hist(self, row_max, hist, inv_step: float, n_voxels: int) -> list:
-        """:meth:`_row_summaries` of rows from a collection's stored maxima and value
-        histograms (non-zero values counted per bin of width ``1 / inv_step``)."""
+    def _summaries_from_hist(self, hist, row_max, n_voxels: int) -> list:
+        """:meth:`_row_summaries` of rows from a collection's stored value histograms
+        (non-zero values counted per bin of :meth:`_hist_inv_step`) and, if
+        ``_needs_row_max``, row maxima (else None)."""
         raise NotImplementedError
 
     def _finalize(self, stat_sum, summaries, n_voxels: int):

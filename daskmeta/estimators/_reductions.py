@@ -38,15 +38,14 @@ def nonzero_entries(block):
     column order. One pass over the block, one copy of its non-zeros."""
     n_rows, n_cols = block.shape
     offsets = np.zeros(n_rows + 1, dtype=np.int64)
-    capacity = max(n_cols, n_rows * n_cols // 4)
-    columns = np.empty(capacity, dtype=np.int32)
-    values = np.empty(capacity, dtype=block.dtype)
+    # Room for half the block (MA rows are sparser), grown if a block is denser.
+    columns = np.empty(max(n_cols, n_rows * n_cols // 2), dtype=np.int32)
+    values = np.empty(columns.shape[0], dtype=block.dtype)
     k = 0
     for r in range(n_rows):
-        if k + n_cols > columns.shape[0]:  # compaction writes up to a whole row
-            capacity = max(2 * columns.shape[0], k + n_cols)
-            grown_c = np.empty(capacity, dtype=np.int32)
-            grown_v = np.empty(capacity, dtype=block.dtype)
+        if k + n_cols > columns.shape[0]:  # room for a whole row
+            grown_c = np.empty(max(2 * columns.shape[0], k + n_cols), dtype=np.int32)
+            grown_v = np.empty(grown_c.shape[0], dtype=block.dtype)
             grown_c[:k] = columns[:k]
             grown_v[:k] = values[:k]
             columns, values = grown_c, grown_v

@@ -210,6 +210,7 @@ class ALE(CBMAEstimator):
     """
 
     _kernel_cls = ALEKernel
+    _needs_row_max = True
 
     def _block_values(self, block):
         # log1p in float32, summed in float64: exactly how NiMARE accumulates ALE.
@@ -241,7 +242,7 @@ class ALE(CBMAEstimator):
     def _hist_inv_step(self, kernel):
         return ALE_HIST_INV_STEP
 
-    def _summaries_from_hist(self, row_max, hist, inv_step, n_voxels):
+    def _summaries_from_hist(self, hist, row_max, n_voxels):
         out = []
         for r in range(len(row_max)):
             bins = np.flatnonzero(hist[r])

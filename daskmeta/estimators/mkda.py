@@ -121,7 +121,7 @@ class MKDADensity(CBMAEstimator):
     def _row_summaries(self, block):
         return list(block.sum(axis=1))
 
-    def _summaries_from_hist(self, row_max, hist, inv_step, n_voxels):
+    def _summaries_from_hist(self, hist, row_max, n_voxels):
         # Row sums: count x value per bin (exact for integer values).
         return list(hist @ (np.arange(hist.shape[1], dtype=np.float64)
                             * float(self.kernel_.value)))
@@ -164,7 +164,7 @@ class KDA(CBMAEstimator):
         max_poss = np.sum(value * np.asarray(n_foci, dtype=np.float64))
         self._bins = np.arange(0, max_poss + (value * 1.5), value)
 
-    def _summaries_from_hist(self, row_max, hist, inv_step, n_voxels):
+    def _summaries_from_hist(self, hist, row_max, n_voxels):
         out = []
         for row in hist:
             idx = np.flatnonzero(row)
