@@ -35,7 +35,6 @@ import numpy as np
 import xarray as xr
 from scipy import sparse
 
-from daskmeta._rows import row_histograms
 from daskmeta._version import __version__
 from daskmeta.cluster import active_client, compute, tree_sum
 from daskmeta.dataset import Dataset
@@ -112,7 +111,7 @@ def _write_shard(store: str, plan, index: int, rows_per_shard: int, dtype: str,
     stop = min(start + rows_per_shard, plan.n_rows)
     block = plan.fill(start, stop)
     if hist_grid is not None:
-        row_max, hist, overflow = row_histograms(block, *hist_grid)
+        row_max, hist, overflow = plan.value_histograms(block, *hist_grid)
         if overflow:
             raise DaskmetaError(f"{store}: MA values of shard {index} exceed the value "
                                 "histogram's range (a kernel bound is wrong)")

@@ -20,6 +20,7 @@ import numba
 import numpy as np
 from scipy import ndimage
 
+from daskmeta._rows import row_histograms
 from daskmeta.exceptions import DaskmetaWarning, DatasetError
 
 __all__ = ["ALEKernel", "KDAKernel", "MKDAKernel", "Kernel", "KernelPlan", "ale_fwhm"]
@@ -143,6 +144,23 @@ class KernelPlan:
     @property
     def n_rows(self) -> int:
         return len(self.ids)
+
+    def value_histograms(self, block: np.ndarray, inv_step: float, width: int):
+        """Each row's maximum and the histogram of its non-zero values on the grid of
+        :func:`daskmeta._rows.row_histograms` (whose results this returns), for a block of
+        this plan's rows: counted directly for spheres, whose non-zeros all hold the
+        sphere's value."""
+        if (self.mode != _MODE_SET or len(self.k_values) == 0
+                or np.any(self.k_values != self.k_values[0])):
+            return row_histograms(block, inv_step, width)
+        value = np.float32(self.k_values[0])
+        n_nonzero = np.count_nonzero(block, axis=1)
+        scaled = float(value) * inv_step
+        at = int(np.floor(scaled)) + int(scaled - np.floor(scaled) >= 0.5)
+        hist = np.zeros((len(block), width), dtype=np.int32)
+        hist[:, min(at, width - 1)] = n_nonzero
+        row_max = np.where(n_nonzero > 0, value, np.float32(0)).astype(np.float32)
+        return row_max, hist, int(n_nonzero.sum()) if at >= width else 0
 
     def max_value(self) -> float:
         """An upper bound of the MA values of the plan's rows."""

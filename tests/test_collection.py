@@ -151,6 +151,23 @@ def test_stored_value_histograms_give_the_row_summaries(stores, name):
     assert collection.value_histograms(rows, inv_step * 2) is None
 
 
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_plan_value_histograms_equal_the_general_kernel(pain_dataset, nimare_space, name):
+    # Spheres are counted directly; the result is the compiled kernel's, bit for bit.
+    from daskmeta._rows import row_histograms
+
+    kernel = KERNELS[name]()
+    plan = kernel.plan(pain_dataset, nimare_space)
+    block = plan.fill(0, plan.n_rows)
+    inv_step = kernel.hist_inv_step()
+    width = coll_mod._hist_width(plan.max_value(), inv_step)
+    fast, general = plan.value_histograms(block, inv_step, width), row_histograms(
+        block, inv_step, width)
+    for a, b in zip(fast, general):
+        assert np.array_equal(a, b)
+    assert fast[2] == 0 and fast[1].sum() == np.count_nonzero(block)
+
+
 def test_store_without_value_histograms_fits_the_same(tmp_path, labelled_stores):
     # Format-2 stores have no ma_hist: summaries come from the rows.
     import shutil

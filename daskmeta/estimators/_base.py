@@ -7,7 +7,8 @@ histograms, coverage). Subclasses define those three pieces:
 
 - :meth:`_block_values`: ``f`` of a block of MA rows (float32, or a store's own dtype),
 - :meth:`_row_summaries`: the per-experiment summaries of a block,
-- :meth:`_finalize`: maps and nulls of one selection from its weighted sum and summaries.
+- :meth:`_null` and :meth:`_stat`: the null histogram of one selection from its summaries,
+  and its statistic from its weighted sum (:meth:`_finalize` makes the maps of both).
 
 :meth:`fit` (one selection) and :meth:`fit_many` (many, from a Collection, in one pass per
 group of selections) share them, so one meta-analysis and a thousand give the same numbers:
@@ -27,6 +28,7 @@ import dask.array as da
 import numpy as np
 from scipy import sparse
 
+from daskmeta._stats import nullhist_maps
 from daskmeta._version import __version__
 from daskmeta.cluster import compute, tree_sum
 from daskmeta.estimators._reductions import add_rows_by_selection, weighted_row_sum
@@ -361,10 +363,21 @@ class CBMAEstimator:
         ``_needs_row_max``, row maxima (else None)."""
         raise NotImplementedError
 
-    def _finalize(self, stat_sum, summaries, n_voxels: int):
-        """Maps and null distributions of one selection from ``w @ f(MA)`` (float64) and its
-        experiments' row summaries (in selection order)."""
+    def _stat(self, stat_sum: np.ndarray) -> np.ndarray:
+        """The statistic map from ``w @ f(MA)`` (float64). Default: the sum itself."""
+        return stat_sum
+
+    def _null(self, summaries, n_voxels: int):
+        """``(bin centres, weights)`` of the approximate null histogram of one selection from
+        its experiments' row summaries (in selection order)."""
         raise NotImplementedError
+
+    def _finalize(self, stat_sum, summaries, n_voxels: int):
+        """Maps (``stat``, ``p``, ``z``, ``logp``) and null distributions of one selection
+        from ``w @ f(MA)`` and its row summaries."""
+        bins, hist = self._null(summaries, n_voxels)
+        maps = nullhist_maps(self._stat(stat_sum), hist, bins)
+        return maps, {"histogram_bins": bins, "histweights_corr-none_method-approximate": hist}
 
     # -- many selections -------------------------------------------------------------------
     @staticmethod

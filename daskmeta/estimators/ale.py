@@ -5,7 +5,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from daskmeta._stats import nullhist_maps
 from daskmeta.estimators._base import CBMAEstimator
 from daskmeta.estimators._reductions import (
     entry_histograms,
@@ -249,11 +248,10 @@ class ALE(CBMAEstimator):
             out.append((row_max[r], bins, hist[r, bins].astype(np.float64)))
         return out
 
-    def _finalize(self, log_sum, summaries, n_voxels):
-        stat = (1.0 - np.exp(log_sum)).astype(np.float32)
+    def _stat(self, log_sum):
+        return (1.0 - np.exp(log_sum)).astype(np.float32)
+
+    def _null(self, summaries, n_voxels):
         row_max = np.asarray([s[0] for s in summaries], dtype=np.float32)
         bins = ale_bins(row_max)
-        null = ale_null_histogram([(s[1], s[2]) for s in summaries], n_voxels, bins)
-        maps = nullhist_maps(stat, null, bins)
-        nulls = {"histogram_bins": bins, "histweights_corr-none_method-approximate": null}
-        return maps, nulls
+        return bins, ale_null_histogram([(s[1], s[2]) for s in summaries], n_voxels, bins)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from daskmeta._stats import nullhist_maps, round_half_away
+from daskmeta._stats import round_half_away
 from daskmeta.estimators._base import CBMAEstimator
 from daskmeta.exceptions import DaskmetaError, DatasetError
 from daskmeta.kernels import DEFAULT_CHUNK_EXPERIMENTS, DEFAULT_MASK_MARGIN, KDAKernel, MKDAKernel
@@ -126,7 +126,7 @@ class MKDADensity(CBMAEstimator):
         return list(hist @ (np.arange(hist.shape[1], dtype=np.float64)
                             * float(self.kernel_.value)))
 
-    def _finalize(self, stat, summaries, n_voxels):
+    def _null(self, summaries, n_voxels):
         counts = np.asarray(summaries, dtype=np.float32)
         prop_active = counts / n_voxels  # float32, as NiMARE's
         weights = self.weights_
@@ -138,9 +138,7 @@ class MKDADensity(CBMAEstimator):
         else:
             bins = _weighted_bins(weights, self.n_histogram_bins)
             hist = _weighted_null(weights, prop_active, bins)
-        maps = nullhist_maps(stat, hist, bins)
-        nulls = {"histogram_bins": bins, "histweights_corr-none_method-approximate": hist}
-        return maps, nulls
+        return bins, hist
 
 
 class KDA(CBMAEstimator):
@@ -180,8 +178,10 @@ class KDA(CBMAEstimator):
             out.append((idx, counts.astype(np.float64), row.shape[0] - vals.shape[0]))
         return out
 
-    def _finalize(self, stat, summaries, n_voxels):
-        stat = stat.astype(np.float32)
+    def _stat(self, stat_sum):
+        return stat_sum.astype(np.float32)
+
+    def _null(self, summaries, n_voxels):
         bins = self._bins
         n_bins = len(bins)
         inv_step = 1 / (bins[1] - bins[0])
@@ -199,6 +199,4 @@ class KDA(CBMAEstimator):
             probs = np.outer(exp_hist[e_idx], hist[s_idx]).ravel()
             hist = np.zeros(hist.shape)
             np.add.at(hist, score_idx, probs)
-        maps = nullhist_maps(stat, hist, bins)
-        nulls = {"histogram_bins": bins, "histweights_corr-none_method-approximate": hist}
-        return maps, nulls
+        return bins, hist
