@@ -35,6 +35,7 @@ import numpy as np
 import xarray as xr
 from scipy import sparse
 
+from daskmeta._rows import nearest_bin
 from daskmeta._version import __version__
 from daskmeta.cluster import active_client, compute, tree_sum
 from daskmeta.dataset import Dataset
@@ -96,8 +97,7 @@ def _storage_dtype(kernel, plan) -> np.dtype:
 
 def _hist_width(max_value: float, inv_step: float) -> int:
     """Bins that hold values up to ``max_value`` (the grid of :func:`_rows.nearest_bin`)."""
-    scaled = float(max_value) * inv_step
-    return int(np.floor(scaled)) + int(scaled - np.floor(scaled) >= 0.5) + 1
+    return int(nearest_bin(float(max_value), float(inv_step))) + 1
 
 
 def _write_shard(store: str, plan, index: int, rows_per_shard: int, dtype: str,

@@ -20,7 +20,7 @@ import numba
 import numpy as np
 from scipy import ndimage
 
-from daskmeta._rows import row_histograms
+from daskmeta._rows import nearest_bin, row_histograms
 from daskmeta.exceptions import DaskmetaWarning, DatasetError
 
 __all__ = ["ALEKernel", "KDAKernel", "MKDAKernel", "Kernel", "KernelPlan", "ale_fwhm"]
@@ -155,8 +155,7 @@ class KernelPlan:
             return row_histograms(block, inv_step, width)
         value = np.float32(self.k_values[0])
         n_nonzero = np.count_nonzero(block, axis=1)
-        scaled = float(value) * inv_step
-        at = int(np.floor(scaled)) + int(scaled - np.floor(scaled) >= 0.5)
+        at = nearest_bin(float(value), float(inv_step))
         hist = np.zeros((len(block), width), dtype=np.int32)
         hist[:, min(at, width - 1)] = n_nonzero
         row_max = np.where(n_nonzero > 0, value, np.float32(0)).astype(np.float32)
