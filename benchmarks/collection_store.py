@@ -217,7 +217,7 @@ def child_fit_many(which: str, store: str, out_store: str) -> None:
     t1 = time.perf_counter()
     groups = []
     res = MKDADensity().fit_many(collection, names, threshold=threshold, store=out_store,
-                                 progress=lambda done, total: groups.append(
+                                 overwrite=True, progress=lambda done, total: groups.append(
                                      (done, time.perf_counter() - t1)))
     t_fit = time.perf_counter() - t1
     n_exp = res["n_experiments"].values

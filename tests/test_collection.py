@@ -520,6 +520,13 @@ def test_fit_many_with_store_and_group_size(tmp_path, labelled_stores):
         assert np.array_equal(stored[m].values, default[m].values), m
     assert list(reopened["selection"].values) == list(SELECTIONS)
     assert np.array_equal(reopened["n_experiments"].values, default["n_experiments"].values)
+    with pytest.raises(DaskmetaError, match="maps.zarr exists; pass overwrite=True"):
+        MKDADensity().fit_many(collection, SELECTIONS, threshold=0.5,
+                               store=tmp_path / "maps.zarr")
+    again = MKDADensity().fit_many(collection, {"topic a": "topic_a"}, threshold=0.5,
+                                   store=tmp_path / "maps.zarr", overwrite=True)
+    assert list(again["selection"].values) == ["topic a"]
+    assert np.array_equal(again["z"].values[0], default["z"].values[1])
     one_by_one = MKDADensity().fit_many(collection, SELECTIONS, threshold=0.5, group_size=1)
     for m in MAPS:
         assert np.array_equal(one_by_one[m].values, default[m].values), m

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import os
 
 import dask
 import dask.array as da
@@ -406,7 +407,7 @@ class CBMAEstimator:
         return rows
 
     def fit_many(self, collection, selections, threshold: float = 0.001, store=None,
-                 group_size: int | None = None, progress=None):
+                 group_size: int | None = None, progress=None, overwrite: bool = False):
         """Fit one meta-analysis per selection of a Collection, reading the store once per
         group of selections.
 
@@ -431,6 +432,8 @@ class CBMAEstimator:
             :data:`FIT_MANY_MEMORY` bytes).
         progress : callable, optional
             Called with ``(n_done, n_total)`` after each group.
+        overwrite : bool
+            Replace what is at ``store`` (by default an existing path is an error).
 
         Returns
         -------
@@ -442,6 +445,8 @@ class CBMAEstimator:
         ------
         DatasetError
             If a selection is empty or names unknown experiments (the message names it).
+        DaskmetaError
+            If ``store`` exists and ``overwrite`` is false.
         """
         import xarray as xr
 
@@ -458,6 +463,9 @@ class CBMAEstimator:
         if group_size is not None and not (isinstance(group_size, int | np.integer)
                                            and group_size > 0):
             raise DaskmetaError(f"group_size must be a positive integer; got {group_size!r}")
+        if store is not None and os.path.exists(store) and not overwrite:
+            raise DaskmetaError(f"{store} exists; pass overwrite=True to replace it, or "
+                                "another store path")
         names = list(selections)
         dataset = collection.dataset
         has_foci = dataset.experiments["id"].isin(set(dataset.foci["id"])).to_numpy()
