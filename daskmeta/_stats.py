@@ -39,27 +39,13 @@ def _value_bins(test_values, histogram_bins) -> np.ndarray:
     return out
 
 
-def nullhist_to_p(test_values, histogram_weights, histogram_bins) -> np.ndarray:
-    """One-sided p-values of statistics against a null histogram (bin centres).
-
-    P-values are clipped below at the smallest non-zero tail probability, as NiMARE does.
-    """
-    test_values = np.atleast_1d(np.asarray(test_values))
-    null = _null_tail(histogram_weights)
-    smallest = np.min(null[null != 0])
-    p = np.ones(test_values.shape)
-    value_bins = _value_bins(test_values, histogram_bins)
-    positive = value_bins >= 0
-    p[positive] = null[value_bins[positive]]
-    return np.maximum(smallest, np.minimum(p, 1.0))
-
-
 def nullhist_maps(stat, histogram_weights, histogram_bins) -> dict:
     """``stat``, ``p``, ``z`` and ``logp`` maps of statistics against a null histogram.
 
-    The same numbers as :func:`nullhist_to_p`, :func:`p_to_z` (one-tailed) and
-    :func:`nlogp_to_logp` applied voxel by voxel, computed once per bin of the null and
-    looked up: a p-value takes at most one value per bin.
+    p is NiMARE's ``nullhist_to_p`` (clipped below at the smallest non-zero tail
+    probability); z and logp are :func:`p_to_z` (one-tailed) and :func:`nlogp_to_logp` of
+    it. They are computed once per bin of the null and looked up: a p-value takes at most
+    one value per bin.
     """
     stat = np.atleast_1d(np.asarray(stat))
     null = _null_tail(histogram_weights)

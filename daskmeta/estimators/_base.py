@@ -219,29 +219,49 @@ class CBMAEstimator:
         )
 
     @staticmethod
-    def _drop_empty(dataset):
-        with_foci = dataset.experiments["id"].isin(set(dataset.foci["id"]))
-        if not with_foci.any():
+    def _has_foci(dataset) -> np.ndarray:
+        """Which experiments have foci (those without are left out, as NiMARE does)."""
+        return dataset.experiments["id"].isin(set(dataset.foci["id"])).to_numpy()
+
+    @staticmethod
+    def _selection_rows(dataset, select, threshold: float, has_foci) -> np.ndarray:
+        """Rows (ascending) of the experiments of ``dataset`` a selection names (all if
+        ``select`` is None), without those that have no foci (``has_foci``; None keeps
+        them)."""
+        if select is None:
+            chosen = np.ones(dataset.n_experiments, dtype=bool)
+        elif isinstance(select, str):
+            chosen = dataset.label_mask(select, threshold)
+            what = f"label expression {select!r} (threshold {threshold:g})"
+        else:
+            ids = [str(i) for i in select]
+            chosen = dataset.experiments["id"].isin(set(ids)).to_numpy()
+            if len(set(ids)) > int(chosen.sum()):
+                present = set(dataset.experiments["id"][chosen])
+                unknown = [i for i in ids if i not in present]
+                raise DatasetError(f"unknown experiment ids: {', '.join(unknown[:10])}")
+            what = "the given ids"
+        if select is not None and not chosen.any():
+            raise DatasetError(f"empty selection: no experiment matches {what}")
+        rows = np.flatnonzero(chosen if has_foci is None else chosen & has_foci)
+        if len(rows) == 0:
             raise DatasetError(
-                f"empty selection: none of the {dataset.n_experiments} experiments has foci"
+                f"empty selection: none of the {int(chosen.sum())} experiments has foci"
             )
-        if not with_foci.all():
-            dataset = dataset.slice(dataset.experiments["id"][with_foci])
-        return dataset
+        return rows
 
     @classmethod
     def _select(cls, dataset, select, threshold):
-        if select is not None:
-            if isinstance(select, str):
-                ids = dataset.get_studies_by_label(select, threshold=threshold)
-                what = f"label expression {select!r} (threshold {threshold:g})"
-            else:
-                ids = [str(i) for i in select]
-                what = "the given ids"
-            if not ids:
-                raise DatasetError(f"empty selection: no experiment matches {what}")
-            dataset = dataset.slice(ids)
-        return cls._drop_empty(dataset)
+        """The Dataset of a selection's experiments that have foci."""
+        def keep(data, rows):
+            if len(rows) == data.n_experiments:
+                return data
+            return data.slice(data.experiments["id"].to_numpy()[rows])
+
+        if select is not None:  # slice first: finding foci is cheaper in the selection
+            dataset = keep(dataset, cls._selection_rows(dataset, select, threshold, None))
+        return keep(dataset, cls._selection_rows(dataset, None, threshold,
+                                                 cls._has_foci(dataset)))
 
     # -- fitting ---------------------------------------------------------------------------
     def fit(self, data, select=None, threshold: float = 0.001):
@@ -358,6 +378,16 @@ class CBMAEstimator:
         """Grid of the stored value histograms :meth:`_summaries_from_hist` reads."""
         return kernel.hist_inv_step()
 
+    @staticmethod
+    def _occupied_bins(hist) -> list:
+        """Per row of stored value histograms, its occupied bins and their counts (float64),
+        the form the row summaries of ALE and KDA take."""
+        out = []
+        for row in hist:
+            bins = np.flatnonzero(row)
+            out.append((bins, row[bins].astype(np.float64)))
+        return out
+
     def _summaries_from_hist(self, hist, row_max, n_voxels: int) -> list:
         """:meth:`_row_summaries` of rows from a collection's stored value histograms
         (non-zero values counted per bin of :meth:`_hist_inv_step`) and, if
@@ -381,31 +411,6 @@ class CBMAEstimator:
         return maps, {"histogram_bins": bins, "histweights_corr-none_method-approximate": hist}
 
     # -- many selections -------------------------------------------------------------------
-    @staticmethod
-    def _selection_rows(dataset, select, threshold: float, has_foci: np.ndarray) -> np.ndarray:
-        """Rows (ascending) of the experiments of ``dataset`` a selection names, without those
-        that have no foci; the same experiments, in the same order, as :meth:`_select`."""
-        if isinstance(select, str):
-            chosen = dataset.label_mask(select, threshold)
-            what = f"label expression {select!r} (threshold {threshold:g})"
-        else:
-            ids = [str(i) for i in select]
-            known = dataset.experiments["id"].isin(set(ids)).to_numpy()
-            if len(set(ids)) > int(known.sum()):
-                present = set(dataset.experiments["id"][known])
-                unknown = [i for i in ids if i not in present]
-                raise DatasetError(f"unknown experiment ids: {', '.join(unknown[:10])}")
-            chosen = known
-            what = "the given ids"
-        if not chosen.any():
-            raise DatasetError(f"empty selection: no experiment matches {what}")
-        rows = np.flatnonzero(chosen & has_foci)
-        if len(rows) == 0:
-            raise DatasetError(
-                f"empty selection: none of the {int(chosen.sum())} experiments has foci"
-            )
-        return rows
-
     def fit_many(self, collection, selections, threshold: float = 0.001, store=None,
                  group_size: int | None = None, progress=None, overwrite: bool = False):
         """Fit one meta-analysis per selection of a Collection, reading the store once per
@@ -468,7 +473,7 @@ class CBMAEstimator:
                                 "another store path")
         names = list(selections)
         dataset = collection.dataset
-        has_foci = dataset.experiments["id"].isin(set(dataset.foci["id"])).to_numpy()
+        has_foci = self._has_foci(dataset)
         rows_of = []
         for name in names:
             try:
@@ -484,8 +489,12 @@ class CBMAEstimator:
         for rows in rows_of:
             self._prepare(dataset.experiments.iloc[rows], n_foci[rows])
             weights_of.append(np.asarray(self._selection_weights(len(rows)), dtype=np.float64))
-        stored = np.dtype(collection.attrs["dtype"])
-        exact_counts = stored.kind in "ui" and all(np.all(w == 1.0) for w in weights_of)
+        store_dtype = np.dtype(collection.attrs["dtype"])
+        exact_counts = store_dtype.kind in "ui" and all(np.all(w == 1.0) for w in weights_of)
+        # The null summaries of every row any selection holds, read once if stored.
+        all_rows = np.unique(np.concatenate(rows_of))
+        known = self._stored_summaries(collection, all_rows, kernel)
+        known = None if known is None else (all_rows, known)
         acc_dtype = np.dtype(np.uint32 if exact_counts else np.float64)
         n_vox = space.n_voxels
         if group_size is None:
@@ -504,8 +513,8 @@ class CBMAEstimator:
         for g0 in range(0, len(names), group_size):
             g1 = min(g0 + group_size, len(names))
             results = self._fit_group(light, collection, rows_of[g0:g1], weights_of[g0:g1],
-                                      n_foci, acc_dtype, None if store is None
-                                      else (str(store), g0))
+                                      n_foci, acc_dtype, known,
+                                      None if store is None else (str(store), g0))
             if out is not None:
                 for s0, maps in results:
                     for k in out:
@@ -522,9 +531,12 @@ class CBMAEstimator:
                                         "n_experiments": ("selection", n_exp)},
                           attrs=attrs)
 
-    def _fit_group(self, light, collection, rows_of, weights_of, n_foci, acc_dtype, target):
+    def _fit_group(self, light, collection, rows_of, weights_of, n_foci, acc_dtype, known,
+                   target):
         """One pass over the store for a group of selections: sums in row tasks, then maps in
-        selection tasks (written to ``target = (store, first index)`` if given)."""
+        selection tasks (written to ``target = (store, first index)`` if given). ``known``:
+        ``(rows, summaries)`` stored for a superset of the group's rows, or None (then the
+        row tasks compute them)."""
         used = np.unique(np.concatenate(rows_of))
         w_rows = np.concatenate([np.full(len(r), s) for s, r in enumerate(rows_of)])
         w_cols = np.searchsorted(used, np.concatenate(rows_of))
@@ -538,7 +550,8 @@ class CBMAEstimator:
         red = dask.delayed(_reduce_stored_rows, pure=True, nout=2)
         step = max(FIT_MANY_ROWS_PER_TASK, self.chunk_size)
         n_vox = collection.space.n_voxels
-        stored = self._stored_summaries(collection, used, self.kernel_)
+        stored = None if known is None else [known[1][i]
+                                             for i in np.searchsorted(known[0], used)]
         parts = [red(est_d, w_d, array_path, n_vox, used[a:a + step], a, self.chunk_size,
                      acc_dtype, stored is None) for a in range(0, len(used), step)]
         total = tree_sum([p[0] for p in parts])

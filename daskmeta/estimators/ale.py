@@ -242,11 +242,8 @@ class ALE(CBMAEstimator):
         return ALE_HIST_INV_STEP
 
     def _summaries_from_hist(self, hist, row_max, n_voxels):
-        out = []
-        for r in range(len(row_max)):
-            bins = np.flatnonzero(hist[r])
-            out.append((row_max[r], bins, hist[r, bins].astype(np.float64)))
-        return out
+        return [(top, bins, counts)
+                for top, (bins, counts) in zip(row_max, self._occupied_bins(hist))]
 
     def _stat(self, log_sum):
         return (1.0 - np.exp(log_sum)).astype(np.float32)

@@ -163,11 +163,8 @@ class KDA(CBMAEstimator):
         self._bins = np.arange(0, max_poss + (value * 1.5), value)
 
     def _summaries_from_hist(self, hist, row_max, n_voxels):
-        out = []
-        for row in hist:
-            idx = np.flatnonzero(row)
-            out.append((idx, row[idx].astype(np.float64), n_voxels - int(row.sum())))
-        return out
+        return [(bins, counts, n_voxels - int(counts.sum()))
+                for bins, counts in self._occupied_bins(hist)]
 
     def _row_summaries(self, block):
         value = float(self.kernel_.value)
