@@ -47,7 +47,7 @@ from daskmeta.kernels import (
     MKDAKernel,
 )
 from daskmeta.space import TAL2MNI_METHOD, Space
-from daskmeta.storage import read_rows
+from daskmeta.storage import read_rows, read_vector, write_shard
 
 __all__ = ["Collection", "KERNELS"]
 
@@ -115,9 +115,9 @@ def _write_shard(store: str, plan, index: int, rows_per_shard: int, dtype: str,
         if overflow:
             raise DaskmetaError(f"{store}: MA values of shard {index} exceed the value "
                                 "histogram's range (a kernel bound is wrong)")
-        zarr.open_array(store, path="ma_hist", mode="r+")[start:stop] = hist
+        write_shard(Path(store) / "ma_hist", index, hist)
         zarr.open_array(store, path="ma_max", mode="r+")[start:stop] = row_max
-    zarr.open_array(store, path="ma", mode="r+")[start:stop] = block.astype(dtype, copy=False)
+    write_shard(Path(store) / "ma", index, block.astype(dtype, copy=False))
     marker = Path(store) / _PROGRESS / f"{index:08d}.done"
     fd = os.open(marker, os.O_CREAT | os.O_WRONLY, 0o644)
     os.close(fd)
@@ -495,9 +495,7 @@ class Collection:
             raise DaskmetaError(f"{self.path} stores no row maxima (a store of an earlier "
                                 "format)")
         if "_row_max" not in self.__dict__:
-            import zarr
-
-            self._row_max = zarr.open_array(self.path, path="ma_max", mode="r")[:]
+            self._row_max = read_vector(self.path / "ma_max")
         return self._row_max[np.asarray(rows, dtype=np.int64)]
 
     def selection_weights(self, selections: dict, threshold: float = 0.001):

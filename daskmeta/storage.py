@@ -1,15 +1,16 @@
-"""Whole-row reads from a 2-D Zarr v3 array stored as shards of one-row chunks.
+"""Whole-row reads and whole-shard writes of a 2-D Zarr v3 array stored as shards of one-row
+chunks.
 
-A collection's ``ma`` array is written by zarr as shards of many rows (one file per shard, so
-a build writes few files) whose inner chunks are single rows, so a selection of experiments
-reads exactly its rows. zarr-python reads a scattered selection of inner chunks slowly (about
-a millisecond per chunk and far more through orthogonal indexing), so :class:`RowReader`
-reads them itself: per shard it reads and checks the shard index (offsets and sizes of the
-rows, crc32c-protected), then reads each row's bytes and decompresses them straight into the
-output. It understands exactly the layout daskmeta writes (sharding codec; inner ``bytes``
-plus optional ``blosc``; index ``bytes`` plus ``crc32c``; a local directory store) and says
-so with :meth:`RowReader.open` returning ``None`` for anything else, in which case callers
-read through zarr.
+A collection's ``ma`` array is written as shards of many rows (one file per shard, so a build
+writes few files) whose inner chunks are single rows, so a selection of experiments reads
+exactly its rows. zarr-python reads a scattered selection of inner chunks slowly (about a
+millisecond per chunk and far more through orthogonal indexing) and writes a shard at ~0.3 ms
+per inner chunk, so :class:`ShardedRows` does both itself: per shard, an index of the rows'
+(offset, size) pairs, crc32c-protected, after the rows' compressed bytes. It understands
+exactly the layout daskmeta writes (sharding codec; inner ``bytes`` plus optional ``blosc``;
+index ``bytes`` plus ``crc32c``; a local directory store) and says so with
+:meth:`ShardedRows.open` returning ``None`` for anything else, in which case callers go
+through zarr. What it writes, zarr reads (tested).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from daskmeta.exceptions import DaskmetaError
 
-__all__ = ["RowReader", "read_rows"]
+__all__ = ["ShardedRows", "read_rows", "read_vector", "scratch_rows", "write_shard"]
 
 _MISSING = np.uint64(2**64 - 1)
 _INDEX_ENTRY_BYTES = 16  # (offset, nbytes) as two little-endian uint64
@@ -31,26 +33,27 @@ _CRC_BYTES = 4
 _SPECIAL_FLOATS = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 
 
-class RowReader:
-    """Reads whole rows of one sharded 2-D Zarr v3 array in a local directory store.
+class ShardedRows:
+    """Reads whole rows, and writes whole shards, of one sharded 2-D Zarr v3 array in a local
+    directory store.
 
     Use :meth:`open`; it returns ``None`` when the array is stored in another layout.
     """
 
-    def __init__(self, path: Path, shape, dtype, rows_per_shard: int, key, blosc: bool,
+    def __init__(self, path: Path, shape, dtype, rows_per_shard: int, key, blosc: dict | None,
                  index_at_end: bool, fill_value):
         self.path = path
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.rows_per_shard = rows_per_shard
         self._key = key
-        self._blosc = blosc
+        self._blosc = blosc  # the blosc codec's configuration, or None (uncompressed rows)
         self._index_at_end = index_at_end
         self.fill_value = fill_value
         self._index_nbytes = rows_per_shard * _INDEX_ENTRY_BYTES + _CRC_BYTES
 
     @classmethod
-    def open(cls, path) -> RowReader | None:
+    def open(cls, path) -> ShardedRows | None:
         """A reader for the array in directory ``path``, or ``None`` if its layout differs."""
         path = Path(path)
         try:
@@ -63,7 +66,7 @@ class RowReader:
             return None
 
     @classmethod
-    def _from_metadata(cls, path: Path, meta: dict) -> RowReader | None:
+    def _from_metadata(cls, path: Path, meta: dict) -> ShardedRows | None:
         shape = meta["shape"]
         if meta.get("zarr_format") != 3 or meta.get("node_type") != "array" or len(shape) != 2:
             return None
@@ -86,9 +89,9 @@ class RowReader:
         if inner[0]["name"] != "bytes" or not _little_endian(inner[0], dtype):
             return None
         if len(inner) == 1:
-            blosc = False
+            blosc = None
         elif len(inner) == 2 and inner[1]["name"] == "blosc":
-            blosc = True
+            blosc = dict(inner[1].get("configuration") or {})
         else:
             return None
         index = conf.get("index_codecs", [])
@@ -96,20 +99,9 @@ class RowReader:
                 or not _little_endian(index[0], np.dtype(np.uint64))):
             return None
         location = conf.get("index_location", "end")
-        encoding = meta["chunk_key_encoding"]
-        separator = encoding.get("configuration", {}).get("separator", "/")
-        if encoding["name"] == "default":
-            def key(shard, sep=separator):
-                return f"c{sep}{shard}{sep}0"
-        elif encoding["name"] == "v2":
-            def key(shard, sep=separator):
-                return f"{shard}{sep}0"
-        else:
-            return None
-        fill = meta.get("fill_value", 0)
-        if isinstance(fill, str) and dtype.kind == "f":
-            fill = _SPECIAL_FLOATS.get(fill)  # Zarr v3 spells these as strings
-        if not isinstance(fill, int | float) or isinstance(fill, bool):
+        key = _chunk_key(meta, 2)
+        fill = _fill_value(meta, dtype)
+        if key is None or fill is None:
             return None
         return cls(path, shape, dtype, int(rows_per_shard), key, blosc, location == "end",
                    fill)
@@ -169,7 +161,7 @@ class RowReader:
                     if len(data) != nbytes:
                         raise DaskmetaError(f"{file}: truncated shard")
                     dest = out[k]
-                    if self._blosc:
+                    if self._blosc is not None:
                         # Blosc's header holds the decompressed size at bytes 4-8.
                         if len(data) < 16 or int.from_bytes(data[4:8], "little") != row_nbytes:
                             raise DaskmetaError(f"{file}: a row decompresses to the wrong "
@@ -183,6 +175,80 @@ class RowReader:
         return out
 
 
+    def write_shard(self, shard: int, block: np.ndarray) -> None:
+        """Write ``block`` (the shard's rows, all of them: ``rows_per_shard`` or up to the
+        last row) as shard ``shard``, replacing the file atomically.
+
+        Rows equal to the fill value everywhere are left out, as zarr leaves them out.
+        """
+        import google_crc32c
+        from numcodecs import blosc as _blosc
+
+        start = shard * self.rows_per_shard
+        n_rows = min(self.rows_per_shard, self.shape[0] - start)
+        if block.shape != (n_rows, self.shape[1]) or n_rows <= 0:
+            raise DaskmetaError(f"{self.path}: shard {shard} holds {max(n_rows, 0)} rows of "
+                                f"{self.shape[1]}; got a block of shape {block.shape}")
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if self._blosc is not None:
+            conf = self._blosc
+            shuffle = {"noshuffle": _blosc.NOSHUFFLE, "shuffle": _blosc.SHUFFLE,
+                       "bitshuffle": _blosc.BITSHUFFLE}[conf.get("shuffle", "noshuffle")]
+            cname = conf.get("cname", "lz4").encode()
+            clevel = int(conf.get("clevel", 5))
+            blocksize = int(conf.get("blocksize", 0))
+            typesize = int(conf.get("typesize") or self.dtype.itemsize)
+        index = np.full((self.rows_per_shard, 2), _MISSING, dtype="<u8")
+        empty = ((block == self.fill_value) if self.fill_value == self.fill_value
+                 else np.isnan(block)).all(axis=1)
+        parts, offset = [], 0 if self._index_at_end else self._index_nbytes
+        for r in np.flatnonzero(~empty):
+            if self._blosc is None:
+                data = block[r].tobytes()
+            else:
+                data = _blosc.compress(block[r], cname, clevel, shuffle, blocksize, typesize)
+            index[r] = offset, len(data)
+            parts.append(data)
+            offset += len(data)
+        body = index.tobytes()
+        index_bytes = body + np.uint32(google_crc32c.value(body)).astype("<u4").tobytes()
+        parts = parts + [index_bytes] if self._index_at_end else [index_bytes] + parts
+        file = self.path / self._key(shard)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.writelines(parts)
+            os.replace(tmp, file)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _chunk_key(meta: dict, ndim: int):
+    """The file name (relative to the array) of the chunk ``(i, 0, ...)`` as a function of
+    ``i``, or None for an unknown key encoding."""
+    encoding = meta["chunk_key_encoding"]
+    separator = encoding.get("configuration", {}).get("separator", "/")
+    if encoding["name"] == "default":
+        prefix = f"c{separator}"
+    elif encoding["name"] == "v2":
+        prefix = ""
+    else:
+        return None
+    suffix = f"{separator}0" * (ndim - 1)
+    return lambda i: f"{prefix}{i}{suffix}"
+
+
+def _fill_value(meta: dict, dtype: np.dtype):
+    """The array's fill value as a Python number, or None if it is not a plain one."""
+    fill = meta.get("fill_value", 0)
+    if isinstance(fill, str) and dtype.kind == "f":
+        fill = _SPECIAL_FLOATS.get(fill)  # Zarr v3 spells these as strings
+    if not isinstance(fill, int | float) or isinstance(fill, bool):
+        return None
+    return fill
+
+
 def _little_endian(codec: dict, dtype: np.dtype) -> bool:
     endian = (codec.get("configuration") or {}).get("endian")
     if dtype.itemsize == 1:
@@ -191,13 +257,31 @@ def _little_endian(codec: dict, dtype: np.dtype) -> bool:
 
 
 @functools.lru_cache(maxsize=32)
-def _reader(path: str, stamp: float) -> RowReader | None:
-    return RowReader.open(path)
+def _reader(path: str, stamp: float) -> ShardedRows | None:
+    return ShardedRows.open(path)
 
 
-def read_rows(array_path, rows) -> np.ndarray:
+def write_shard(array_path, shard: int, block: np.ndarray) -> None:
+    """Write ``block`` as shard ``shard`` of the sharded 2-D Zarr array at ``array_path``:
+    directly in daskmeta's layout (:meth:`ShardedRows.write_shard`), through zarr for any
+    other."""
+    array_path = str(array_path)
+    stamp = os.stat(os.path.join(array_path, "zarr.json")).st_mtime_ns
+    layout = _reader(array_path, stamp)
+    if layout is not None:
+        layout.write_shard(shard, block)
+        return
+    import zarr
+
+    array = zarr.open_array(array_path, mode="r+")
+    rows = array.shards[0] if array.shards is not None else array.chunks[0]
+    array[shard * rows:shard * rows + len(block)] = block
+
+
+def read_rows(array_path, rows, out: np.ndarray | None = None) -> np.ndarray:
     """Rows of the 2-D Zarr array at ``array_path``: directly for daskmeta's sharded layout,
-    through zarr (one read per run of consecutive rows) for any other layout."""
+    through zarr (one read per run of consecutive rows) for any other layout. ``out``, if
+    given, receives them (shape ``(len(rows), n_cols)``, the array's dtype)."""
     array_path = str(array_path)
     try:
         stamp = os.stat(os.path.join(array_path, "zarr.json")).st_mtime_ns
@@ -205,12 +289,13 @@ def read_rows(array_path, rows) -> np.ndarray:
         stamp = None
     reader = _reader(array_path, stamp) if stamp is not None else None
     if reader is not None:
-        return reader.read(rows)
+        return reader.read(rows, out=out)
     import zarr
 
     array = zarr.open_array(array_path, mode="r")
     rows = np.asarray(rows, dtype=np.int64).ravel()
-    out = np.empty((len(rows), array.shape[1]), dtype=array.dtype)
+    if out is None:
+        out = np.empty((len(rows), array.shape[1]), dtype=array.dtype)
     order = np.argsort(rows, kind="stable")
     sorted_rows = rows[order]
     breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
@@ -219,3 +304,83 @@ def read_rows(array_path, rows) -> np.ndarray:
             a, b = int(sorted_rows[run[0]]), int(sorted_rows[run[-1]]) + 1
             out[order[run]] = array[a:b]
     return out
+
+
+def read_vector(array_path) -> np.ndarray:
+    """The whole 1-D Zarr v3 array at ``array_path``.
+
+    A store's per-experiment vectors (``ma_max``) are written in chunks of a shard's rows,
+    hundreds of small files; zarr reads them at ~0.4 ms each, so this reads and decodes them
+    directly when they are plain chunks (``bytes`` then at most one of zstd, blosc or gzip)
+    in a local directory, and through zarr otherwise.
+    """
+    path = Path(array_path)
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+        layout = _vector_layout(meta)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        layout = None
+    if layout is None:
+        import zarr
+
+        return zarr.open_array(str(path), mode="r")[:]
+    n, chunk, dtype, codec, key, fill = layout
+    out = np.empty(-(-n // chunk) * chunk, dtype=dtype)
+    for i in range(len(out) // chunk):
+        file = path / key(i)
+        try:
+            raw = file.read_bytes()
+        except FileNotFoundError:
+            out[i * chunk:(i + 1) * chunk] = fill
+            continue
+        data = raw if codec is None else codec.decode(raw)
+        if len(data) != chunk * dtype.itemsize:
+            raise DaskmetaError(f"{file}: a chunk decodes to the wrong size (corrupted)")
+        out[i * chunk:(i + 1) * chunk] = np.frombuffer(data, dtype=dtype)
+    return out[:n]
+
+
+def _vector_layout(meta: dict):
+    """(length, chunk length, dtype, decoder or None, chunk key, fill) of a plain 1-D array,
+    or None."""
+    if (meta.get("zarr_format") != 3 or meta.get("node_type") != "array"
+            or len(meta["shape"]) != 1 or meta.get("storage_transformers")
+            or meta["chunk_grid"]["name"] != "regular"):
+        return None
+    dtype = np.dtype(meta["data_type"])
+    codecs = meta["codecs"]
+    if codecs[0]["name"] != "bytes" or not _little_endian(codecs[0], dtype) or len(codecs) > 2:
+        return None
+    codec = None
+    if len(codecs) == 2:
+        from numcodecs import Blosc, GZip, Zstd
+
+        decoders = {"zstd": Zstd, "blosc": Blosc, "gzip": GZip}
+        if codecs[1]["name"] not in decoders:
+            return None
+        codec = decoders[codecs[1]["name"]]()  # all three decode without their settings
+    key, fill = _chunk_key(meta, 1), _fill_value(meta, dtype)
+    if key is None or fill is None:
+        return None
+    (n,), (chunk,) = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
+    return int(n), int(chunk), dtype, codec, key, fill
+
+
+_scratch = threading.local()
+
+
+def scratch_rows(n_rows: int, n_cols: int, dtype) -> np.ndarray:
+    """An uninitialised ``(n_rows, n_cols)`` array owned by the calling thread, for blocks of
+    rows that are read, reduced and dropped within one task.
+
+    The memory is reused by the thread's next call (it grows to the largest block asked for
+    and is kept): tasks that read many blocks of tens of MB then allocate, and first touch,
+    that memory once per thread instead of once per block. Nothing may keep a reference to
+    the array past the task, nor call this again while it is in use.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = n_rows * n_cols * dtype.itemsize
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.nbytes < nbytes:
+        _scratch.buffer = buffer = np.empty(max(nbytes, 1), dtype=np.uint8)
+    return buffer[:nbytes].view(dtype).reshape(n_rows, n_cols)
