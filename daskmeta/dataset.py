@@ -145,7 +145,7 @@ class Dataset:
                 f"{', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}"
             )
         known = set(self.experiments["id"])
-        unknown = sorted(set(foci["id"]) - known)
+        unknown = sorted(set(foci["id"].unique()) - known)
         if unknown:
             raise DatasetError(
                 f"foci refer to experiments not in the dataset: {', '.join(unknown[:10])}"

@@ -367,7 +367,7 @@ class ALEKernel(Kernel):
         if self.sample_size is not None:
             return np.full(n, float(ale_fwhm(self.sample_size)))
         sizes = dataset.experiments["sample_size"].to_numpy(dtype=float)
-        has_foci = dataset.experiments["id"].isin(set(dataset.foci["id"])).to_numpy()
+        has_foci = dataset.experiments["id"].isin(dataset.foci["id"].unique()).to_numpy()
         bad = has_foci & ~(np.isfinite(sizes) & (sizes > 0))
         if bad.any():
             ids = dataset.experiments["id"][bad].tolist()

@@ -115,3 +115,46 @@ def test_fit_on_distributed_client_equals_local(pain_dataset, nimare_mask):
         remote = MKDADensity(mask=nimare_mask, chunk_size=4).fit(pain_dataset)
     for m in ("stat", "p", "z"):
         assert np.array_equal(local.get_map(m, "array"), remote.get_map(m, "array"))
+
+
+def test_ale_null_equals_nimare_and_drops_only_its_subnormal_tail():
+    # ALE maps of 120 experiments with kernel-like values: enough convolution steps that
+    # the top of NiMARE's null underflows into subnormal numbers.
+    from nimare.meta.cbma.ale import ALE as NiMAREALE
+    from scipy import sparse
+
+    from daskmeta._stats import nullhist_maps
+    from daskmeta.estimators.ale import ale_null_histogram
+
+    rng = np.random.default_rng(0)
+    n_exp, n_vox = 120, 100_000
+    levels = (0.008 * np.exp(-np.arange(40) / 8)).astype(np.float32)
+    block = np.zeros((n_exp, n_vox), dtype=np.float32)
+    for row in block:
+        voxels = rng.choice(n_vox, 3000, replace=False)
+        row[voxels] = levels[39 - np.minimum(rng.geometric(0.08, 3000) - 1, 39)]
+    ours = ALE(kernel__sample_size=20)
+    bins, dropped = ours._null(ours._row_summaries(block), n_vox)
+    exact = ale_null_histogram([s[1:] for s in ours._row_summaries(block)], n_vox, bins,
+                               drop_subnormal=False)
+
+    theirs = NiMAREALE()
+    theirs.null_distributions_ = {"histogram_bins": bins}
+    theirs._ALE__n_mask_voxels = n_vox
+    theirs._compute_null_approximate(sparse.csr_matrix(block))
+    nimare_hist = theirs.null_distributions_["histweights_corr-none_method-approximate"]
+    assert np.array_equal(exact, nimare_hist)
+
+    tiny = np.finfo(np.float64).tiny
+    subnormal = (nimare_hist > 0) & (nimare_hist < tiny)
+    assert subnormal.sum() > 100  # the case exercises the tail
+    assert not ((dropped > 0) & (dropped < tiny)).any()
+    assert np.all(dropped[nimare_hist < tiny] == 0)
+    big = nimare_hist >= 1e-280
+    assert np.array_equal(dropped[big], nimare_hist[big])
+    values = np.linspace(0, bins[-1], 50_001)
+    ours_p = nullhist_maps(values, dropped, bins)["p"]
+    nimare_p = nullhist_maps(values, nimare_hist, bins)["p"]
+    assert not np.array_equal(ours_p, nimare_p)
+    resolved = nimare_p >= 1e-280
+    assert np.array_equal(ours_p[resolved], nimare_p[resolved])

@@ -36,7 +36,7 @@ from daskmeta.estimators._reductions import add_rows_by_selection, weighted_row_
 from daskmeta.exceptions import DaskmetaError, DatasetError, NotFittedError
 from daskmeta.kernels import DEFAULT_CHUNK_EXPERIMENTS, DEFAULT_MASK_MARGIN, plan_to_dask
 from daskmeta.space import TAL2MNI_METHOD, resolve_space
-from daskmeta.storage import read_rows
+from daskmeta.storage import read_rows, scratch_rows
 
 __all__ = ["CBMAEstimator", "resolve_space"]
 
@@ -67,15 +67,25 @@ def _reduce_block(estimator, weights, block, a: int, b: int, with_summaries: boo
     return total, estimator._row_summaries(block) if with_summaries else []
 
 
-def _reduce_stored_rows(estimator, weights, array_path: str, n_cols: int, rows, a: int,
-                        chunk_size: int, dtype, with_summaries: bool):
+def _reduce_stored_block(estimator, weights, array_path: str, n_cols: int, stored_dtype,
+                         rows, a: int, with_summaries: bool):
+    """:func:`_reduce_block` of rows read from a store into the thread's scratch block (one
+    task)."""
+    block = read_rows(array_path, rows, out=scratch_rows(len(rows), n_cols, stored_dtype))
+    return _reduce_block(estimator, weights, block, a, a + len(rows), with_summaries)
+
+
+def _reduce_stored_rows(estimator, weights, array_path: str, n_cols: int, stored_dtype,
+                        rows, a: int, chunk_size: int, dtype, with_summaries: bool):
     """``weights[:, a:a + len(rows)] @ f(MA rows)`` in ``dtype`` and, if asked, the rows'
     summaries, reading the rows from a store ``chunk_size`` at a time into one sum (one
     task)."""
     total = np.zeros((weights.shape[0], n_cols), dtype=dtype)
     summaries = []
     for start in range(0, len(rows), chunk_size):
-        block = read_rows(array_path, rows[start:start + chunk_size])
+        part = rows[start:start + chunk_size]
+        block = read_rows(array_path, part,
+                          out=scratch_rows(len(part), n_cols, stored_dtype))
         w = weights[:, a + start:a + start + len(block)]
         add_rows_by_selection(estimator._block_values(block), w.indptr, w.indices,
                               w.data.astype(dtype), total)
@@ -221,7 +231,7 @@ class CBMAEstimator:
     @staticmethod
     def _has_foci(dataset) -> np.ndarray:
         """Which experiments have foci (those without are left out, as NiMARE does)."""
-        return dataset.experiments["id"].isin(set(dataset.foci["id"])).to_numpy()
+        return dataset.experiments["id"].isin(dataset.foci["id"].unique()).to_numpy()
 
     @staticmethod
     def _selection_rows(dataset, select, threshold: float, has_foci) -> np.ndarray:
@@ -294,19 +304,21 @@ class CBMAEstimator:
         dataset = self._select(dataset, select, threshold)
         if collection is None:
             plan = kernel.plan(dataset, space, self.mask_margin)
-            ma = plan_to_dask(plan, self.chunk_size)
         else:
             # The collection's build already warned about foci it dropped.
             plan = kernel.plan(dataset, space, collection.mask_margin, warn=False)
-            ma = collection.rows(dataset.ids, self.chunk_size, dtype=None)
         self.kernel_, self.space_, self.dataset_, self.plan_ = kernel, space, dataset, plan
         self.collection_ = collection
         self._prepare(dataset.experiments, np.diff(plan.row_start))
         weights = sparse.csr_matrix(self._selection_weights(dataset.n_experiments)[None, :])
-        stored = None if collection is None else self._stored_summaries(
-            collection, collection.row_indices(dataset.ids), kernel)
-        (stat_sum,), summaries = self._reduce(ma, weights, with_summaries=stored is None)
-        summaries = summaries if stored is None else stored
+        if collection is None:
+            (stat_sum,), summaries = self._reduce(plan_to_dask(plan, self.chunk_size), weights)
+        else:
+            rows = collection.row_indices(dataset.ids)
+            stored = self._stored_summaries(collection, rows, kernel)
+            (stat_sum,), summaries = self._reduce_stored(collection, rows, weights,
+                                                         with_summaries=stored is None)
+            summaries = summaries if stored is None else stored
         maps, nulls = self._finalize(stat_sum, summaries, plan.n_voxels)
         self.null_distributions_ = nulls
         return self._make_result(maps)
@@ -329,19 +341,39 @@ class CBMAEstimator:
         row_max = collection.row_maxima(rows) if self._needs_row_max else None
         return self._summaries_from_hist(hist, row_max, collection.space.n_voxels)
 
+    def _shared_inputs(self, token, weights):
+        """The estimator (without fitted state) and the weights (CSC) as single graph nodes
+        that the block tasks share."""
+        est_d = dask.delayed(self._light_copy(), name=f"estimator-{token}", traverse=False)
+        w_d = dask.delayed(sparse.csc_matrix(weights), name=f"weights-{token}", traverse=False)
+        return est_d, w_d
+
     def _reduce(self, ma, weights, with_summaries: bool = True):
-        """One pass over MA rows: ``weights @ f(MA)`` (dense, selections x voxels) and, if
-        asked, the per-row summaries (a list over rows)."""
+        """One pass over MA rows (a dask array): ``weights @ f(MA)`` (dense, selections x
+        voxels) and, if asked, the per-row summaries (a list over rows)."""
         blocks = ma.to_delayed().ravel()
         bounds = np.concatenate([[0], np.cumsum(ma.chunks[0])]).astype(int)
-        # The estimator and the weights are single graph nodes the block tasks share.
-        light = self._light_copy()
         token = dask.base.tokenize(ma.name, weights.data, weights.indices, weights.indptr)
-        est_d = dask.delayed(light, name=f"estimator-{token}", traverse=False)
-        w_d = dask.delayed(sparse.csc_matrix(weights), name=f"weights-{token}", traverse=False)
+        est_d, w_d = self._shared_inputs(token, weights)
         red = dask.delayed(_reduce_block, pure=True, nout=2)
-        parts = [red(est_d, w_d, blk, int(a), int(b), with_summaries)
-                 for blk, a, b in zip(blocks, bounds[:-1], bounds[1:])]
+        return self._sum_parts([red(est_d, w_d, blk, int(a), int(b), with_summaries)
+                                for blk, a, b in zip(blocks, bounds[:-1], bounds[1:])])
+
+    def _reduce_stored(self, collection, rows, weights, with_summaries: bool = True):
+        """:meth:`_reduce` of rows of a collection, read and reduced ``chunk_size`` rows per
+        task (each task reads into its thread's scratch block, not a new one)."""
+        array_path = str(collection.path / "ma")
+        token = dask.base.tokenize(collection.content_token(), rows, weights.data,
+                                   weights.indices, weights.indptr)
+        est_d, w_d = self._shared_inputs(token, weights)
+        red = dask.delayed(_reduce_stored_block, pure=True, nout=2)
+        n_vox, dtype = collection.space.n_voxels, np.dtype(collection.attrs["dtype"])
+        step = self.chunk_size
+        return self._sum_parts([red(est_d, w_d, array_path, n_vox, dtype, rows[a:a + step], a,
+                                    with_summaries) for a in range(0, len(rows), step)])
+
+    @staticmethod
+    def _sum_parts(parts):
         total = tree_sum([p[0] for p in parts])
         total, summaries = compute(total, [p[1] for p in parts])
         return total, [s for block in summaries for s in block]
@@ -550,10 +582,12 @@ class CBMAEstimator:
         red = dask.delayed(_reduce_stored_rows, pure=True, nout=2)
         step = max(FIT_MANY_ROWS_PER_TASK, self.chunk_size)
         n_vox = collection.space.n_voxels
+        store_dtype = np.dtype(collection.attrs["dtype"])
         stored = None if known is None else [known[1][i]
                                              for i in np.searchsorted(known[0], used)]
-        parts = [red(est_d, w_d, array_path, n_vox, used[a:a + step], a, self.chunk_size,
-                     acc_dtype, stored is None) for a in range(0, len(used), step)]
+        parts = [red(est_d, w_d, array_path, n_vox, store_dtype, used[a:a + step], a,
+                     self.chunk_size, acc_dtype, stored is None)
+                 for a in range(0, len(used), step)]
         total = tree_sum([p[0] for p in parts])
         if stored is None:
             summaries = dask.delayed(_concat_lists, pure=True)([p[1] for p in parts])

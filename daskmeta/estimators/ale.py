@@ -81,7 +81,8 @@ def _run_end(i, d, hi, one_minus, bin_centers, inv_step):
 
 
 @numba.njit(cache=True, parallel=True)
-def _convolve_step(ale, lo, hi, exp_bins, exp_probs, bin_centers, inv_step, out):
+def _convolve_step(ale, lo, hi, exp_bins, exp_probs, bin_centers, inv_step, out,
+                   flush_below=0.0):
     """``out`` = the distribution of 1 - (1 - a)(1 - e), a ~ ``ale``, e ~ the experiment.
 
     NiMARE's ``_update_ale_histogram`` visits every (experiment bin, ALE bin) pair and adds
@@ -90,7 +91,8 @@ def _convolve_step(ale, lo, hi, exp_bins, exp_probs, bin_centers, inv_step, out)
     constant ``d``, found by bisection on the exact bin formula, is one vectorised shifted
     add. Every output bin receives the same products in the same order (experiment bins,
     then ALE bins, ascending) as in NiMARE, so the result is identical to the last bit;
-    tiles of output bins run in parallel and the tiling does not change it.
+    tiles of output bins run in parallel and the tiling does not change it. Finished bins
+    below ``flush_below`` are then set to zero.
     """
     n_bins = bin_centers.shape[0]
     n_tiles = (n_bins + _TILE_BINS - 1) // _TILE_BINS
@@ -117,15 +119,23 @@ def _convolve_step(ale, lo, hi, exp_bins, exp_probs, bin_centers, inv_step, out)
                 for k in range(stop, a):  # beyond the grid: NiMARE clips to the last bin
                     out[n_bins - 1] += prob * ale[k]
                 i = a
+        for k in range(o_lo, o_hi):
+            if out[k] < flush_below:
+                out[k] = 0.0
+
+
+#: float64's smallest normal number: null probabilities below it are dropped.
+_SMALLEST_NORMAL = float(np.finfo(np.float64).tiny)
 
 
 @numba.njit(cache=True)
-def _ale_null(offsets, bins, counts, n_voxels, bin_centers, inv_step):
+def _ale_null(offsets, bins, counts, n_voxels, bin_centers, inv_step, drop_subnormal):
     n_bins = bin_centers.shape[0]
     recip = 1.0 / n_voxels
     ale = np.zeros(n_bins)
     out = np.zeros(n_bins)
     started = False
+    hi = 0  # ale[hi:] is zero
     for row in range(offsets.shape[0] - 1):
         a, b = offsets[row], offsets[row + 1]
         top = 0
@@ -141,17 +151,19 @@ def _ale_null(offsets, bins, counts, n_voxels, bin_centers, inv_step):
         if not started:
             ale[: top + 1] = exp_hist
             started = True
-            continue
-        exp_bins = np.flatnonzero(exp_hist > 0)
-        exp_probs = exp_hist[exp_bins]
-        lo = 0
-        while lo < n_bins and ale[lo] == 0:
-            lo += 1
-        hi = n_bins
-        while hi > lo and ale[hi - 1] == 0:
-            hi -= 1
-        _convolve_step(ale, lo, hi, exp_bins, exp_probs, bin_centers, inv_step, out)
-        ale, out = out, ale
+            hi = top + 1
+        else:
+            exp_bins = np.flatnonzero(exp_hist > 0)
+            exp_probs = exp_hist[exp_bins]
+            lo = 0
+            while lo < hi and ale[lo] == 0:
+                lo += 1
+            while hi > lo and ale[hi - 1] == 0:
+                hi -= 1
+            _convolve_step(ale, lo, hi, exp_bins, exp_probs, bin_centers, inv_step, out,
+                           _SMALLEST_NORMAL if drop_subnormal else 0.0)
+            ale, out = out, ale
+            hi = min(n_bins, hi + top + 2)  # a combined bin is at most top + 1 above its bin
     return ale
 
 
@@ -165,8 +177,9 @@ def ale_bins(row_max: np.ndarray) -> np.ndarray:
     return np.round(np.arange(0, max_poss + (1.5 * step), step), 5)
 
 
-def ale_null_histogram(row_hists, n_voxels: int, bin_centers: np.ndarray) -> np.ndarray:
-    """The approximate (analytic) null histogram of ALE values, equal to NiMARE's.
+def ale_null_histogram(row_hists, n_voxels: int, bin_centers: np.ndarray,
+                       drop_subnormal: bool = True) -> np.ndarray:
+    """The approximate (analytic) null histogram of ALE values, NiMARE's.
 
     Parameters
     ----------
@@ -175,6 +188,14 @@ def ale_null_histogram(row_hists, n_voxels: int, bin_centers: np.ndarray) -> np.
         their counts.
     n_voxels : int
     bin_centers : ndarray
+    drop_subnormal : bool
+        After each experiment's convolution step, set to zero the bins whose probability is
+        below float64's smallest normal number (2.2e-308). With False the histogram is
+        NiMARE's to the last bit. With True (the default, used by :class:`ALE`) it is the
+        same in every bin above 1e-280, so p-values differ only below 1e-280: subnormal
+        arithmetic runs tens of times slower on x86, and the far tail of the null (ALE
+        values no data reach) underflows into a thousand or so such bins, which took 30% of
+        the time of the null of 865 experiments.
     """
     bin_centers = np.asarray(bin_centers, dtype=np.float64)
     inv_step = 1 / (bin_centers[1] - bin_centers[0])
@@ -183,14 +204,16 @@ def ale_null_histogram(row_hists, n_voxels: int, bin_centers: np.ndarray) -> np.
     bins = np.concatenate([np.asarray(b, dtype=np.int64) for b, _ in row_hists] or [[]])
     counts = np.concatenate([np.asarray(c, dtype=np.float64) for _, c in row_hists] or [[]])
     return _ale_null(offsets, bins.astype(np.int64), counts.astype(np.float64),
-                     float(n_voxels), bin_centers, inv_step)
+                     float(n_voxels), bin_centers, inv_step, bool(drop_subnormal))
 
 
 class ALE(CBMAEstimator):
     """Activation likelihood estimation.
 
     ``stat`` is the ALE value ``1 - prod(1 - MA)`` over experiments, with NiMARE's
-    approximate (histogram-convolution) null for ``p``, ``z`` and ``logp``.
+    approximate (histogram-convolution) null for ``p``, ``z`` and ``logp``; null
+    probabilities that underflow below 2.2e-308 are dropped, so p-values below 1e-280 may
+    differ from NiMARE's (see :func:`ale_null_histogram`).
 
     Parameters
     ----------
