@@ -2,27 +2,67 @@
 
 Shared by collections (which store each experiment's value histogram at build time) and the
 estimators' block reductions (which compute it when a store has none).
+
+numba caches a compiled function under its own file's timestamp, so functions in other modules
+that inline these keep a stale copy after an edit here: delete ``daskmeta/**/__pycache__/*.nb*``
+after changing this file.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.extending import overload
 
 __all__ = ["compact_nonzero", "nearest_bin", "row_histograms"]
 
 
+def _as_bits(row):
+    """``row`` viewed as unsigned integers of its item size (compiled code only)."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(_as_bits, inline="always")
+def _as_bits_impl(row):
+    unsigned = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[row.dtype.bitwidth // 8]
+
+    def impl(row):
+        return row.view(unsigned)
+
+    return impl
+
+
+#: Entries per group :func:`compact_nonzero` tests for all-zero at once.
+_GROUP = 8
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def compact_nonzero(row, col_buf, val_buf):
-    """Copy a row's non-zero entries (column, value) to the front of the buffers (each with
-    room for the whole row); return how many. A plain branch: MA rows hold runs of zeros and
-    of non-zeros (kernel blobs cut by grid lines), which branch prediction follows, and it
-    writes only the non-zeros (~20% faster than a branch-free copy on MA rows)."""
+    """Copy a contiguous row's non-zero entries (column, value) to the front of the buffers
+    (each with room for the whole row); return how many.
+
+    MA rows are runs of zeros and of non-zeros (kernel blobs cut by grid lines): groups of
+    eight entries whose bits are all zero are skipped with one test, and the others are
+    copied without a branch (each entry is written, and kept by advancing past it if it is
+    non-zero). About twice as fast as a branch per entry on ALE rows.
+    """
+    bits = _as_bits(row)  # +0.0 is all-zero bits; -0.0 goes through the exact test below
+    n = row.shape[0]
     k = 0
-    for j in range(row.shape[0]):
-        v = row[j]
+    j = 0
+    while j + _GROUP <= n:
+        if (bits[j] | bits[j + 1] | bits[j + 2] | bits[j + 3] | bits[j + 4] | bits[j + 5]
+                | bits[j + 6] | bits[j + 7]) != 0:
+            for jj in range(j, j + _GROUP):
+                v = row[jj]
+                col_buf[k] = jj
+                val_buf[k] = v
+                k += v != 0
+        j += _GROUP
+    for jj in range(j, n):
+        v = row[jj]
         if v != 0:
-            col_buf[k] = j
+            col_buf[k] = jj
             val_buf[k] = v
             k += 1
     return k

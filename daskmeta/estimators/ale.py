@@ -240,17 +240,19 @@ class ALE(CBMAEstimator):
 
     @staticmethod
     def _log_sum(offsets, columns, values, weights, n_cols):
-        # Zeros add nothing (log1p(-0) = -0). numpy's float32 log1p, as NiMARE's.
-        return weighted_entry_sum(offsets, columns, np.log1p(-values), weights, n_cols)
+        """``weights @ log1p(-MA)`` from the non-zero entries (zeros add nothing:
+        log1p(-0) = -0), overwriting ``values``. numpy's float32 log1p, as NiMARE's."""
+        np.log1p(np.negative(values, out=values), out=values)
+        return weighted_entry_sum(offsets, columns, values, weights, n_cols)
 
     def _row_sums(self, block, weights):
         return self._log_sum(*nonzero_entries(block), weights, block.shape[1])
 
     def _reduce_rows(self, block, weights):
         offsets, columns, values = nonzero_entries(block)
-        total = self._log_sum(offsets, columns, values, weights, block.shape[1])
-        return total, self._split_summaries(*entry_histograms(offsets, values,
-                                                              ALE_HIST_INV_STEP))
+        summaries = self._split_summaries(*entry_histograms(offsets, values,
+                                                            ALE_HIST_INV_STEP))
+        return self._log_sum(offsets, columns, values, weights, block.shape[1]), summaries
 
     def _row_summaries(self, block):
         offsets, _, values = nonzero_entries(block)
