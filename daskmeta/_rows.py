@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from numba.extending import overload
 
-__all__ = ["compact_nonzero", "nearest_bin", "row_histograms"]
+__all__ = ["add_rows_by_selection", "compact_nonzero", "nearest_bin", "row_histograms"]
 
 
 def _as_bits(row):
@@ -107,3 +107,25 @@ def row_histograms(block, inv_step, width):
             top = max(top, np.float32(val_buf[i]))
         row_max[r] = top
     return row_max, hist, overflow
+
+
+@numba.njit(cache=True, nogil=True)
+def add_rows_by_selection(block, indptr, indices, data, out):
+    """``out += W @ block`` for a sparse (selection x row) ``W`` given in CSC form (``indptr``,
+    ``indices``, ``data`` over the block's rows), in ``out``'s dtype (float64, or an
+    unsigned integer for exact counts): each row's non-zero entries are gathered once and
+    added to the selections that hold it. Per entry, rows are added in order: the same
+    numbers as ``W @ block.astype(out.dtype)``, without converting the block or touching its
+    zeros."""
+    n_rows, n_cols = block.shape
+    col_buf = np.empty(n_cols, dtype=np.int64)
+    val_buf = np.empty(n_cols, dtype=out.dtype)
+    for r in range(n_rows):
+        if indptr[r] == indptr[r + 1]:
+            continue
+        k = compact_nonzero(block[r], col_buf, val_buf)
+        for p in range(indptr[r], indptr[r + 1]):
+            target = out[indices[p]]
+            w = data[p]
+            for q in range(k):
+                target[col_buf[q]] += w * val_buf[q]

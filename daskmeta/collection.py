@@ -35,7 +35,7 @@ import numpy as np
 import xarray as xr
 from scipy import sparse
 
-from daskmeta._rows import nearest_bin
+from daskmeta._rows import add_rows_by_selection, nearest_bin
 from daskmeta._version import __version__
 from daskmeta.cluster import active_client, compute, tree_sum
 from daskmeta.dataset import Dataset
@@ -47,7 +47,7 @@ from daskmeta.kernels import (
     MKDAKernel,
 )
 from daskmeta.space import TAL2MNI_METHOD, Space
-from daskmeta.storage import read_rows, read_vector, write_shard
+from daskmeta.storage import read_rows, read_vector, scratch_rows, write_shard
 
 __all__ = ["Collection", "KERNELS"]
 
@@ -122,6 +122,66 @@ def _write_shard(store: str, plan, index: int, rows_per_shard: int, dtype: str,
     fd = os.open(marker, os.O_CREAT | os.O_WRONLY, 0o644)
     os.close(fd)
     return index
+
+
+#: Rows of a store one summing task reads (``chunk_size`` at a time) into one partial sum.
+ROWS_PER_SUM_TASK = 1024
+
+
+def sum_stored_rows(array_path: str, n_cols: int, stored_dtype, rows, weights, a: int,
+                    chunk_size: int, acc_dtype, func=None, summarize=None):
+    """``weights[:, a:a + len(rows)] @ func(MA rows)`` and, with ``summarize``, its results
+    for each block of rows concatenated (one task of a pass over a store).
+
+    The rows are read ``chunk_size`` at a time into the thread's scratch block (which must
+    not outlive ``func`` and ``summarize``) and added in place into one dense
+    ``(selections, n_cols)`` sum of dtype ``acc_dtype``.
+
+    Parameters
+    ----------
+    array_path : str
+        The store's ``ma`` array.
+    n_cols : int
+    stored_dtype : dtype
+        The array's dtype.
+    rows : (n,) int array
+        Rows to read, in the order of the weights' columns ``a:a + n``.
+    weights : scipy.sparse.csc_matrix
+        Selection x row weights.
+    a : int
+    chunk_size : int
+    acc_dtype : dtype
+        float64, or an unsigned integer for exact counts.
+    func : callable, optional
+        Applied to each block (the stored dtype) before weighting; default identity.
+    summarize : callable, optional
+        Per-row summaries (a list) of each block.
+
+    Returns
+    -------
+    (ndarray, list)
+    """
+    total = np.zeros((weights.shape[0], n_cols), dtype=acc_dtype)
+    summaries = []
+    for start in range(0, len(rows), chunk_size):
+        part = rows[start:start + chunk_size]
+        block = read_rows(array_path, part, out=scratch_rows(len(part), n_cols, stored_dtype))
+        w = weights[:, a + start:a + start + len(part)]
+        add_rows_by_selection(block if func is None else func(block), w.indptr, w.indices,
+                              w.data.astype(acc_dtype), total)
+        if summarize is not None:
+            summaries.extend(summarize(block))
+    return total, summaries
+
+
+class _AsFloat32:
+    """``func`` of a block converted to float32 (a picklable callable for tasks)."""
+
+    def __init__(self, func):
+        self.func = func
+
+    def __call__(self, block):
+        return self.func(block.astype(np.float32, copy=False))
 
 
 class Collection:
@@ -521,13 +581,18 @@ class Collection:
     def reduce(self, weights, func=None, chunk_size: int = 64) -> xr.DataArray:
         """``weights @ func(MA)`` for a (selection x experiment) weight matrix, in one pass.
 
+        Tasks of :data:`ROWS_PER_SUM_TASK` rows read ``chunk_size`` rows at a time and add
+        them, in place, into one float64 sum per task; only the rows some selection weights
+        are read.
+
         Parameters
         ----------
         weights : scipy.sparse matrix or ndarray
             Selection x experiment weights (rows of a selection, e.g. 0/1 membership).
         func : callable, optional
             Applied to each float32 block of MA rows before weighting (e.g.
-            ``lambda b: np.log1p(-b)`` for ALE). Default: identity.
+            ``lambda b: np.log1p(-b)`` for ALE). Default: identity (integer stores are then
+            summed without conversion).
         chunk_size : int
             Experiments per block.
 
@@ -540,20 +605,21 @@ class Collection:
         if w.shape[1] != self.n_experiments:
             raise DaskmetaError(f"weights have {w.shape[1]} columns; the collection has "
                                 f"{self.n_experiments} experiments")
+        if not (isinstance(chunk_size, int | np.integer) and chunk_size > 0):
+            raise DaskmetaError(f"chunk_size must be a positive integer; got {chunk_size!r}")
         used = np.flatnonzero(np.asarray((w != 0).sum(axis=0)).ravel())
         n_sel, n_vox = w.shape[0], self.space.n_voxels
         if len(used) == 0:
             return xr.DataArray(da.zeros((n_sel, n_vox)), dims=("selection", "voxel"))
-        ma = self.rows(np.asarray(self.ids, dtype=object)[used], chunk_size)
         w_used = w[:, used].tocsc()
-        bounds = np.concatenate([[0], np.cumsum(ma.chunks[0])])
-
-        def block_product(block, a, b):
-            values = block if func is None else func(block)
-            return np.asarray(w_used[:, a:b] @ values.astype(np.float64, copy=False))
-
-        product = dask.delayed(block_product, pure=True)
-        parts = [product(blk, int(a), int(b)) for blk, a, b in
-                 zip(ma.to_delayed().ravel(), bounds[:-1], bounds[1:])]
+        token = dask.base.tokenize(self.content_token(), used, w_used.data, w_used.indices,
+                                   w_used.indptr, func, chunk_size)
+        w_d = dask.delayed(w_used, name=f"reduce-weights-{token}", traverse=False)
+        as_float = None if func is None else _AsFloat32(func)
+        task = dask.delayed(sum_stored_rows, pure=True, nout=2)
+        step = max(ROWS_PER_SUM_TASK, chunk_size)
+        parts = [task(str(self.path / "ma"), n_vox, np.dtype(self.attrs["dtype"]),
+                      used[a:a + step], w_d, a, chunk_size, np.float64, as_float)[0]
+                 for a in range(0, len(used), step)]
         total = da.from_delayed(tree_sum(parts), shape=(n_sel, n_vox), dtype=np.float64)
         return xr.DataArray(total, dims=("selection", "voxel"))

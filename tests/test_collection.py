@@ -410,7 +410,12 @@ def test_estimator_mask_and_margin_must_match_the_collection(stores):
 
 # -- reductions ------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["mkda", "ale"])
-def test_reduce_equals_dense_product(stores, forbid_compute, name):
+@pytest.mark.parametrize("rows_per_task", [1024, 7])
+def test_reduce_equals_dense_product(monkeypatch, stores, forbid_compute, name, rows_per_task):
+    import daskmeta.collection
+
+    # 7 rows per task, 5 per read: several tasks and partial reads.
+    monkeypatch.setattr(daskmeta.collection, "ROWS_PER_SUM_TASK", rows_per_task)
     collection = stores[name]
     rng = np.random.default_rng(0)
     dense_w = (rng.uniform(size=(5, 21)) < 0.4).astype(float)
@@ -489,7 +494,7 @@ def test_fit_many_in_several_tasks_equals_separate_fits(monkeypatch, labelled_st
     # Tasks of 4 rows read 2 at a time: several partial sums per task and per pass.
     from daskmeta.estimators import _base
 
-    monkeypatch.setattr(_base, "FIT_MANY_ROWS_PER_TASK", 4)
+    monkeypatch.setattr(_base, "ROWS_PER_SUM_TASK", 4)
     collection = labelled_stores[name]
     est = ESTIMATORS[name]
     many = est(chunk_size=2).fit_many(collection, SELECTIONS, threshold=0.5)
@@ -530,6 +535,26 @@ def test_fit_many_with_store_and_group_size(tmp_path, labelled_stores):
     one_by_one = MKDADensity().fit_many(collection, SELECTIONS, threshold=0.5, group_size=1)
     for m in MAPS:
         assert np.array_equal(one_by_one[m].values, default[m].values), m
+
+
+def test_fit_many_groups_follow_the_memory_setting(labelled_stores):
+    import dask
+
+    collection = labelled_stores["mkda"]
+    n_vox = collection.space.n_voxels
+    # Unweighted MKDA sums are uint32; a pass budgets 6 sums per selection.
+    for memory, expected in [(f"{2 * 6 * 4 * n_vox}B", [(2, 3), (3, 3)]),
+                             (6 * 4 * n_vox, [(1, 3), (2, 3), (3, 3)])]:
+        calls = []
+        with dask.config.set({"daskmeta.fit-many.memory": memory}):
+            MKDADensity().fit_many(collection, SELECTIONS, threshold=0.5,
+                                   progress=lambda done, total, seen=calls: seen.append(
+                                       (done, total)))
+        assert calls == expected
+    with dask.config.set({"daskmeta.fit-many.memory": "lots"}):
+        with pytest.raises(DaskmetaError, match="daskmeta.fit-many.memory='lots' is not a "
+                                                "byte count"):
+            MKDADensity().fit_many(collection, SELECTIONS, threshold=0.5)
 
 
 def test_fit_many_label_list_and_errors(labelled_stores, labelled):

@@ -29,10 +29,12 @@ import dask.array as da
 import numpy as np
 from scipy import sparse
 
+from daskmeta._rows import add_rows_by_selection
 from daskmeta._stats import nullhist_maps
 from daskmeta._version import __version__
 from daskmeta.cluster import compute, tree_sum
-from daskmeta.estimators._reductions import add_rows_by_selection, weighted_row_sum
+from daskmeta.collection import ROWS_PER_SUM_TASK, sum_stored_rows
+from daskmeta.estimators._reductions import weighted_row_sum
 from daskmeta.exceptions import DaskmetaError, DatasetError, NotFittedError
 from daskmeta.kernels import DEFAULT_CHUNK_EXPERIMENTS, DEFAULT_MASK_MARGIN, plan_to_dask
 from daskmeta.space import TAL2MNI_METHOD, resolve_space
@@ -40,13 +42,22 @@ from daskmeta.storage import read_rows, scratch_rows
 
 __all__ = ["CBMAEstimator", "resolve_space"]
 
-#: Rows of a collection each :meth:`CBMAEstimator.fit_many` task reduces into one partial sum.
-FIT_MANY_ROWS_PER_TASK = 1024
 #: Selections whose maps one :meth:`CBMAEstimator.fit_many` task computes (and writes).
 FIT_MANY_SELECTIONS_PER_TASK = 16
-#: Bytes the sums of one :meth:`CBMAEstimator.fit_many` pass may take (sets the group size).
+#: Default bytes the sums of one :meth:`CBMAEstimator.fit_many` pass may take (sets the group
+#: size); set ``dask.config`` key ``daskmeta.fit-many.memory`` (e.g. ``"4GB"``) to change it.
 FIT_MANY_MEMORY = 2_000_000_000
 _MANY_DTYPES = {"stat": np.float64, "p": np.float64, "z": np.float64, "logp": np.float32}
+
+
+def _config_bytes(key: str, default: int) -> int:
+    """A byte count from ``dask.config`` (a number or a string such as ``"4GB"``)."""
+    value = dask.config.get(key, default)
+    try:
+        return int(dask.utils.parse_bytes(value) if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise DaskmetaError(f"dask config {key}={value!r} is not a byte count (e.g. "
+                            "'4GB')") from None
 
 
 def _reduce_block(estimator, weights, block, a: int, b: int, with_summaries: bool):
@@ -77,21 +88,11 @@ def _reduce_stored_block(estimator, weights, array_path: str, n_cols: int, store
 
 def _reduce_stored_rows(estimator, weights, array_path: str, n_cols: int, stored_dtype,
                         rows, a: int, chunk_size: int, dtype, with_summaries: bool):
-    """``weights[:, a:a + len(rows)] @ f(MA rows)`` in ``dtype`` and, if asked, the rows'
-    summaries, reading the rows from a store ``chunk_size`` at a time into one sum (one
-    task)."""
-    total = np.zeros((weights.shape[0], n_cols), dtype=dtype)
-    summaries = []
-    for start in range(0, len(rows), chunk_size):
-        part = rows[start:start + chunk_size]
-        block = read_rows(array_path, part,
-                          out=scratch_rows(len(part), n_cols, stored_dtype))
-        w = weights[:, a + start:a + start + len(block)]
-        add_rows_by_selection(estimator._block_values(block), w.indptr, w.indices,
-                              w.data.astype(dtype), total)
-        if with_summaries:
-            summaries.extend(estimator._row_summaries(block))
-    return total, summaries
+    """:func:`~daskmeta.collection.sum_stored_rows` of ``f(MA)`` in ``dtype`` and, if asked,
+    the rows' summaries (one task)."""
+    return sum_stored_rows(array_path, n_cols, stored_dtype, rows, weights, a, chunk_size,
+                           dtype, estimator._block_values,
+                           estimator._row_summaries if with_summaries else None)
 
 
 def _concat_lists(lists):
@@ -449,7 +450,7 @@ class CBMAEstimator:
         group of selections.
 
         Each pass over the store sums the MA rows of a group of selections in tasks of
-        :data:`FIT_MANY_ROWS_PER_TASK` rows (exact integer counts for unweighted (M)KDA,
+        :data:`~daskmeta.collection.ROWS_PER_SUM_TASK` rows (exact integer counts for unweighted (M)KDA,
         float64 otherwise), then computes the maps of the group's selections in tasks of
         :data:`FIT_MANY_SELECTIONS_PER_TASK`, which write them to ``store`` when one is given.
 
@@ -465,8 +466,10 @@ class CBMAEstimator:
             Write the maps to this Zarr store as they are computed (``selection`` x
             ``voxel``); the returned Dataset is then opened lazily from it.
         group_size : int, optional
-            Selections per pass (default: as many as keep the pass's sums within
-            :data:`FIT_MANY_MEMORY` bytes).
+            Selections per pass (default: as many as keep the pass's sums within the
+            ``dask.config`` setting ``daskmeta.fit-many.memory``, 2 GB unless set; e.g.
+            ``dask.config.set({"daskmeta.fit-many.memory": "8GB"})`` or the environment
+            variable ``DASK_DASKMETA__FIT_MANY__MEMORY=8GB``).
         progress : callable, optional
             Called with ``(n_done, n_total)`` after each group.
         overwrite : bool
@@ -531,7 +534,8 @@ class CBMAEstimator:
         n_vox = space.n_voxels
         if group_size is None:
             # Each thread's running sum, finished partial sums and their tree sum.
-            group_size = max(1, int(FIT_MANY_MEMORY // (n_vox * acc_dtype.itemsize * 6)))
+            memory = _config_bytes("daskmeta.fit-many.memory", FIT_MANY_MEMORY)
+            group_size = max(1, int(memory // (n_vox * acc_dtype.itemsize * 6)))
         attrs = {"estimator": type(self).__name__, "daskmeta_version": __version__,
                  **kernel.describe(), **space.describe(), "collection": str(collection.path),
                  "threshold": float(threshold), "tal2mni": TAL2MNI_METHOD}
@@ -580,7 +584,7 @@ class CBMAEstimator:
         est_d = dask.delayed(light, name=f"estimator-{token}", traverse=False)
         w_d = dask.delayed(weights, name=f"weights-{token}", traverse=False)
         red = dask.delayed(_reduce_stored_rows, pure=True, nout=2)
-        step = max(FIT_MANY_ROWS_PER_TASK, self.chunk_size)
+        step = max(ROWS_PER_SUM_TASK, self.chunk_size)
         n_vox = collection.space.n_voxels
         store_dtype = np.dtype(collection.attrs["dtype"])
         stored = None if known is None else [known[1][i]

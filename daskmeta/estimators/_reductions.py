@@ -11,8 +11,7 @@ import numpy as np
 
 from daskmeta._rows import compact_nonzero, nearest_bin
 
-__all__ = ["add_rows_by_selection", "entry_histograms", "nonzero_entries",
-           "weighted_entry_sum", "weighted_row_sum"]
+__all__ = ["entry_histograms", "nonzero_entries", "weighted_entry_sum", "weighted_row_sum"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -106,25 +105,3 @@ def weighted_entry_sum(offsets, columns, values, weights, n_cols):
         for k in range(offsets[r], offsets[r + 1]):
             out[columns[k]] += w * np.float64(values[k])
     return out
-
-
-@numba.njit(cache=True, nogil=True)
-def add_rows_by_selection(block, indptr, indices, data, out):
-    """``out += W @ block`` for a sparse (selection x row) ``W`` given in CSC form (``indptr``,
-    ``indices``, ``data`` over the block's rows), in ``out``'s dtype (float64, or an
-    unsigned integer for exact counts): each row's non-zero entries are gathered once and
-    added to the selections that hold it. Per entry, rows are added in order: the same
-    numbers as ``W @ block.astype(out.dtype)``, without converting the block or touching its
-    zeros."""
-    n_rows, n_cols = block.shape
-    col_buf = np.empty(n_cols, dtype=np.int64)
-    val_buf = np.empty(n_cols, dtype=out.dtype)
-    for r in range(n_rows):
-        if indptr[r] == indptr[r + 1]:
-            continue
-        k = compact_nonzero(block[r], col_buf, val_buf)
-        for p in range(indptr[r], indptr[r + 1]):
-            target = out[indices[p]]
-            w = data[p]
-            for q in range(k):
-                target[col_buf[q]] += w * val_buf[q]
