@@ -133,9 +133,9 @@ def sum_stored_rows(array_path: str, n_cols: int, stored_dtype, rows, weights, a
     """``weights[:, a:a + len(rows)] @ func(MA rows)`` and, with ``summarize``, its results
     for each block of rows concatenated (one task of a pass over a store).
 
-    The rows are read ``chunk_size`` at a time into the thread's scratch block (which must
-    not outlive ``func`` and ``summarize``) and added in place into one dense
-    ``(selections, n_cols)`` sum of dtype ``acc_dtype``.
+    The rows are read ``chunk_size`` at a time into the thread's scratch block and added in
+    place into one dense ``(selections, n_cols)`` sum of dtype ``acc_dtype``; ``func`` and
+    ``summarize`` must not keep references to the block (the next read overwrites it).
 
     Parameters
     ----------

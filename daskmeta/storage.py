@@ -174,7 +174,6 @@ class ShardedRows:
                                             "shard)")
         return out
 
-
     def write_shard(self, shard: int, block: np.ndarray) -> None:
         """Write ``block`` (the shard's rows, all of them: ``rows_per_shard`` or up to the
         last row) as shard ``shard``, replacing the file atomically.

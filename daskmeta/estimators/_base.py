@@ -450,9 +450,10 @@ class CBMAEstimator:
         group of selections.
 
         Each pass over the store sums the MA rows of a group of selections in tasks of
-        :data:`~daskmeta.collection.ROWS_PER_SUM_TASK` rows (exact integer counts for unweighted (M)KDA,
-        float64 otherwise), then computes the maps of the group's selections in tasks of
-        :data:`FIT_MANY_SELECTIONS_PER_TASK`, which write them to ``store`` when one is given.
+        :data:`~daskmeta.collection.ROWS_PER_SUM_TASK` rows (exact integer counts for
+        unweighted (M)KDA, float64 otherwise), then computes the maps of the group's
+        selections in tasks of :data:`FIT_MANY_SELECTIONS_PER_TASK`, which write them to
+        ``store`` when one is given.
 
         Parameters
         ----------
