@@ -392,6 +392,10 @@ class Collection:
         marker_dir.mkdir(parents=True, exist_ok=True)
         done = {int(p.stem) for p in marker_dir.glob("*.done")}
         todo = [c for c in range(n_chunks) if c not in done]
+        # Shards half-written by a killed build (never renamed into place).
+        for array in ("ma", "ma_hist"):
+            for tmp in (path / array).rglob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
         if not todo:
             return
         plan_d = dask.delayed(plan, traverse=False)

@@ -374,7 +374,11 @@ def test_resume_rewrites_only_unmarked_chunks(tmp_path, stores, pain_dataset):
     arr[12:16] = 0
     arr[0, :5] = 999  # a sentinel in a chunk marked done: resuming must not rewrite it
     assert not np.array_equal(arr[:], clean)
+    # What a build killed while writing shard 1 leaves: its temporary file.
+    leftover = path / "ma" / "c" / "1" / ".0.4242.77.tmp"
+    leftover.write_bytes(b"half a shard")
     resumed = _build(pain_dataset, KDAKernel(), path)
+    assert not leftover.exists()
     got = resumed.ma.values
     assert np.array_equal(got[4:8], clean[4:8]) and np.array_equal(got[12:16], clean[12:16])
     assert (got[0, :5] == 999).all()

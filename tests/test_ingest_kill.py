@@ -90,6 +90,7 @@ def test_kill_9_midway_then_resume_equals_clean_build(tmp_path):
     resumed = Collection.open(store)
     assert resumed.attrs["complete"] is True and resumed.n_experiments == N_STUDIES
     assert not (store / _PROGRESS).exists()
+    assert not list(store.rglob("*.tmp"))  # no half-written shard left behind
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DaskmetaWarning)  # foci far outside the mask
