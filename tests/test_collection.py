@@ -546,9 +546,9 @@ def test_fit_many_groups_follow_the_memory_setting(labelled_stores):
 
     collection = labelled_stores["mkda"]
     n_vox = collection.space.n_voxels
-    # Unweighted MKDA sums are uint32; a pass budgets 6 sums per selection.
-    for memory, expected in [(f"{2 * 6 * 4 * n_vox}B", [(2, 3), (3, 3)]),
-                             (6 * 4 * n_vox, [(1, 3), (2, 3), (3, 3)])]:
+    # Unweighted MKDA sums of a few rows are uint16; a pass budgets 6 sums per selection.
+    for memory, expected in [(f"{2 * 6 * 2 * n_vox}B", [(2, 3), (3, 3)]),
+                             (6 * 2 * n_vox, [(1, 3), (2, 3), (3, 3)])]:
         calls = []
         with dask.config.set({"daskmeta.fit-many.memory": memory}):
             MKDADensity().fit_many(collection, SELECTIONS, threshold=0.5,
@@ -559,6 +559,16 @@ def test_fit_many_groups_follow_the_memory_setting(labelled_stores):
         with pytest.raises(DaskmetaError, match="daskmeta.fit-many.memory='lots' is not a "
                                                 "byte count"):
             MKDADensity().fit_many(collection, SELECTIONS, threshold=0.5)
+
+
+def test_fit_many_counts_in_uint16_only_when_they_fit(monkeypatch, labelled_stores):
+    collection = labelled_stores["mkda"]
+    every_row = [np.arange(collection.n_experiments)]
+    assert MKDADensity._count_dtype(collection, every_row) == np.uint16  # 21 rows of 0/1
+    monkeypatch.setattr(Collection, "row_maxima",
+                        lambda self, rows: np.full(len(rows), 4000, dtype=np.float32))
+    assert MKDADensity._count_dtype(collection, every_row) == np.uint32  # 21 x 4000 > 65535
+    assert MKDADensity._count_dtype(collection, [np.arange(16)]) == np.uint16  # 64,000
 
 
 def test_fit_many_label_list_and_errors(labelled_stores, labelled):
