@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from scipy import special
 
@@ -26,17 +27,24 @@ def _null_tail(histogram_weights) -> np.ndarray:
     return null
 
 
-def _value_bins(test_values, histogram_bins) -> np.ndarray:
-    """Bin of each positive statistic (nearest centre, ties away from zero, clipped to the
-    last bin); -1 for statistics <= 0."""
-    n_bins = len(histogram_bins)
-    inv_step = 1 / (histogram_bins[1] - histogram_bins[0])
-    out = np.full(test_values.shape, -1, dtype=np.int64)
-    idx = np.where(test_values > 0)[0]
-    value_bins = round_half_away(test_values[idx] * inv_step)
-    value_bins[value_bins >= n_bins] = n_bins - 1
-    out[idx] = value_bins
-    return out
+@numba.njit(cache=True, nogil=True)
+def _lookup_maps(values, inv_step, p_table, z_table, logp_table, p, z, logp):
+    """p, z and logp of each statistic from per-bin tables: its bin is NiMARE's ``_round2``
+    of the value times the inverse bin width (in float64), clipped to the last bin; the
+    tables' last entry (past the bins) is for statistics <= 0 and NaN."""
+    last = p_table.shape[0] - 2
+    for i in range(values.shape[0]):
+        x = values[i]
+        b = last + 1
+        if x > 0:
+            scaled = np.float64(x) * inv_step
+            nearest = np.rint(scaled)  # ties to even; ties away from zero, as _round2:
+            if abs(scaled - nearest) == 0.5:
+                nearest = np.ceil(scaled)
+            b = min(int(nearest), last)
+        p[i] = p_table[b]
+        z[i] = z_table[b]
+        logp[i] = logp_table[b]
 
 
 def nullhist_maps(stat, histogram_weights, histogram_bins) -> dict:
@@ -50,13 +58,19 @@ def nullhist_maps(stat, histogram_weights, histogram_bins) -> dict:
     stat = np.atleast_1d(np.asarray(stat))
     null = _null_tail(histogram_weights)
     smallest = np.min(null[null != 0])
-    # The last entry is for statistics <= 0 (p = 1); index -1 reaches it.
+    # The last entry is for statistics <= 0 (p = 1).
     p_table = np.maximum(smallest, np.minimum(np.append(null, 1.0), 1.0))
     z_table = p_to_z(p_table, tail="one")
     logp_table = nlogp_to_logp(np.log(p_table))
-    value_bins = _value_bins(stat, histogram_bins)
-    return {"stat": stat, "p": p_table[value_bins], "z": z_table[value_bins],
-            "logp": logp_table[value_bins]}
+    values = np.ascontiguousarray(stat).ravel()
+    if values.dtype.kind != "f":
+        values = values.astype(np.float64)
+    maps = {"p": np.empty(values.shape), "z": np.empty(values.shape),
+            "logp": np.empty(values.shape, dtype=np.float32)}
+    inv_step = float(1 / (histogram_bins[1] - histogram_bins[0]))
+    _lookup_maps(values, inv_step, p_table, z_table, logp_table, maps["p"], maps["z"],
+                 maps["logp"])
+    return {"stat": stat, **{k: v.reshape(stat.shape) for k, v in maps.items()}}
 
 
 def nullhist_to_threshold(histogram_weights, histogram_bins, p: float) -> float:

@@ -409,12 +409,13 @@ def test_nullhist_maps_equal_voxelwise_conversions_and_nimare():
     hist = rng.random(bins.size) * np.exp(-bins / 5)
     hist[-10:] = 0.0
     stat = np.concatenate([rng.uniform(-1, 70, 5000), bins[::7], bins[::9] + 0.25, [0.0]])
-    maps = _stats.nullhist_maps(stat, hist, bins)
-    p = nimare_stats.nullhist_to_p(stat, hist, bins)
-    assert np.array_equal(maps["p"], p)
-    assert np.array_equal(maps["z"], _stats.p_to_z(p, tail="one"))
-    assert np.array_equal(maps["logp"], _stats.nlogp_to_logp(np.log(p)))
-    assert maps["logp"].dtype == np.float32 and np.array_equal(maps["stat"], stat)
+    for values in (stat, stat.astype(np.float32)):  # MKDA's float64 statistics, ALE's float32
+        maps = _stats.nullhist_maps(values, hist, bins)
+        p = nimare_stats.nullhist_to_p(values, hist, bins)
+        assert np.array_equal(maps["p"], p)
+        assert np.array_equal(maps["z"], _stats.p_to_z(p, tail="one"))
+        assert np.array_equal(maps["logp"], _stats.nlogp_to_logp(np.log(p)))
+        assert maps["logp"].dtype == np.float32 and np.array_equal(maps["stat"], values)
 
 
 # --------------------------------------------------------------------------------------------
