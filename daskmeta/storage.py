@@ -256,17 +256,25 @@ def _little_endian(codec: dict, dtype: np.dtype) -> bool:
 
 
 @functools.lru_cache(maxsize=32)
-def _reader(path: str, stamp: float) -> ShardedRows | None:
+def _cached_layout(path: str, stamp: float) -> ShardedRows | None:
     return ShardedRows.open(path)
+
+
+def _layout(array_path: str) -> ShardedRows | None:
+    """The :class:`ShardedRows` of a local array (cached until its metadata changes), or
+    None (another layout, or not a local directory: go through zarr)."""
+    try:
+        stamp = os.stat(os.path.join(array_path, "zarr.json")).st_mtime_ns
+    except OSError:
+        return None
+    return _cached_layout(array_path, stamp)
 
 
 def write_shard(array_path, shard: int, block: np.ndarray) -> None:
     """Write ``block`` as shard ``shard`` of the sharded 2-D Zarr array at ``array_path``:
     directly in daskmeta's layout (:meth:`ShardedRows.write_shard`), through zarr for any
     other."""
-    array_path = str(array_path)
-    stamp = os.stat(os.path.join(array_path, "zarr.json")).st_mtime_ns
-    layout = _reader(array_path, stamp)
+    layout = _layout(str(array_path))
     if layout is not None:
         layout.write_shard(shard, block)
         return
@@ -282,11 +290,7 @@ def read_rows(array_path, rows, out: np.ndarray | None = None) -> np.ndarray:
     through zarr (one read per run of consecutive rows) for any other layout. ``out``, if
     given, receives them (shape ``(len(rows), n_cols)``, the array's dtype)."""
     array_path = str(array_path)
-    try:
-        stamp = os.stat(os.path.join(array_path, "zarr.json")).st_mtime_ns
-    except OSError:
-        stamp = None
-    reader = _reader(array_path, stamp) if stamp is not None else None
+    reader = _layout(array_path)
     if reader is not None:
         return reader.read(rows, out=out)
     import zarr
