@@ -1,8 +1,13 @@
-"""Shared fixtures: paths to ../shared/data, the pain dataset, NiMARE's mask, no-early-compute."""
+"""Shared fixtures: paths to ../shared/data, the pain dataset, NiMARE's mask, no-early-compute,
+a real Dask scheduler with worker processes."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import dask
@@ -67,3 +72,57 @@ def assert_close(a, b, atol, what=""):
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     diff = np.abs(a - b).max()
     assert diff <= atol, f"{what}: max abs difference {diff:.3g} > {atol:g}"
+
+
+@pytest.fixture
+def scheduler_and_workers(tmp_path):
+    """A ``dask scheduler`` and two ``dask worker`` processes (no nanny) on 127.0.0.1, and
+    a client of them: ``(client, worker processes)``."""
+    distributed = pytest.importorskip("distributed")
+    dask_cli = str(Path(sys.executable).parent / "dask")
+    sched_file = tmp_path / "scheduler.json"
+    logs = []
+    procs = []
+
+    def start(args, name):
+        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 (closed at teardown)
+        logs.append(log)
+        proc = subprocess.Popen([dask_cli, *args], stdout=log, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return proc
+
+    client = None
+    try:
+        start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+               "--scheduler-file", str(sched_file)], "scheduler")
+        deadline = time.monotonic() + 60
+        while not (sched_file.exists() and sched_file.stat().st_size > 0):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the dask scheduler did not start: "
+                                   + (tmp_path / "scheduler.log").read_text())
+            time.sleep(0.1)
+        workers = [
+            start(["worker", "--scheduler-file", str(sched_file), "--nworkers", "1",
+                   "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1",
+                   "--memory-limit", "2GiB", "--death-timeout", "60"], f"worker{i}")
+            for i in range(2)
+        ]
+        client = distributed.Client(scheduler_file=str(sched_file), timeout="30s")
+        client.wait_for_workers(2, timeout=60)
+        address = json.loads(sched_file.read_text())["address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        yield client, workers
+    finally:
+        if client is not None:
+            client.close()
+        # Workers first, then the scheduler, each waited for.
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=15)
+        for log in logs:
+            log.close()
