@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from scipy import special
 
@@ -27,24 +26,19 @@ def _null_tail(histogram_weights) -> np.ndarray:
     return null
 
 
-@numba.njit(cache=True, nogil=True)
-def _lookup_maps(values, inv_step, p_table, z_table, logp_table, p, z, logp):
-    """p, z and logp of each statistic from per-bin tables: its bin is NiMARE's ``_round2``
-    of the value times the inverse bin width (in float64), clipped to the last bin; the
-    tables' last entry (past the bins) is for statistics <= 0 and NaN."""
-    last = p_table.shape[0] - 2
-    for i in range(values.shape[0]):
-        x = values[i]
-        b = last + 1
-        if x > 0:
-            scaled = np.float64(x) * inv_step
-            nearest = np.rint(scaled)  # ties to even; ties away from zero, as _round2:
-            if abs(scaled - nearest) == 0.5:
-                nearest = np.ceil(scaled)
-            b = min(int(nearest), last)
-        p[i] = p_table[b]
-        z[i] = z_table[b]
-        logp[i] = logp_table[b]
+def _value_bins(values, histogram_bins) -> np.ndarray:
+    """Bin of each statistic: NiMARE's ``_round2`` of the value times the inverse bin width
+    (in float64; nearest, ties away from zero), clipped to the last bin; one past the last
+    bin for statistics <= 0 and NaN."""
+    last = len(histogram_bins) - 1
+    scaled = np.asarray(values, dtype=np.float64) * float(
+        1 / (histogram_bins[1] - histogram_bins[0]))
+    nearest = np.rint(scaled)  # ties to even; then ties away from zero, as _round2
+    tie = np.flatnonzero(np.abs(scaled - nearest) == 0.5)
+    nearest[tie] = np.ceil(scaled[tie])
+    np.minimum(nearest, last, out=nearest)
+    nearest[~(np.asarray(values) > 0)] = last + 1
+    return nearest.astype(np.intp)
 
 
 def nullhist_maps(stat, histogram_weights, histogram_bins) -> dict:
@@ -62,15 +56,9 @@ def nullhist_maps(stat, histogram_weights, histogram_bins) -> dict:
     p_table = np.maximum(smallest, np.minimum(np.append(null, 1.0), 1.0))
     z_table = p_to_z(p_table, tail="one")
     logp_table = nlogp_to_logp(np.log(p_table))
-    values = np.ascontiguousarray(stat).ravel()
-    if values.dtype.kind != "f":
-        values = values.astype(np.float64)
-    maps = {"p": np.empty(values.shape), "z": np.empty(values.shape),
-            "logp": np.empty(values.shape, dtype=np.float32)}
-    inv_step = float(1 / (histogram_bins[1] - histogram_bins[0]))
-    _lookup_maps(values, inv_step, p_table, z_table, logp_table, maps["p"], maps["z"],
-                 maps["logp"])
-    return {"stat": stat, **{k: v.reshape(stat.shape) for k, v in maps.items()}}
+    bins = _value_bins(stat, histogram_bins)
+    return {"stat": stat, "p": p_table.take(bins), "z": z_table.take(bins),
+            "logp": logp_table.take(bins)}
 
 
 def nullhist_to_threshold(histogram_weights, histogram_bins, p: float) -> float:

@@ -242,6 +242,28 @@ def test_second_process_reads_the_store(stores):
     assert got["max"] > 1  # counts, not a binary map
 
 
+def test_mkda_fit_from_a_store_runs_no_compiled_code(stores):
+    # numba's start-up (LLVM, loading cached code) costs ~0.25 s in a fresh process, longer
+    # than the whole MKDA fit from a store: its sums (numpy's uint32 sum), null and maps use
+    # numpy only. A fresh process fits, then lists daskmeta's compiled functions it loaded.
+    script = (
+        "import sys, json, numba, daskmeta\n"
+        "from daskmeta.collection import Collection\n"
+        "from daskmeta.estimators import MKDADensity\n"
+        "res = MKDADensity().fit(Collection.open(sys.argv[1]))\n"
+        "used = sorted(f'{m.__name__}.{k}' for m in list(sys.modules.values())\n"
+        "              if getattr(m, '__name__', '').startswith('daskmeta')\n"
+        "              for k, v in vars(m).items()\n"
+        "              if isinstance(v, numba.core.dispatcher.Dispatcher) and v.signatures)\n"
+        "print(json.dumps({'used': used, 'n': res.attrs['n_experiments']}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(stores["mkda"].path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    n_fitted = MKDADensity().fit(stores["mkda"]).attrs["n_experiments"]  # those with foci
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"used": [], "n": n_fitted}
+
+
 # -- refusing to mix -------------------------------------------------------------------------
 @pytest.mark.parametrize("kernel, field", [
     (KDAKernel(), "kernel: store has 'MKDAKernel', requested 'KDAKernel'"),
