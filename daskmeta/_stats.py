@@ -9,12 +9,12 @@ _F32_MAX = np.finfo(np.float32).max
 
 
 def round_half_away(x: np.ndarray) -> np.ndarray:
-    """Round to the nearest integer, ties away from zero (NiMARE's ``_round2``)."""
+    """Round to the nearest integer, ties away from zero (NiMARE's ``_round2``), as int."""
     x = np.asarray(x, dtype=float)
-    y = np.round(np.abs(x))
-    tie = np.abs(x - np.round(x)) == 0.5
-    y[tie] = np.ceil(np.abs(x[tie]))
-    return (y * np.sign(x)).astype(int)
+    y = np.rint(x)  # ties to even; a tie n + 0.5 then moves one half away from zero (exact)
+    tie = np.flatnonzero(np.abs(x - y) == 0.5)
+    y[tie] = x[tie] + np.copysign(0.5, x[tie])
+    return y.astype(int)
 
 
 def _null_tail(histogram_weights) -> np.ndarray:
@@ -31,14 +31,13 @@ def _value_bins(values, histogram_bins) -> np.ndarray:
     (in float64; nearest, ties away from zero), clipped to the last bin; one past the last
     bin for statistics <= 0 and NaN."""
     last = len(histogram_bins) - 1
-    scaled = np.asarray(values, dtype=np.float64) * float(
+    values = np.asarray(values)
+    positive = values > 0
+    out = np.full(values.shape, last + 1, dtype=np.intp)
+    scaled = values[positive].astype(np.float64) * float(
         1 / (histogram_bins[1] - histogram_bins[0]))
-    nearest = np.rint(scaled)  # ties to even; then ties away from zero, as _round2
-    tie = np.flatnonzero(np.abs(scaled - nearest) == 0.5)
-    nearest[tie] = np.ceil(scaled[tie])
-    np.minimum(nearest, last, out=nearest)
-    nearest[~(np.asarray(values) > 0)] = last + 1
-    return nearest.astype(np.intp)
+    out[positive] = np.minimum(round_half_away(scaled), last)
+    return out
 
 
 def nullhist_maps(stat, histogram_weights, histogram_bins) -> dict:

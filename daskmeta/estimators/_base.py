@@ -344,7 +344,9 @@ class CBMAEstimator:
 
     def _shared_inputs(self, token, weights):
         """The estimator (without fitted state) and the weights (CSC) as single graph nodes
-        that the block tasks share."""
+        that the block tasks share; ``token`` names the data and weights, and the
+        estimator's class and parameters are added to it."""
+        token = dask.base.tokenize(token, type(self).__name__, str(self.get_params()))
         est_d = dask.delayed(self._light_copy(), name=f"estimator-{token}", traverse=False)
         w_d = dask.delayed(sparse.csc_matrix(weights), name=f"weights-{token}", traverse=False)
         return est_d, w_d
@@ -547,10 +549,9 @@ class CBMAEstimator:
             out = None
         else:
             out = {k: np.empty((len(names), n_vox), dtype=_MANY_DTYPES[k]) for k in _MANY_DTYPES}
-        light = self._light_copy()
         for g0 in range(0, len(names), group_size):
             g1 = min(g0 + group_size, len(names))
-            results = self._fit_group(light, collection, rows_of[g0:g1], weights_of[g0:g1],
+            results = self._fit_group(collection, rows_of[g0:g1], weights_of[g0:g1],
                                       n_foci, acc_dtype, known,
                                       None if store is None else (str(store), g0))
             if out is not None:
@@ -581,8 +582,7 @@ class CBMAEstimator:
                 return np.dtype(np.uint16)
         return np.dtype(np.uint32)
 
-    def _fit_group(self, light, collection, rows_of, weights_of, n_foci, acc_dtype, known,
-                   target):
+    def _fit_group(self, collection, rows_of, weights_of, n_foci, acc_dtype, known, target):
         """One pass over the store for a group of selections: sums in row tasks, then maps in
         selection tasks (written to ``target = (store, first index)`` if given). ``known``:
         ``(rows, summaries)`` stored for a superset of the group's rows, or None (then the
@@ -595,8 +595,7 @@ class CBMAEstimator:
         array_path = str(collection.path / "ma")
         token = dask.base.tokenize(collection.content_token(), used, weights.data,
                                    weights.indices, weights.indptr, acc_dtype.str)
-        est_d = dask.delayed(light, name=f"estimator-{token}", traverse=False)
-        w_d = dask.delayed(weights, name=f"weights-{token}", traverse=False)
+        est_d, w_d = self._shared_inputs(token, weights)
         red = dask.delayed(_reduce_stored_rows, pure=True, nout=2)
         step = max(ROWS_PER_SUM_TASK, self.chunk_size)
         n_vox = collection.space.n_voxels
