@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from numba.extending import overload
 
-__all__ = ["add_rows_by_selection", "compact_nonzero", "nearest_bin", "row_histograms"]
+__all__ = ["add_entries_by_selection", "add_rows_by_selection", "compact_nonzero", "nearest_bin", "row_histograms"]
 
 
 def _as_bits(row):
@@ -129,3 +129,15 @@ def add_rows_by_selection(block, indptr, indices, data, out):
             w = data[p]
             for q in range(k):
                 target[col_buf[q]] += w * val_buf[q]
+
+
+@numba.njit(cache=True, nogil=True)
+def add_entries_by_selection(offsets, columns, values, indptr, indices, data, out):
+    """:func:`add_rows_by_selection` of a block given by its non-zero entries in compressed
+    sparse row form (``offsets``, ``columns``, ``values``): the same numbers."""
+    for r in range(offsets.shape[0] - 1):
+        for p in range(indptr[r], indptr[r + 1]):
+            target = out[indices[p]]
+            w = data[p]
+            for k in range(offsets[r], offsets[r + 1]):
+                target[columns[k]] += w * np.float64(values[k])

@@ -35,9 +35,10 @@ import numpy as np
 import xarray as xr
 from scipy import sparse
 
-from daskmeta._rows import add_rows_by_selection, nearest_bin
+from daskmeta._pass import ROWS_PER_SUM_TASK, BlockFunction, StoredRows, pass_graph, selection_rows
+from daskmeta._rows import nearest_bin
 from daskmeta._version import __version__
-from daskmeta.cluster import active_client, compute, tree_sum
+from daskmeta.cluster import active_client, compute
 from daskmeta.dataset import Dataset
 from daskmeta.exceptions import DaskmetaError
 from daskmeta.kernels import (
@@ -47,7 +48,7 @@ from daskmeta.kernels import (
     MKDAKernel,
 )
 from daskmeta.space import TAL2MNI_METHOD, Space
-from daskmeta.storage import read_rows, read_vector, scratch_rows, write_shard
+from daskmeta.storage import read_rows, read_vector, write_shard
 
 __all__ = ["Collection", "KERNELS"]
 
@@ -122,66 +123,6 @@ def _write_shard(store: str, plan, index: int, rows_per_shard: int, dtype: str,
     fd = os.open(marker, os.O_CREAT | os.O_WRONLY, 0o644)
     os.close(fd)
     return index
-
-
-#: Rows of a store one summing task reads (``chunk_size`` at a time) into one partial sum.
-ROWS_PER_SUM_TASK = 1024
-
-
-def sum_stored_rows(array_path: str, n_cols: int, stored_dtype, rows, weights, a: int,
-                    chunk_size: int, acc_dtype, func=None, summarize=None):
-    """``weights[:, a:a + len(rows)] @ func(MA rows)`` and, with ``summarize``, its results
-    for each block of rows concatenated (one task of a pass over a store).
-
-    The rows are read ``chunk_size`` at a time into the thread's scratch block and added in
-    place into one dense ``(selections, n_cols)`` sum of dtype ``acc_dtype``; ``func`` and
-    ``summarize`` must not keep references to the block (the next read overwrites it).
-
-    Parameters
-    ----------
-    array_path : str
-        The store's ``ma`` array.
-    n_cols : int
-    stored_dtype : dtype
-        The array's dtype.
-    rows : (n,) int array
-        Rows to read, in the order of the weights' columns ``a:a + n``.
-    weights : scipy.sparse.csc_matrix
-        Selection x row weights.
-    a : int
-    chunk_size : int
-    acc_dtype : dtype
-        float64, or an unsigned integer for exact counts.
-    func : callable, optional
-        Applied to each block (the stored dtype) before weighting; default identity.
-    summarize : callable, optional
-        Per-row summaries (a list) of each block.
-
-    Returns
-    -------
-    (ndarray, list)
-    """
-    total = np.zeros((weights.shape[0], n_cols), dtype=acc_dtype)
-    summaries = []
-    for start in range(0, len(rows), chunk_size):
-        part = rows[start:start + chunk_size]
-        block = read_rows(array_path, part, out=scratch_rows(len(part), n_cols, stored_dtype))
-        w = weights[:, a + start:a + start + len(part)]
-        add_rows_by_selection(block if func is None else func(block), w.indptr, w.indices,
-                              w.data.astype(acc_dtype), total)
-        if summarize is not None:
-            summaries.extend(summarize(block))
-    return total, summaries
-
-
-class _AsFloat32:
-    """``func`` of a block converted to float32 (a picklable callable for tasks)."""
-
-    def __init__(self, func):
-        self.func = func
-
-    def __call__(self, block):
-        return self.func(block.astype(np.float32, copy=False))
 
 
 class Collection:
@@ -562,18 +503,25 @@ class Collection:
             self._row_max = read_vector(self.path / "ma_max")
         return self._row_max[np.asarray(rows, dtype=np.int64)]
 
-    def selection_weights(self, selections: dict, threshold: float = 0.001):
+    def selection_weights(self, selections: dict, label_threshold: float = 0.001):
         """A sparse (selection x experiment) 0/1 matrix from named label expressions or id
-        lists, with the selection names."""
+        lists, with the selection names.
+
+        The estimators' selection rule (:func:`daskmeta._pass.selection_rows`): experiments
+        without foci are left out, and a selection that matches nothing is an error naming
+        it.
+        """
+        from daskmeta._pass import has_foci
+        from daskmeta.exceptions import DatasetError
+
         names = list(selections)
+        foci = has_foci(self.dataset)
         rows, cols = [], []
         for s, name in enumerate(names):
-            sel = selections[name]
-            if isinstance(sel, str):
-                mask = self.dataset.label_mask(sel, threshold)
-                idx = np.flatnonzero(mask)
-            else:
-                idx = self.row_indices(sel)
+            try:
+                idx = selection_rows(self.dataset, selections[name], label_threshold, foci)
+            except DatasetError as exc:
+                raise DatasetError(f"selection {name!r}: {exc}") from None
             rows.append(np.full(len(idx), s))
             cols.append(idx)
         rows = np.concatenate(rows) if rows else np.zeros(0, int)
@@ -615,15 +563,9 @@ class Collection:
         n_sel, n_vox = w.shape[0], self.space.n_voxels
         if len(used) == 0:
             return xr.DataArray(da.zeros((n_sel, n_vox)), dims=("selection", "voxel"))
-        w_used = w[:, used].tocsc()
-        token = dask.base.tokenize(self.content_token(), used, w_used.data, w_used.indices,
-                                   w_used.indptr, func, chunk_size)
-        w_d = dask.delayed(w_used, name=f"reduce-weights-{token}", traverse=False)
-        as_float = None if func is None else _AsFloat32(func)
-        task = dask.delayed(sum_stored_rows, pure=True, nout=2)
-        step = max(ROWS_PER_SUM_TASK, chunk_size)
-        parts = [task(str(self.path / "ma"), n_vox, np.dtype(self.attrs["dtype"]),
-                      used[a:a + step], w_d, a, chunk_size, np.float64, as_float)[0]
-                 for a in range(0, len(used), step)]
-        total = da.from_delayed(tree_sum(parts), shape=(n_sel, n_vox), dtype=np.float64)
+        total, _ = pass_graph(StoredRows(self, chunk_size), used, w[:, used],
+                              BlockFunction(func), np.float64, with_summaries=False,
+                              rows_per_task=max(ROWS_PER_SUM_TASK, chunk_size),
+                              name="reduce")
+        total = da.from_delayed(total, shape=(n_sel, n_vox), dtype=np.float64)
         return xr.DataArray(total, dims=("selection", "voxel"))

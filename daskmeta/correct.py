@@ -35,7 +35,7 @@ import numbers
 import numpy as np
 from scipy import ndimage
 
-from daskmeta import nulls as _nulls
+from daskmeta import montecarlo as _mc
 from daskmeta._stats import nlogp_to_logp, nlogp_to_z, nullhist_to_threshold, p_to_logp, p_to_z
 from daskmeta.exceptions import DaskmetaError
 from daskmeta.results import MetaResult
@@ -253,8 +253,10 @@ class FWECorrector:
         return out
 
     def _montecarlo(self, result):
+        # The result's own snapshot of its fitted estimator: what was fitted, whatever has
+        # been done to the estimator object since.
         est = result.estimator
-        if est is None or not hasattr(est, "plan_"):
+        if est is None or not hasattr(est, "_null_model"):
             raise DaskmetaError(
                 "Monte Carlo FWE correction needs the fitted estimator behind the result; this "
                 "result has none (results read back from files keep no estimator)"
@@ -262,10 +264,11 @@ class FWECorrector:
         if "stat" not in result.map_names:
             raise DaskmetaError("Monte Carlo FWE correction needs the result's 'stat' map")
         want = result.attrs.get("input_hash")
-        if want is not None and want != est.dataset_.fingerprint():
+        dataset = getattr(est, "dataset_", None)
+        if want is not None and dataset is not None and want != dataset.fingerprint():
             raise DaskmetaError(
-                "the result's estimator has been refitted on other data since this result was "
-                "made; correct a result right after its fit, or fit a separate estimator"
+                "the result's estimator snapshot does not match the result's input (a result "
+                "built by hand from another fit?); correct the result its fit returned"
             )
         space = result.space
         stat = np.asarray(result.get_map("stat", "array")).astype(_F32)
@@ -273,9 +276,10 @@ class FWECorrector:
         threshold = float("nan")
         if clusters:
             threshold = self._cluster_threshold(result, est)
-        spec = _nulls.montecarlo_spec(est, threshold)
-        mc = _nulls.run_montecarlo(spec, self.n_iters, self.batch_size, self.seed,
-                                   self.early_stop, self.progress)
+        model = est._null_model()
+        summary = _mc.ClusterMaxima(threshold) if clusters else _mc.MaxStatistic()
+        mc = _mc.run_montecarlo(model, summary, self.n_iters, self.batch_size, self.seed,
+                                self.early_stop, self.progress)
         suffix = "_corr-FWE_method-montecarlo"
         maps = {}
         nulls = {}
@@ -287,7 +291,7 @@ class FWECorrector:
             maps[f"z_desc-mass_level-cluster{suffix}"] = p_to_z(mass_p, tail="one").astype(_F32)
             nulls[_SIZE_NULL] = mc.max_size
             nulls[_MASS_NULL] = mc.max_mass
-        p_vox = _nulls.null_to_p(stat, mc.max_stat)
+        p_vox = _mc.null_to_p(stat, mc.max_stat)
         maps[f"logp_level-voxel{suffix}"] = p_to_logp(p_vox)
         maps[f"z_level-voxel{suffix}"] = p_to_z(p_vox, tail="one").astype(_F32)
         nulls[_VOXEL_NULL] = mc.max_stat
@@ -301,7 +305,7 @@ class FWECorrector:
             "fwe_montecarlo_batch_size": int(mc.batch_size),
             "fwe_montecarlo_voxel_thresh": float(self.voxel_thresh),
             "fwe_montecarlo_vfwe_only": bool(self.vfwe_only),
-            "fwe_montecarlo_statistic": _nulls.describe_kind(spec.kind),
+            "fwe_montecarlo_statistic": _statistic_name(model),
             "fwe_montecarlo_connectivity": "faces",
         }
         if clusters:
@@ -327,6 +331,12 @@ class FWECorrector:
                 "cluster-forming threshold; use vfwe_only=True for voxel-level correction only"
             )
         return float(nullhist_to_threshold(weights, bins, float(self.voxel_thresh)))
+
+
+def _statistic_name(model) -> str:
+    stat = getattr(model, "stat", None)
+    names = {"ale": "ale", "identity": "sum"}
+    return names.get(stat, "custom") if isinstance(stat, str) or stat is None else "custom"
 
 
 def cluster_p_maps(stat, space, threshold, null_size, null_mass):
@@ -359,8 +369,8 @@ def cluster_p_maps(stat, space, threshold, null_size, null_mass):
                          minlength=n + 1)
     sizes[0] = 0
     masses[0] = 0.0
-    p_size = _nulls.null_to_p(sizes, null_size)[lab]
-    p_mass = _nulls.null_to_p(masses, null_mass)[lab]
+    p_size = _mc.null_to_p(sizes, null_size)[lab]
+    p_mass = _mc.null_to_p(masses, null_mass)[lab]
     return p_size, p_mass
 
 

@@ -23,7 +23,8 @@ from scipy import ndimage
 from daskmeta._rows import nearest_bin, row_histograms
 from daskmeta.exceptions import DaskmetaWarning, DatasetError
 
-__all__ = ["ALEKernel", "KDAKernel", "MKDAKernel", "Kernel", "KernelPlan", "ale_fwhm"]
+__all__ = ["ALEKernel", "COMBINE_ADD", "COMBINE_MAX", "COMBINE_SET", "KDAKernel", "MKDAKernel",
+           "Kernel", "KernelPlan", "ale_fwhm"]
 
 MA_DTYPE = np.float32
 #: Default number of experiments per chunk of the MA matrix.
@@ -34,7 +35,10 @@ DEFAULT_MASK_MARGIN = 10.0
 #: for its grid, which is not exactly 1e5 in float64.
 ALE_HIST_INV_STEP = 1 / float(np.round(np.arange(0, 2.5e-5, 1 / 100000), 5)[1])
 
-_MODE_MAX, _MODE_SET, _MODE_ADD = 0, 1, 2
+#: How a kernel combines the foci of one experiment (its ``_mode``): the maximum of their
+#: supports (ALE), a set of voxels holding one value (MKDA), or their sum (KDA).
+COMBINE_MAX, COMBINE_SET, COMBINE_ADD = 0, 1, 2
+_MODE_MAX, _MODE_SET, _MODE_ADD = COMBINE_MAX, COMBINE_SET, COMBINE_ADD
 
 
 def ale_fwhm(sample_size) -> np.ndarray:
@@ -144,6 +148,40 @@ class KernelPlan:
     @property
     def n_rows(self) -> int:
         return len(self.ids)
+
+    @property
+    def n_foci(self) -> int:
+        return int(self.row_start[-1])
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The mask on the grid (bool, ``shape``)."""
+        return (self.flat_to_masked >= 0).reshape(tuple(int(s) for s in self.shape))
+
+    @property
+    def support_token(self) -> str:
+        """A token naming the mask and the supports (not the foci)."""
+        if "_support_token" not in self.__dict__:
+            self._support_token = dask.base.tokenize(
+                self.k_start, self.k_offsets, self.k_values, self.flat_to_masked,
+                tuple(int(s) for s in self.shape))
+        return self._support_token
+
+    @property
+    def token(self) -> str:
+        """A token naming the plan's contents (foci, supports, mask, combination rule)."""
+        if "_token" not in self.__dict__:
+            self._token = dask.base.tokenize(self.support_token, self.focus_row,
+                                             self.focus_ijk, self.row_start, self.row_kernel,
+                                             self.mode)
+        return self._token
+
+    def freeze(self) -> KernelPlan:
+        """Make the plan's arrays read-only (results keep plans as snapshots)."""
+        for value in self.__dict__.values():
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
+        return self
 
     def value_histograms(self, block: np.ndarray, inv_step: float, width: int):
         """Each row's maximum and the histogram of its non-zero values on the grid of

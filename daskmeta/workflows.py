@@ -82,7 +82,7 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
     out.mkdir(parents=True, exist_ok=True)
     log(f"fitting {type(est).__name__} on {dataset.n_experiments} experiments, "
         f"{dataset.n_foci} foci")
-    result = est.fit(dataset, select=select, threshold=threshold)
+    result = est.fit(dataset, select=select, label_threshold=threshold)
     table_map = None
     if fwe != "none":
         from daskmeta.correct import FWECorrector

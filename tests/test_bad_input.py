@@ -69,7 +69,7 @@ def test_empty_label_selection(nimare_mask):
     ds = daskmeta.Dataset(ds.experiments, ds.foci, labels=sparse.csr_matrix(np.eye(3)[:, :2]),
                           label_names=["pain", "vision"])
     with pytest.raises(DatasetError, match=r"no experiment matches label expression "
-                                           r"'pain & vision' \(threshold 0.001\)"):
+                                           r"'pain & vision' \(label_threshold 0.001\)"):
         ALE(mask=nimare_mask).fit(ds, select="pain & vision")
     res = MKDADensity(mask=nimare_mask).fit(ds, select="pain | vision")
     assert res.attrs["n_experiments"] == 2

@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage, stats
 
 import daskmeta
-from daskmeta import nulls
+from daskmeta import montecarlo
 from daskmeta.correct import FDRCorrector, FWECorrector, cluster_p_maps
 from daskmeta.estimators import ALE, KDA, MKDADensity
 from daskmeta.exceptions import DaskmetaError
@@ -153,12 +153,17 @@ def test_iteration_statistic_equals_estimator_stat(cls, kwargs, pain):
     """With the dataset's own foci, the null's statistic is the estimator's ``stat`` map."""
     est = cls(mask=MASK, **kwargs)
     res = est.fit(pain)
-    spec = nulls.montecarlo_spec(est)
-    got = nulls.stat_map(spec, est.plan_.focus_ijk)
+    model = est._null_model()
+    got = model.statistic_at(est.plan_.focus_ijk)
     want = res.get_map("stat", "array")
-    # ALE: the estimator takes log1p in float32, the null in float64 (as NiMARE's).
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-7 if cls is ALE else 1e-6)
-    assert nulls.maxima_at(spec, est.plan_.focus_ijk)[0] == pytest.approx(float(got.max()))
+    # One compiled combine and one f for fits and nulls: the same float32 statistic (the
+    # weighted MKDA map is float64 in the fit, float32 in the null).
+    if want.dtype == np.float32:
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_array_equal(got, want.astype(np.float32))
+    top = model.summary_at(montecarlo.MaxStatistic(), est.plan_.focus_ijk)["max_stat"]
+    assert top == float(got.max())
 
 
 @pytest.mark.parametrize("cls", [ALE, MKDADensity, KDA])
@@ -170,15 +175,22 @@ def test_iteration_cluster_measures_equal_nimare(cls, pain):
     rng = np.random.default_rng(3)
     conn = ndimage.generate_binary_structure(3, 1)
     for thr in (0.009, 0.012) if cls is ALE else (2.0, 3.0):
-        spec = nulls.montecarlo_spec(est, thr)
+        model = est._null_model()
+        summary = montecarlo.ClusterMaxima(thr)
         for _ in range(3):
-            ijk = space.voxel_ijk[rng.integers(0, space.n_voxels, size=spec.n_foci)]
-            stat = nulls.stat_map(spec, ijk)
+            ijk = space.voxel_ijk[rng.integers(0, space.n_voxels, size=model.n_foci)]
+            stat = model.statistic_at(ijk)
             vol = np.zeros(space.shape, dtype=np.float32)
             vol[space.mask] = stat
             size, mass = nimare_meta_utils._calculate_cluster_measures(
                 vol, np.float64(thr), conn, tail="upper")
-            got = nulls.maxima_at(spec, ijk)
+            compiled = model.summary_at(summary, ijk)
+            got = (compiled["max_stat"], compiled["max_size"], compiled["max_mass"])
+            # The NumPy summary (for estimators without a compiled statistic) agrees.
+            generic = summary.start(1, space.n_voxels)
+            summary.record(generic, 0, stat, space)
+            assert generic["max_stat"][0] == got[0] and generic["max_size"][0] == got[1]
+            assert generic["max_mass"][0] == pytest.approx(got[2], rel=1e-9, abs=1e-12)
             assert got[0] == float(stat.max())
             assert got[1] == size
             assert got[2] == pytest.approx(mass, rel=1e-9, abs=1e-12)
@@ -187,7 +199,7 @@ def test_iteration_cluster_measures_equal_nimare(cls, pain):
 def test_batch_seed_is_spawned_child():
     children = np.random.SeedSequence(1234).spawn(5)
     for b, child in enumerate(children):
-        assert np.array_equal(nulls.batch_seed(1234, b).generate_state(4),
+        assert np.array_equal(montecarlo.batch_seed(1234, b).generate_state(4),
                               child.generate_state(4))
 
 
@@ -381,11 +393,11 @@ def test_early_stop(ale_ours):
 def test_relative_se():
     rng = np.random.default_rng(0)
     x = rng.normal(10, 1, 4000)
-    se = nulls.threshold_relative_se(x)
+    se = montecarlo.threshold_relative_se(x)
     # The 95th percentile of N(10, 1) from 4000 draws: SE about 0.033.
     assert 0.002 < se < 0.005
-    assert nulls.threshold_relative_se(np.zeros(100)) == 0.0
-    assert nulls.threshold_relative_se(x[:5]) == np.inf
+    assert montecarlo.threshold_relative_se(np.zeros(100)) == 0.0
+    assert montecarlo.threshold_relative_se(x[:5]) == np.inf
 
 
 def test_null_to_p_matches_nimare():
@@ -393,7 +405,7 @@ def test_null_to_p_matches_nimare():
     rng = np.random.default_rng(1)
     null = rng.normal(size=500).astype(np.float32)
     values = np.concatenate([rng.normal(size=2000), [-10, 10, null[0]]]).astype(np.float32)
-    np.testing.assert_array_equal(nulls.null_to_p(values, null),
+    np.testing.assert_array_equal(montecarlo.null_to_p(values, null),
                                   nimare_stats.null_to_p(values, null, tail="upper"))
 
 
@@ -474,9 +486,45 @@ def test_montecarlo_needs_the_estimator(ale_ours):
         FDRCorrector().transform(no_p)
 
 
-def test_montecarlo_refuses_refitted_estimator(pain):
+def _corrected(result):
+    out = FWECorrector("montecarlo", n_iters=300, seed=7, batch_size=100).transform(result)
+    return {k: out.get_map(k, "array") for k in out.map_names}, out.null_distributions
+
+
+@pytest.mark.parametrize("change", ["kernel", "refit-other-data", "set_params", "collection"])
+def test_earlier_result_is_corrected_with_its_own_fit(change, pain, nimare_space, tmp_path):
+    """A result keeps a frozen snapshot of its fit: whatever happens to the estimator after
+    (another kernel, a refit on other data or another mask), correcting the earlier result
+    gives exactly the correction of a fresh fit."""
     est = ALE(mask=MASK)
     first = est.fit(pain)
-    est.fit(pain.slice(pain.ids[:10]))
-    with pytest.raises(DaskmetaError, match="refitted on other data"):
-        FWECorrector("montecarlo", n_iters=10).transform(first)
+    fresh_maps, fresh_nulls = _corrected(ALE(mask=MASK).fit(pain))
+    if change == "kernel":
+        est.kernel_transformer = daskmeta.kernels.ALEKernel(fwhm=20)
+        est.fit(pain)
+    elif change == "refit-other-data":
+        est.fit(pain.slice(pain.ids[:10]))
+    elif change == "set_params":
+        est.set_params(kernel__fwhm=6.0, chunk_size=3)
+        est.fit(pain)
+        est.plan_ = None  # even fitted state torn down by hand
+    else:
+        coll = daskmeta.Collection.build(pain, daskmeta.kernels.ALEKernel(sample_size=20),
+                                         tmp_path / "c.zarr", mask=nimare_space)
+        est.set_params(mask=None)
+        est.fit(coll)
+    got_maps, got_nulls = _corrected(first)
+    assert got_maps.keys() == fresh_maps.keys()
+    for k in fresh_maps:
+        np.testing.assert_array_equal(got_maps[k], fresh_maps[k], err_msg=k)
+    for k in fresh_nulls:
+        np.testing.assert_array_equal(got_nulls[k], fresh_nulls[k], err_msg=k)
+
+
+def test_result_snapshot_is_read_only_and_not_the_estimator(pain):
+    est = ALE(mask=MASK)
+    res = est.fit(pain)
+    assert res.estimator is not est
+    assert res.estimator.get_params(deep=False) == est.get_params(deep=False)
+    with pytest.raises(ValueError, match="read-only"):
+        res.estimator.plan_.focus_ijk[0, 0] = 1

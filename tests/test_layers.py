@@ -12,10 +12,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "daskmeta"
 
 LAYERS = {
-    0: {"exceptions", "_version", "_stats", "_labels", "_rows", "space", "cluster"},
+    0: {"exceptions", "_version", "_stats", "_labels", "_rows", "_docs", "space", "cluster"},
     1: {"dataset", "io", "results", "storage"},
-    2: {"kernels", "collection", "simulate"},
-    3: {"estimators", "nulls", "correct", "decode"},
+    2: {"kernels", "_combine", "_pass", "collection", "simulate"},
+    3: {"estimators", "montecarlo", "correct", "decode"},
     4: {"workflows", "plotting", "reports"},
     5: {"cli", "__init__", "__main__"},
 }

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import daskmeta
-from daskmeta import nulls
+from daskmeta import montecarlo
 from daskmeta._stats import nullhist_to_threshold
 from daskmeta.cluster import active_client
 from daskmeta.correct import FWECorrector
@@ -47,14 +47,14 @@ def spec(pain_result):
     nd = pain_result.null_distributions
     thr = nullhist_to_threshold(nd["histweights_corr-none_method-approximate"],
                                 nd["histogram_bins"], 0.001)
-    return nulls.montecarlo_spec(pain_result.estimator, thr)
+    return (pain_result.estimator._null_model(), montecarlo.ClusterMaxima(thr))
 
 
 @pytest.fixture(scope="module")
 def reference(spec):
     """The run with no client: dask's local threaded scheduler."""
     assert active_client() is None
-    return nulls.run_montecarlo(spec, N_ITERS, BATCH, SEED, progress=False)
+    return montecarlo.run_montecarlo(*spec, N_ITERS, BATCH, SEED, progress=False)
 
 
 def _assert_same(a, b):
@@ -75,12 +75,12 @@ def _local_client(n_workers):
 # determinism across schedulers and worker counts
 # --------------------------------------------------------------------------------------------
 def test_no_client_is_deterministic(spec, reference):
-    again = nulls.run_montecarlo(spec, N_ITERS, BATCH, SEED, progress=False)
+    again = montecarlo.run_montecarlo(*spec, N_ITERS, BATCH, SEED, progress=False)
     _assert_same(again, reference)
     assert reference.n_batches_run == N_ITERS // BATCH
     # The batch size is part of the run's definition: batch 0 draws from the same stream
     # whatever its size, the next iterations come from another batch's seed.
-    other = nulls.run_montecarlo(spec, 100, 50, SEED, progress=False)
+    other = montecarlo.run_montecarlo(*spec, 100, 50, SEED, progress=False)
     assert np.array_equal(other.max_stat[:25], reference.max_stat[:25])
     assert not np.array_equal(other.max_stat[25:50], reference.max_stat[25:50])
 
@@ -90,7 +90,7 @@ def test_local_cluster_equals_no_client(n_workers, spec, reference):
     cluster, client = _local_client(n_workers)
     try:
         assert active_client() is client
-        got = nulls.run_montecarlo(spec, N_ITERS, BATCH, SEED, progress=False)
+        got = montecarlo.run_montecarlo(*spec, N_ITERS, BATCH, SEED, progress=False)
         assert len(client.scheduler_info()["workers"]) == n_workers
     finally:
         client.close()
@@ -119,7 +119,7 @@ def test_scheduler_and_worker_processes_equal_no_client(scheduler_and_workers, s
                                                         reference):
     client, _ = scheduler_and_workers
     assert active_client() is client
-    got = nulls.run_montecarlo(spec, N_ITERS, BATCH, SEED, progress=False)
+    got = montecarlo.run_montecarlo(*spec, N_ITERS, BATCH, SEED, progress=False)
     _assert_same(got, reference)
     # Both workers took part.
     who = client.run(os.getpid)
@@ -141,7 +141,7 @@ def test_killed_worker_does_not_change_the_result(scheduler_and_workers, spec, r
             os.kill(victim.pid, signal.SIGKILL)
 
     logging.getLogger("distributed").setLevel(logging.CRITICAL)
-    got = nulls.run_montecarlo(spec, N_ITERS, BATCH, SEED, progress=False, on_batch=on_batch)
+    got = montecarlo.run_montecarlo(*spec, N_ITERS, BATCH, SEED, progress=False, on_batch=on_batch)
     assert victim.wait(timeout=30) == -signal.SIGKILL
     # The victim was working (running a batch or holding data the run needed) when killed.
     assert at_kill["running"] or at_kill["held"]

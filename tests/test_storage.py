@@ -118,18 +118,26 @@ def test_vectors_in_other_layouts_read_through_zarr_and_corruption_is_an_error(t
 def test_scratch_rows_are_one_reused_buffer_per_thread():
     import threading
 
-    a = scratch_rows(4, 10, np.float32)
-    a[:] = 1
-    b = scratch_rows(2, 10, np.uint8)  # smaller: the same memory
-    assert b.shape == (2, 10) and np.shares_memory(a, b)
-    c = scratch_rows(40, 10, np.float64)  # larger: a new buffer
-    assert c.shape == (40, 10) and not np.shares_memory(a, c)
-    assert np.shares_memory(scratch_rows(4, 10, np.float32), c)
-    other = []
-    thread = threading.Thread(target=lambda: other.append(scratch_rows(4, 10, np.float32)))
-    thread.start()
-    thread.join()
-    assert not np.shares_memory(other[0], c)
+    def check():  # in a fresh thread: no buffer left by earlier reads of this thread
+        a = scratch_rows(4, 10, np.float32)
+        a[:] = 1
+        b = scratch_rows(2, 10, np.uint8)  # smaller: the same memory
+        assert b.shape == (2, 10) and np.shares_memory(a, b)
+        c = scratch_rows(40, 10, np.float64)  # larger: a new buffer
+        assert c.shape == (40, 10) and not np.shares_memory(a, c)
+        assert np.shares_memory(scratch_rows(4, 10, np.float32), c)
+        other = []
+        thread = threading.Thread(target=lambda: other.append(scratch_rows(4, 10, np.float32)))
+        thread.start()
+        thread.join()
+        assert not np.shares_memory(other[0], c)
+        return True
+
+    done = []
+    runner = threading.Thread(target=lambda: done.append(check()))
+    runner.start()
+    runner.join()
+    assert done == [True]
 
 
 @pytest.mark.parametrize(("dtype", "fill_value"), [(np.uint8, 0), (np.uint16, 0),

@@ -1,6 +1,15 @@
-"""Meta-analytic estimators: ALE, MKDADensity and KDA (coordinate-based)."""
+"""Meta-analytic estimators.
+
+Coordinate-based: :class:`ALE`, :class:`MKDADensity` and :class:`KDA`. Base classes for new
+estimators (see ``docs/extending.md``): :class:`Estimator` (the contract every estimator
+follows), :class:`CBMAEstimator` (a kernel, one selection) and
+:class:`PairwiseCBMAEstimator` (a kernel, two selections).
+"""
 
 from daskmeta.estimators.ale import ALE
+from daskmeta.estimators.base import Estimator
+from daskmeta.estimators.cbma import CBMAEstimator
 from daskmeta.estimators.mkda import KDA, MKDADensity
+from daskmeta.estimators.pairwise import PairwiseCBMAEstimator
 
-__all__ = ["ALE", "KDA", "MKDADensity"]
+__all__ = ["ALE", "CBMAEstimator", "Estimator", "KDA", "MKDADensity", "PairwiseCBMAEstimator"]

@@ -11,23 +11,7 @@ import numpy as np
 
 from daskmeta._rows import compact_nonzero, nearest_bin
 
-__all__ = ["entry_histograms", "nonzero_entries", "weighted_entry_sum", "weighted_row_sum"]
-
-
-@numba.njit(cache=True, nogil=True)
-def weighted_row_sum(block, weights):
-    """``weights @ block`` as float64, adding rows in order (as ``block.sum(axis=0)`` and a
-    sparse product do), for a block of any numeric dtype without converting it first."""
-    n_rows, n_cols = block.shape
-    out = np.zeros(n_cols)
-    for r in range(n_rows):
-        w = weights[r]
-        if w == 0.0:
-            continue
-        row = block[r]
-        for j in range(n_cols):
-            out[j] += w * np.float64(row[j])
-    return out
+__all__ = ["entry_histograms", "nonzero_entries"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -91,17 +75,3 @@ def entry_histograms(offsets, values, inv_step):
         bins[hist_offsets[r]:hist_offsets[r + 1]] = bin_parts[r]
         counts[hist_offsets[r]:hist_offsets[r + 1]] = count_parts[r]
     return row_max, hist_offsets, bins, counts
-
-
-@numba.njit(cache=True, nogil=True)
-def weighted_entry_sum(offsets, columns, values, weights, n_cols):
-    """:func:`weighted_row_sum` of a block given by its non-zero entries (same order, same
-    result: the zeros it skips add nothing)."""
-    out = np.zeros(n_cols)
-    for r in range(offsets.shape[0] - 1):
-        w = weights[r]
-        if w == 0.0:
-            continue
-        for k in range(offsets[r], offsets[r + 1]):
-            out[columns[k]] += w * np.float64(values[k])
-    return out

@@ -5,12 +5,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from daskmeta.estimators._base import CBMAEstimator
-from daskmeta.estimators._reductions import (
-    entry_histograms,
-    nonzero_entries,
-    weighted_entry_sum,
-)
+from daskmeta._rows import add_entries_by_selection
+from daskmeta.estimators._reductions import entry_histograms, nonzero_entries
+from daskmeta.estimators.cbma import CBMAEstimator
 from daskmeta.kernels import ALE_HIST_INV_STEP, ALEKernel
 
 __all__ = ["ALE"]
@@ -233,26 +230,23 @@ class ALE(CBMAEstimator):
 
     _kernel_cls = ALEKernel
     _needs_row_max = True
+    _montecarlo_stat = "ale"
 
     def _block_values(self, block):
         # log1p in float32, summed in float64: exactly how NiMARE accumulates ALE.
         return np.log1p(-block)
 
-    @staticmethod
-    def _log_sum(offsets, columns, values, weights, n_cols):
-        """``weights @ log1p(-MA)`` from the non-zero entries (zeros add nothing:
-        log1p(-0) = -0), overwriting ``values``. numpy's float32 log1p, as NiMARE's."""
-        np.log1p(np.negative(values, out=values), out=values)
-        return weighted_entry_sum(offsets, columns, values, weights, n_cols)
-
-    def _row_sums(self, block, weights):
-        return self._log_sum(*nonzero_entries(block), weights, block.shape[1])
-
-    def _reduce_rows(self, block, weights):
+    def _add_block(self, block, weights, total, with_summaries):
+        # Only the non-zero entries: log1p(-0) = -0 adds nothing. numpy's float32 log1p, as
+        # NiMARE's, in place over the compacted values.
         offsets, columns, values = nonzero_entries(block)
-        summaries = self._split_summaries(*entry_histograms(offsets, values,
-                                                            ALE_HIST_INV_STEP))
-        return self._log_sum(offsets, columns, values, weights, block.shape[1]), summaries
+        summaries = (self._split_summaries(*entry_histograms(offsets, values,
+                                                             ALE_HIST_INV_STEP))
+                     if with_summaries else [])
+        np.log1p(np.negative(values, out=values), out=values)
+        add_entries_by_selection(offsets, columns, values, weights.indptr, weights.indices,
+                                 weights.data.astype(np.float64), total)
+        return summaries
 
     def _row_summaries(self, block):
         offsets, _, values = nonzero_entries(block)

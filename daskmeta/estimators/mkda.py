@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from daskmeta._stats import round_half_away
-from daskmeta.estimators._base import CBMAEstimator
+from daskmeta.estimators.cbma import CBMAEstimator
 from daskmeta.exceptions import DaskmetaError, DatasetError
-from daskmeta.kernels import DEFAULT_CHUNK_EXPERIMENTS, DEFAULT_MASK_MARGIN, KDAKernel, MKDAKernel
+from daskmeta.kernels import DEFAULT_MASK_MARGIN, KDAKernel, MKDAKernel
 
 __all__ = ["KDA", "MKDADensity"]
 
@@ -94,11 +94,11 @@ class MKDADensity(CBMAEstimator):
     """
 
     _kernel_cls = MKDAKernel
-    _param_names = CBMAEstimator._param_names + ("weighting", "n_histogram_bins")
+    _montecarlo_stat = "identity"
 
     def __init__(self, kernel_transformer=None, null_method="approximate", weighting=None,
                  n_histogram_bins=DEFAULT_HISTOGRAM_BINS, mask=None,
-                 mask_margin=DEFAULT_MASK_MARGIN, chunk_size=DEFAULT_CHUNK_EXPERIMENTS,
+                 mask_margin=DEFAULT_MASK_MARGIN, chunk_size=None,
                  **kwargs):
         super().__init__(kernel_transformer=kernel_transformer, null_method=null_method,
                          mask=mask, mask_margin=mask_margin, chunk_size=chunk_size, **kwargs)
@@ -110,13 +110,6 @@ class MKDADensity(CBMAEstimator):
 
     def _selection_weights(self, n_experiments):
         return self.weights_
-
-    def _row_sums(self, block, weights):
-        if block.dtype.kind in "ui" and np.all(weights == 1.0):
-            # Unweighted counts of a store's integer rows: exact in uint32, and numpy's sum
-            # runs about twice as fast as the general weighted kernel.
-            return block.sum(axis=0, dtype=np.uint32).astype(np.float64)
-        return super()._row_sums(block, weights)
 
     def _row_summaries(self, block):
         return list(block.sum(axis=1))
@@ -156,6 +149,7 @@ class KDA(CBMAEstimator):
     """
 
     _kernel_cls = KDAKernel
+    _montecarlo_stat = "identity"
 
     def _prepare(self, experiments, n_foci):
         value = float(self.kernel_.value)

@@ -1,0 +1,445 @@
+"""The compiled MA combine: foci -> per-experiment MA values -> weighted sums, in one pass.
+
+Fits and Monte Carlo nulls share this code (DESIGN: every statistic is a reduction over the
+study axis). For each experiment it stamps the kernel support of every focus on the grid,
+combines the foci of the experiment (maximum for ALE and MKDA, sum for KDA), applies the
+estimator's elementwise ``f`` (``log1p(-MA)`` for ALE, the identity for (M)KDA) and adds
+``w * f(MA)`` into the sum of every selection that holds the experiment. It can also count
+each experiment's MA values into a histogram (what the estimators' approximate nulls need),
+so a fit never builds the experiments x voxels MA matrix.
+
+How it stays fast: kernel supports are cut into runs along the grid's last axis, and a
+padded lookup volume cuts each run into segments of consecutive in-mask voxels, so every
+update is a contiguous loop with no bounds check. An experiment with several foci gathers,
+per voxel, the rank of its largest MA value (among all distinct values of all supports) in an
+int32 scratch vector touched only at its supports, then adds ``f`` of that value once and
+resets the touched segments. Nothing voxel-sized is allocated per experiment.
+
+The order of additions is the experiments' order, per voxel, so a sum equals NiMARE's
+``sum(f(MA), axis=0)`` in float64 bit for bit.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from daskmeta.exceptions import DaskmetaError
+
+__all__ = ["CombineContext", "combine", "combine_context", "value_bins"]
+
+
+@numba.njit(cache=True, nogil=True)
+def _segments_of_lines(lut3, seg3):
+    """Signed run lengths along the last axis: ``n > 0`` in-mask voxels start here (and are
+    numbered consecutively), ``n < 0``: ``-n`` voxels outside the mask start here."""
+    nx, ny, nz = lut3.shape
+    for i in range(nx):
+        for j in range(ny):
+            run_in = 0
+            run_out = 0
+            for k in range(nz - 1, -1, -1):
+                if lut3[i, j, k] >= 0:
+                    run_out = 0
+                    if k + 1 < nz and lut3[i, j, k + 1] == lut3[i, j, k] + 1:
+                        run_in += 1
+                    else:
+                        run_in = 1
+                    seg3[i, j, k] = run_in
+                else:
+                    run_in = 0
+                    run_out += 1
+                    seg3[i, j, k] = -run_out
+
+
+@numba.njit(cache=True, nogil=True)
+def combine(focus_base, row_start, row_kernel, r_start, r_delta, r_len, r_val0, k_val, k_rank,
+            rank_val, lut, seg, add_mode, sel_indptr, sel_indices, sel_data, acc, best, addv,
+            rec_pos, rec_len, want_hist, hist_inv_step, k_bin, rank_bin, k_ma, rank_ma, hist,
+            row_max):
+    """Add ``w * f(MA)`` of every experiment into the sums of the selections holding it.
+
+    Parameters
+    ----------
+    focus_base : int64
+        Padded-volume address of each focus (foci of experiment ``e`` are
+        ``row_start[e]:row_start[e + 1]``, using support ``row_kernel[e]``).
+    r_start, r_delta, r_len, r_val0, k_val, k_rank, rank_val, lut, seg
+        The supports as runs (see :class:`CombineContext`).
+    add_mode : bool
+        Foci of an experiment add (KDA) instead of taking the maximum.
+    sel_indptr, sel_indices, sel_data
+        Selection x experiment weights in CSC form: experiment ``e`` is in selections
+        ``sel_indices[sel_indptr[e]:sel_indptr[e + 1]]`` with those weights.
+    acc : (n_selections, n_voxels) float64
+        The sums, added into.
+    best, addv, rec_pos, rec_len
+        Scratch (zeros): int32 and float64 over voxels, and records of touched segments.
+    want_hist : bool
+        Also count each experiment's non-zero MA values into ``hist[e, bin]`` (bins from
+        ``k_bin`` / ``rank_bin``; in add mode, of the sums on the grid of ``hist_inv_step``)
+        and its maximum into ``row_max[e]``.
+    """
+    n_rows = row_start.shape[0] - 1
+    for e in range(n_rows):
+        f0 = row_start[e]
+        f1 = row_start[e + 1]
+        p0 = sel_indptr[e]
+        p1 = sel_indptr[e + 1]
+        if f1 == f0 or (p1 == p0 and not want_hist):
+            continue
+        kk = row_kernel[e]
+        q0 = r_start[kk]
+        q1 = r_start[kk + 1]
+        if f1 - f0 == 1 or (add_mode and not want_hist):
+            # One focus (no overlaps to combine), or sums: add the support values directly.
+            top = np.float32(0)
+            for f in range(f0, f1):
+                b = focus_base[f]
+                for r in range(q0, q1):
+                    p = b + r_delta[r]
+                    end = p + r_len[r]
+                    v = r_val0[r]
+                    while p < end:
+                        n = seg[p]
+                        if n > 0:
+                            if n > end - p:
+                                n = end - p
+                            # Unsigned indices: no negative-index wraparound test, so the
+                            # loops vectorise.
+                            c0 = np.uint64(lut[p])
+                            v0 = np.uint64(v)
+                            for q in range(p0, p1):
+                                target = acc[sel_indices[q]]
+                                w = sel_data[q]
+                                for t in range(np.uint64(n)):
+                                    target[c0 + t] += w * k_val[v0 + t]
+                            if want_hist:
+                                for t in range(np.uint64(n)):
+                                    hist[e, k_bin[v0 + t]] += 1
+                                    top = max(top, k_ma[v0 + t])
+                            p += n
+                            v += n
+                        else:
+                            p -= n
+                            v -= n
+            if want_hist:
+                row_max[e] = top
+            continue
+        # Gather each voxel's largest rank (or the sum, in add mode), then add it once.
+        nrec = 0
+        for f in range(f0, f1):
+            b = focus_base[f]
+            for r in range(q0, q1):
+                p = b + r_delta[r]
+                end = p + r_len[r]
+                v = r_val0[r]
+                while p < end:
+                    n = seg[p]
+                    if n > 0:
+                        if n > end - p:
+                            n = end - p
+                        c0 = np.uint64(lut[p])
+                        v0 = np.uint64(v)
+                        if add_mode:
+                            for t in range(np.uint64(n)):
+                                addv[c0 + t] += k_val[v0 + t]
+                        else:
+                            for t in range(np.uint64(n)):
+                                best[c0 + t] = max(best[c0 + t], k_rank[v0 + t])
+                        rec_pos[nrec] = c0
+                        rec_len[nrec] = n
+                        nrec += 1
+                        p += n
+                        v += n
+                    else:
+                        p -= n
+                        v -= n
+        top = np.float32(0)
+        # A voxel covered by two records is reset after the first, so the second adds
+        # rank_val[0] == 0 (or 0.0): each voxel counts once, bit for bit.
+        for i in range(nrec):
+            c0 = np.uint64(rec_pos[i])
+            n = np.uint64(rec_len[i])
+            if add_mode:
+                for q in range(p0, p1):
+                    target = acc[sel_indices[q]]
+                    w = sel_data[q]
+                    for t in range(n):
+                        target[c0 + t] += w * addv[c0 + t]
+                if want_hist:
+                    for t in range(n):
+                        a = addv[c0 + t]
+                        if a != 0.0:
+                            hist[e, _nearest_bin(a, hist_inv_step)] += 1
+                            top = max(top, np.float32(a))
+                for t in range(n):
+                    addv[c0 + t] = 0.0
+            else:
+                for q in range(p0, p1):
+                    target = acc[sel_indices[q]]
+                    w = sel_data[q]
+                    for t in range(n):
+                        target[c0 + t] += w * rank_val[best[c0 + t]]
+                if want_hist:
+                    for t in range(n):
+                        k = best[c0 + t]
+                        if k > 0:
+                            hist[e, rank_bin[k]] += 1
+                            top = max(top, rank_ma[k])
+                for t in range(n):
+                    best[c0 + t] = 0
+        if want_hist:
+            row_max[e] = top
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _nearest_bin(value, inv_step):
+    """Nearest bin of a value on the grid ``0, 1 / inv_step, ...``, ties upward (NiMARE's
+    ``_nearest_bin``); the same rule as :func:`value_bins`."""
+    scaled = np.float64(value) * inv_step
+    fl = np.floor(scaled)
+    return max(0, int(fl) + int(scaled - fl >= 0.5))
+
+
+def value_bins(values, inv_step: float) -> np.ndarray:
+    """Nearest bin (ties upward, at least 0) of each value on the grid ``0, 1 / inv_step,
+    2 / inv_step, ...``: :func:`daskmeta._rows.nearest_bin`, vectorised."""
+    scaled = np.asarray(values, dtype=np.float32).astype(np.float64) * float(inv_step)
+    fl = np.floor(scaled)
+    return np.maximum(0, fl.astype(np.int64) + (scaled - fl >= 0.5)).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# the supports as runs, built once per process
+# --------------------------------------------------------------------------------------------
+@dataclass
+class CombineContext:
+    """Lookup tables of :func:`combine` for one mask, set of supports and ``f``.
+
+    Attributes
+    ----------
+    lut : int32 over the padded volume: in-mask index or -1 (flattened)
+    seg : int32 over the padded volume: signed run lengths along the last axis
+    voxel_base : int64 padded address of each in-mask voxel
+    r_start : int64: the runs of support ``s`` are ``r_start[s]:r_start[s + 1]``
+    r_delta, r_len, r_val0 : int64 per run: address offset of its first voxel, its length,
+        the index of its first value in ``k_val``
+    k_val : float64 ``f`` of each support value, in run order
+    k_ma : float32 MA value of each support value, in run order
+    k_rank : int32 rank of each support value among all distinct values (1 = smallest)
+    rank_val : float64 ``f`` of each rank's MA value; ``rank_val[0] = 0``
+    rank_ma : float32 MA value of each rank; ``rank_ma[0] = 0``
+    nb_delta : int64 padded address offsets of the 6 face neighbours
+    pad : int
+    pshape : tuple of int
+    seg_per_support : int64 most in-mask segments one focus of each support stamps
+    """
+
+    lut: np.ndarray
+    seg: np.ndarray
+    voxel_base: np.ndarray
+    r_start: np.ndarray
+    r_delta: np.ndarray
+    r_len: np.ndarray
+    r_val0: np.ndarray
+    k_val: np.ndarray
+    k_ma: np.ndarray
+    k_rank: np.ndarray
+    rank_val: np.ndarray
+    rank_ma: np.ndarray
+    nb_delta: np.ndarray
+    pad: int
+    pshape: tuple
+    seg_per_support: np.ndarray
+
+    def focus_base(self, focus_ijk) -> np.ndarray:
+        """Padded-volume addresses of foci given as voxel indices on the grid."""
+        ijk = np.asarray(focus_ijk, dtype=np.int64).reshape(-1, 3) + self.pad
+        return (ijk[:, 0] * self.pshape[1] + ijk[:, 1]) * self.pshape[2] + ijk[:, 2]
+
+    def bins(self, inv_step: float):
+        """``(k_bin, rank_bin, width)``: the histogram bin of each support value and rank on
+        the grid of ``inv_step``, and the bins needed."""
+        k_bin = value_bins(self.k_ma, inv_step)
+        rank_bin = value_bins(self.rank_ma, inv_step)
+        width = int(max(k_bin.max(initial=0), rank_bin.max(initial=0))) + 1
+        return k_bin, rank_bin, width
+
+    def max_records(self, row_start, row_kernel) -> int:
+        """Records one of these experiments can stamp at most (scratch of :func:`combine`)."""
+        n_foci = np.diff(np.asarray(row_start, dtype=np.int64))
+        if len(n_foci) == 0:
+            return 1
+        return max(1, int(np.max(n_foci * self.seg_per_support[np.asarray(row_kernel)])))
+
+    def scratch(self, n_voxels: int, row_start, row_kernel):
+        """Fresh scratch arrays (``best``, ``addv``, ``rec_pos``, ``rec_len``) of
+        :func:`combine` for these experiments."""
+        n_rec = self.max_records(row_start, row_kernel)
+        return (np.zeros(n_voxels, dtype=np.int32), np.zeros(n_voxels, dtype=np.float64),
+                np.zeros(n_rec, dtype=np.int64), np.zeros(n_rec, dtype=np.int64))
+
+
+def _support_runs(offsets: np.ndarray):
+    """Order of a support's voxels by (i, j, k) and the runs of consecutive k in it."""
+    order = np.lexsort((offsets[:, 2], offsets[:, 1], offsets[:, 0]))
+    o = offsets[order].astype(np.int64)
+    if len(o) == 0:
+        return order, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    new = np.ones(len(o), dtype=bool)
+    new[1:] = (o[1:, 0] != o[:-1, 0]) | (o[1:, 1] != o[:-1, 1]) | (o[1:, 2] != o[:-1, 2] + 1)
+    starts = np.flatnonzero(new)
+    lengths = np.diff(np.append(starts, len(o)))
+    return order, starts, lengths
+
+
+def elementwise_values(func, values: np.ndarray) -> np.ndarray:
+    """``func`` (an estimator's elementwise ``f`` of MA blocks) of float32 values, as float64;
+    ``f(0)`` must be 0 (zeros outside the supports add nothing)."""
+    values = np.asarray(values, dtype=np.float32)
+    out = np.asarray(func(np.concatenate([[np.float32(0)], values])[None, :]))
+    if out.shape != (1, len(values) + 1):
+        raise DaskmetaError(f"the estimator's block function returned shape {out.shape} for "
+                            f"a (1, {len(values) + 1}) block; it must be elementwise")
+    if out[0, 0] != 0:
+        raise DaskmetaError("the estimator's block function must map an MA value of 0 to 0; "
+                            f"it gave {out[0, 0]!r}")
+    return out[0, 1:].astype(np.float64)
+
+
+def _build_context(mask, k_start, k_offsets, k_values, func) -> CombineContext:
+    shape = mask.shape
+    nonzero = k_values != 0  # zeros in a support add nothing and are not MA values
+    reach = int(np.abs(k_offsets).max()) if k_offsets.size else 0
+    pad = max(1, reach)
+    pshape = tuple(int(s) + 2 * pad for s in shape)
+    n_voxels = int(mask.sum())
+    lut = np.full(pshape, -1, dtype=np.int32)
+    lut[pad:pad + shape[0], pad:pad + shape[1], pad:pad + shape[2]][mask] = np.arange(
+        n_voxels, dtype=np.int32)
+    seg = np.zeros(pshape, dtype=np.int32)
+    _segments_of_lines(lut, seg)
+    lut = lut.reshape(-1)
+    seg = seg.reshape(-1)
+    sy, sz = pshape[1], pshape[2]
+    ijk = np.argwhere(mask).astype(np.int64) + pad
+    voxel_base = (ijk[:, 0] * sy + ijk[:, 1]) * sz + ijk[:, 2]
+    r_start, r_delta, r_len, r_val0, ma_vals = [0], [], [], [], []
+    n_vals = 0
+    for s in range(len(k_start) - 1):
+        a, b = int(k_start[s]), int(k_start[s + 1])
+        keep = nonzero[a:b]
+        off = k_offsets[a:b][keep]
+        order, starts, lengths = _support_runs(off)
+        first = off[order][starts].astype(np.int64)
+        r_delta.append((first[:, 0] * sy + first[:, 1]) * sz + first[:, 2])
+        r_len.append(lengths)
+        r_val0.append(starts + n_vals)
+        ma_vals.append(k_values[a:b][keep][order])
+        n_vals += len(off)
+        r_start.append(r_start[-1] + len(starts))
+
+    def cat(xs, dtype):
+        return np.ascontiguousarray(np.concatenate(xs) if xs else np.zeros(0), dtype)
+
+    k_ma = cat(ma_vals, np.float32)
+    uniq, inverse = np.unique(k_ma, return_inverse=True)
+    r_len_all = cat(r_len, np.int64)
+    # A run of n voxels holds at most ceil(n / 2) in-mask segments.
+    seg_per_support = np.asarray([int(np.sum((ln + 1) // 2)) for ln in r_len], dtype=np.int64)
+    return CombineContext(
+        lut=lut, seg=seg, voxel_base=np.ascontiguousarray(voxel_base),
+        r_start=np.asarray(r_start, dtype=np.int64), r_delta=cat(r_delta, np.int64),
+        r_len=r_len_all, r_val0=cat(r_val0, np.int64),
+        k_val=np.ascontiguousarray(elementwise_values(func, k_ma)), k_ma=k_ma,
+        k_rank=np.ascontiguousarray(inverse.reshape(-1) + 1, dtype=np.int32),
+        rank_val=np.ascontiguousarray(np.concatenate([[0.0], elementwise_values(func, uniq)])),
+        rank_ma=np.concatenate([[np.float32(0)], uniq]).astype(np.float32),
+        nb_delta=np.array([sy * sz, -sy * sz, sz, -sz, 1, -1], dtype=np.int64),
+        pad=pad, pshape=pshape, seg_per_support=seg_per_support,
+    )
+
+
+_CONTEXTS: OrderedDict = OrderedDict()
+_CONTEXT_LOCK = threading.Lock()
+_MAX_CONTEXTS = 4
+
+
+def combine_context(token: str, mask, k_start, k_offsets, k_values, func) -> CombineContext:
+    """The :class:`CombineContext` of a mask, supports and ``f``, built once per process
+    (cached under ``token``, which must name all of them)."""
+    with _CONTEXT_LOCK:
+        ctx = _CONTEXTS.get(token)
+        if ctx is not None:
+            _CONTEXTS.move_to_end(token)
+            return ctx
+    ctx = _build_context(np.asarray(mask, dtype=bool), np.asarray(k_start, dtype=np.int64),
+                         np.asarray(k_offsets, dtype=np.int32).reshape(-1, 3),
+                         np.asarray(k_values, dtype=np.float32), func)
+    with _CONTEXT_LOCK:
+        _CONTEXTS[token] = ctx
+        while len(_CONTEXTS) > _MAX_CONTEXTS:
+            _CONTEXTS.popitem(last=False)
+    return ctx
+
+
+def run_combine(ctx: CombineContext, focus_base, row_start, row_kernel, add_mode: bool,
+                weights, n_voxels: int, acc_dtype=np.float64, hist_inv_step=None,
+                acc=None):
+    """:func:`combine` of some experiments into the sums of the selections of ``weights``.
+
+    Parameters
+    ----------
+    ctx : CombineContext
+    focus_base : (n_foci,) int64
+    row_start : (n_rows + 1,) int64
+    row_kernel : (n_rows,) int64
+    add_mode : bool
+    weights : scipy.sparse matrix
+        Selection x experiment weights over these rows.
+    n_voxels : int
+    hist_inv_step : float, optional
+        Also return each experiment's MA value histogram on this grid and its maximum.
+    acc : ndarray, optional
+        ``(n_selections, n_voxels)`` float64 sums to add into (zeros by default).
+
+    Returns
+    -------
+    acc : ndarray
+    hist : (n_rows, width) int32 or None
+    row_max : (n_rows,) float32 or None
+    """
+    from scipy import sparse
+
+    w = sparse.csc_matrix(weights)
+    n_rows = len(row_start) - 1
+    if acc is None:
+        acc = np.zeros((w.shape[0], n_voxels), dtype=acc_dtype)
+    want = hist_inv_step is not None
+    k_bin = rank_bin = np.zeros(1, dtype=np.int64)
+    hist = np.zeros((1, 1), dtype=np.int32)
+    row_max = np.zeros(max(n_rows, 1), dtype=np.float32)
+    if want:
+        k_bin, rank_bin, width = ctx.bins(hist_inv_step)
+        if add_mode:
+            # Sums of foci: up to (foci of the experiment) x (largest support value).
+            n_max = float(np.diff(np.asarray(row_start)).max(initial=0))
+            width = max(width, int(value_bins([float(ctx.k_ma.max(initial=0)) * n_max],
+                                              hist_inv_step)[0]) + 1)
+        hist = np.zeros((n_rows, width), dtype=np.int32)
+    best, addv, rec_pos, rec_len = ctx.scratch(n_voxels, row_start, row_kernel)
+    combine(np.ascontiguousarray(focus_base, dtype=np.int64),
+            np.ascontiguousarray(row_start, dtype=np.int64),
+            np.ascontiguousarray(row_kernel, dtype=np.int64), ctx.r_start, ctx.r_delta,
+            ctx.r_len, ctx.r_val0, ctx.k_val, ctx.k_rank, ctx.rank_val, ctx.lut, ctx.seg,
+            bool(add_mode), w.indptr.astype(np.int64), w.indices.astype(np.int64),
+            w.data.astype(np.float64), acc, best, addv, rec_pos, rec_len, want,
+            float(hist_inv_step or 0.0), k_bin, rank_bin, ctx.k_ma, ctx.rank_ma, hist, row_max)
+    if not want:
+        return acc, None, None
+    return acc, hist, row_max[:n_rows]

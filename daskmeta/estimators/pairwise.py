@@ -1,0 +1,174 @@
+"""Coordinate-based estimators of two selections (contrasts): one pass, two weight rows.
+
+A pairwise estimator (MKDA chi-square, ALE subtraction, ...) reduces two selections of
+experiments: ``fit(dataset1, dataset2)`` as in NiMARE, or, from a Collection,
+``fit(collection, select=EXPR)`` (the selection against the rest of the collection) and
+``fit(collection, select=EXPR, select2=EXPR2)``. Both groups are rows of one sparse weight
+matrix, so a contrast over a whole database is one pass over its store. Subclasses define
+:meth:`PairwiseCBMAEstimator._finalize_pair`: the maps of the contrast from the two sums and
+the two groups' row summaries (with the per-group hooks of
+:class:`~daskmeta.estimators.cbma.CBMAEstimator`: ``_block_values``, ``_summaries_from_hist``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from daskmeta._docs import fill_doc
+from daskmeta._pass import (
+    KernelRows,
+    StoredRows,
+    describe_selection,
+    has_foci,
+    run_pass,
+    selection_rows,
+)
+from daskmeta.estimators.cbma import CBMAEstimator
+from daskmeta.exceptions import DaskmetaError, DatasetError
+
+__all__ = ["PairwiseCBMAEstimator"]
+
+
+@fill_doc
+class PairwiseCBMAEstimator(CBMAEstimator):
+    """Base class of coordinate-based estimators comparing two groups of experiments.
+
+    Parameters
+    ----------
+    kernel_transformer : Kernel or Kernel class, optional
+    %(null_method)s
+    %(mask)s
+    %(mask_margin)s
+    %(chunk_size)s
+    %(kernel_kwargs)s
+    """
+
+    _fitted_marker = "plan_"
+
+    @fill_doc
+    def fit(self, data, data2=None, select=None, select2=None,
+            label_threshold: float = 0.001):
+        """Fit the contrast of two groups of experiments.
+
+        Parameters
+        ----------
+        data : Dataset or Collection
+            The first group (a Dataset), or a Collection holding both groups.
+        data2 : Dataset, optional
+            The second group, when ``data`` is a Dataset.
+        select : str or sequence of str, optional
+            With a Collection: the first group (a label expression or ids).
+        select2 : str or sequence of str, optional
+            With a Collection: the second group; default, every other experiment of the
+            collection that has foci.
+        %(label_threshold)s
+
+        Returns
+        -------
+        MetaResult
+        """
+        self._validate_params()
+        from daskmeta.collection import Collection
+        from daskmeta.dataset import Dataset
+
+        if isinstance(data, Dataset):
+            if not isinstance(data2, Dataset):
+                raise DaskmetaError(f"{type(self).__name__}.fit(dataset1, dataset2) needs two "
+                                    f"Datasets; got {type(data2).__name__} as the second")
+            if select is not None or select2 is not None:
+                raise DaskmetaError("select/select2 apply to a Collection; slice the Datasets "
+                                    "instead (Dataset.slice)")
+            overlap = set(data.ids) & set(data2.ids)
+            if overlap:
+                raise DatasetError(
+                    f"the two groups share {len(overlap)} experiment ids (e.g. "
+                    f"{sorted(overlap)[0]!r}); give each experiment to one group")
+            merged = data.merge(data2)
+            return self._fit_pair(merged, list(data.ids), list(data2.ids), None, None,
+                                  label_threshold)
+        if isinstance(data, Collection):
+            if data2 is not None:
+                raise DaskmetaError("with a Collection, name the groups with select= and "
+                                    "select2=, not a second data argument")
+            if select is None:
+                raise DaskmetaError(f"{type(self).__name__}.fit(collection) needs select= "
+                                    "(the first group)")
+            return self._fit_pair(data, select, select2, select, select2, label_threshold)
+        raise DaskmetaError(
+            f"{type(self).__name__}.fit expects two Datasets or a Collection; got "
+            f"{type(data).__name__}"
+        )
+
+    def _fit_pair(self, data, select1, select2, shown1, shown2, label_threshold):
+        dataset, space, kernel, collection = self._source(data)
+        foci = has_foci(dataset)
+        rows1 = selection_rows(dataset, select1, label_threshold, foci)
+        if select2 is None:
+            rest = foci.copy()
+            rest[rows1] = False
+            rows2 = np.flatnonzero(rest)
+            if len(rows2) == 0:
+                raise DatasetError("empty second group: no other experiment has foci")
+        else:
+            rows2 = selection_rows(dataset, select2, label_threshold, foci)
+        if np.intersect1d(rows1, rows2).size:
+            raise DatasetError("the two groups share experiments; give each experiment to "
+                               "one group")
+        rows = np.concatenate([rows1, rows2])
+        order = np.argsort(rows, kind="stable")
+        rows = rows[order]
+        sub = dataset.slice(dataset.experiments["id"].to_numpy()[rows])
+        margin = self.mask_margin if collection is None else collection.mask_margin
+        plan = kernel.plan(sub, space, margin, warn=collection is None)
+        in_first = np.zeros(len(rows), dtype=bool)
+        in_first[np.flatnonzero(order < len(rows1))] = True
+        self.kernel_, self.space_, self.dataset_, self.plan_ = kernel, space, sub, plan
+        self.collection_ = collection
+        self.groups_ = (in_first, ~in_first)
+        self.selection_ = {
+            **{f"{k}1": v for k, v in describe_selection(shown1, label_threshold).items()},
+            **{f"{k}2": v for k, v in describe_selection(shown2, label_threshold).items()},
+        }
+        n_foci = np.diff(plan.row_start)
+        self._prepare(sub.experiments, n_foci)
+        weights = np.zeros((2, len(rows)))
+        weights[0, in_first] = 1.0
+        weights[1, ~in_first] = 1.0
+        light = self._light_copy()
+        if collection is None:
+            source = KernelRows(plan, light._block_values, self._func_name(),
+                                self._hist_inv_step(kernel))
+            total, summaries = run_pass(source, np.arange(plan.n_rows), weights, light)
+        else:
+            store_rows = collection.row_indices(sub.ids)
+            stored = self._stored_summaries(collection, store_rows, kernel)
+            chunk = self._chunk_size()
+            total, summaries = run_pass(StoredRows(collection, chunk), store_rows, weights,
+                                        light, np.float64, with_summaries=stored is None,
+                                        rows_per_task=chunk)
+            summaries = summaries if stored is None else stored
+        summaries1 = [s for s, g in zip(summaries, in_first) if g]
+        summaries2 = [s for s, g in zip(summaries, in_first) if not g]
+        maps, nulls = self._finalize_pair(total[0].astype(np.float64),
+                                          total[1].astype(np.float64), summaries1, summaries2,
+                                          plan.n_voxels)
+        self.null_distributions_ = nulls
+        return self._make_result(maps, nulls)
+
+    def _finalize_pair(self, sum1, sum2, summaries1, summaries2, n_voxels: int):
+        """Maps and null distributions of the contrast from the two groups' weighted sums
+        (float64 over voxels) and row summaries (in group order)."""
+        raise NotImplementedError
+
+    def _null_model(self, sampler=None):
+        raise DaskmetaError(
+            f"Monte Carlo correction of {type(self).__name__} needs a label-permutation null, "
+            "which this estimator does not define"
+        )
+
+    def describe(self) -> dict:
+        out = super().describe()
+        in_first = self.groups_[0]
+        out.update({"n_experiments1": int(in_first.sum()),
+                    "n_experiments2": int((~in_first).sum())})
+        return out

@@ -1,0 +1,269 @@
+"""Seeded Monte Carlo batches on Dask.
+
+Iterations are cut into batches of ``batch_size``; batch ``b`` draws from
+``numpy.random.SeedSequence(seed).spawn(n_batches)[b]`` and returns only what its summary
+records. The batches depend only on ``n_iters``, ``batch_size`` and ``seed``, so a run gives
+identical nulls on the local threaded scheduler, on one worker or on many, and a batch lost
+with a worker is recomputed to the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import dask
+import numpy as np
+
+from daskmeta.cluster import active_client, compute
+from daskmeta.exceptions import DaskmetaError
+from daskmeta.montecarlo.models import NullModel, Summary
+
+__all__ = ["DEFAULT_BATCH_SIZE", "MonteCarloNulls", "batch_bounds", "batch_seed",
+           "default_batch_size", "null_to_p", "run_batch", "run_montecarlo",
+           "threshold_relative_se"]
+
+#: Iterations per batch (one Dask task) when neither ``batch_size`` nor the dask config
+#: setting ``daskmeta.montecarlo.batch-size`` says otherwise.
+DEFAULT_BATCH_SIZE = 100
+#: Early stopping checks the Monte Carlo error after rounds of about this fraction of the
+#: batches (at least one batch per round).
+_ROUND_FRACTION = 0.1
+
+
+def default_batch_size() -> int:
+    """Iterations per batch: the dask config ``daskmeta.montecarlo.batch-size`` (100)."""
+    value = dask.config.get("daskmeta.montecarlo.batch-size", DEFAULT_BATCH_SIZE)
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        value = 0
+    if value < 1:
+        raise DaskmetaError("dask config daskmeta.montecarlo.batch-size must be a positive "
+                            f"integer; got {dask.config.get('daskmeta.montecarlo.batch-size')!r}")
+    return value
+
+
+def batch_seed(seed: int, batch: int) -> np.random.SeedSequence:
+    """The seed of batch ``batch``: ``SeedSequence(seed).spawn(n)[batch]`` for any ``n``."""
+    return np.random.SeedSequence(seed, spawn_key=(int(batch),))
+
+
+def batch_bounds(n_iters: int, batch_size: int) -> list[tuple[int, int]]:
+    """Iteration ranges of the batches: a function of ``n_iters`` and ``batch_size`` only."""
+    return [(a, min(a + batch_size, n_iters)) for a in range(0, n_iters, batch_size)]
+
+
+def run_batch(model: NullModel, summary: Summary, seed: int, batch: int, n_iters: int) -> dict:
+    """Run ``n_iters`` iterations of batch ``batch``: a pure function of its arguments (the
+    same call gives the same numbers in any process)."""
+    rng = np.random.default_rng(batch_seed(seed, batch))
+    return model.run_batch(summary, rng, n_iters)
+
+
+@dataclass
+class MonteCarloNulls:
+    """What a Monte Carlo run recorded.
+
+    Attributes
+    ----------
+    values : dict of str to ndarray
+        Per key of the summary: one value per iteration in iteration order, or (summaries
+        that add up, e.g. per-voxel counts) the sum over iterations.
+    seed : int
+    n_iters : int
+        Iterations asked for.
+    n_iters_run : int
+        Iterations run (fewer than ``n_iters`` when early stopping stopped the run).
+    batch_size : int
+    n_batches_run : int
+    stopped_early : bool
+    relative_se : dict
+        The last estimate of the relative Monte Carlo standard error of each watched
+        threshold (95th percentile), when early stopping was on.
+    """
+
+    values: dict
+    seed: int
+    n_iters: int
+    n_iters_run: int
+    batch_size: int
+    n_batches_run: int
+    stopped_early: bool = False
+    relative_se: dict = field(default_factory=dict)
+
+    @property
+    def max_stat(self):
+        return self.values.get("max_stat")
+
+    @property
+    def max_size(self):
+        v = self.values.get("max_size")
+        return None if v is None else v.astype(np.float32)
+
+    @property
+    def max_mass(self):
+        v = self.values.get("max_mass")
+        return None if v is None else v.astype(np.float32)
+
+
+def threshold_relative_se(values: np.ndarray, q: float = 0.95) -> float:
+    """Relative Maritz-Jarrett standard error of the ``q`` quantile of ``values``.
+
+    0 when the quantile's standard error is 0 (e.g. a null of zeros); inf with fewer than
+    ten values.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 10:
+        return float("inf")
+    from scipy.stats.mstats import mjci
+
+    se = float(np.asarray(mjci(values, prob=[q]))[0])
+    if not np.isfinite(se):
+        return float("inf")
+    if se == 0.0:
+        return 0.0
+    center = abs(float(np.quantile(values, q)))
+    return se / center if center > 0 else float("inf")
+
+
+def _round_plan(n_batches: int, early_stop) -> list[range]:
+    if early_stop is None:
+        return [range(0, n_batches)]
+    per_round = max(1, math.ceil(n_batches * _ROUND_FRACTION))
+    return [range(a, min(a + per_round, n_batches)) for a in range(0, n_batches, per_round)]
+
+
+def _merge(results: dict, summary: Summary) -> dict:
+    order = sorted(results)
+    if summary.per_iteration:
+        return {k: np.concatenate([results[b][k] for b in order]) for k in summary.keys}
+    return {k: np.sum([results[b][k] for b in order], axis=0) for k in summary.keys}
+
+
+def _relative_se(values: dict, summary: Summary) -> dict:
+    return {k: threshold_relative_se(values[k]) for k in summary.early_stop_keys}
+
+
+def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
+                   batch_size: int | None = None, seed: int | None = None,
+                   early_stop: float | None = None, progress: bool | None = None,
+                   on_batch: Callable[[int, int], None] | None = None) -> MonteCarloNulls:
+    """Run a Monte Carlo null on Dask and collect what its summary records.
+
+    Parameters
+    ----------
+    model : NullModel
+        How a null data set is drawn and its statistic computed (e.g. an estimator's
+        ``_null_model()``).
+    summary : Summary
+        What each iteration returns (e.g. :class:`~daskmeta.montecarlo.ClusterMaxima`).
+    n_iters : int
+        Iterations (the most that will run with early stopping).
+    batch_size : int, optional
+        Iterations per task (default: the dask config ``daskmeta.montecarlo.batch-size``,
+        100). With ``n_iters`` it fixes the batches and their seeds; the number of workers
+        never does.
+    seed : int, optional
+        Root of the seed sequence; None draws one from OS entropy (reported in the result).
+    early_stop : float, optional
+        Run the batches in rounds (about a tenth of the batches each) and stop after the
+        first round where the relative Maritz-Jarrett standard error of the 95th percentile
+        of every watched value (``summary.early_stop_keys``) is below ``early_stop``. Round
+        boundaries depend only on ``n_iters`` and ``batch_size``, so the result still only
+        depends on the seed.
+    progress : bool, optional
+        Show :func:`distributed.progress` under a distributed Client. None: only when
+        standard error is a terminal.
+    on_batch : callable, optional
+        ``on_batch(batch_index, n_batches_done)``, called in the caller's thread as batches
+        finish (under a Client, in completion order; otherwise after each round).
+
+    Returns
+    -------
+    MonteCarloNulls
+    """
+    n_iters = int(n_iters)
+    if n_iters < 1:
+        raise DaskmetaError(f"n_iters must be a positive integer; got {n_iters}")
+    batch_size = int(batch_size or default_batch_size())
+    if early_stop is not None and not summary.early_stop_keys:
+        raise DaskmetaError(f"early stopping needs per-iteration maxima; {type(summary).__name__}"
+                            " records none")
+    if seed is None:
+        # 63 bits of OS entropy: enough, and an integer every attribute store can hold.
+        seed = int(np.random.SeedSequence().entropy) % (2**63)
+    seed = int(seed)
+    bounds = batch_bounds(n_iters, batch_size)
+    rounds = _round_plan(len(bounds), early_stop)
+    client = active_client()
+    if progress is None:
+        progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    token = dask.base.tokenize(model.token, summary.token)
+    model_d = dask.delayed(model, name=f"montecarlo-model-{token}", traverse=False)
+    summary_d = dask.delayed(summary, name=f"montecarlo-summary-{token}", traverse=False)
+    run = dask.delayed(run_batch, pure=True)
+
+    results: dict[int, dict] = {}
+    n_done = 0
+    stopped = False
+    rel_se: dict = {}
+    for rnd in rounds:
+        tasks = [run(model_d, summary_d, seed, b, bounds[b][1] - bounds[b][0],
+                     dask_key_name=f"montecarlo-batch-{token}-{seed}-{batch_size}-{b}")
+                 for b in rnd]
+        if client is not None:
+            from distributed import as_completed
+
+            futures = client.compute(tasks)
+            index = {f.key: b for f, b in zip(futures, rnd, strict=True)}
+            if progress:
+                import contextlib
+
+                from distributed import progress as dprogress
+
+                with contextlib.redirect_stdout(sys.stderr):  # stdout is for results
+                    dprogress(futures)
+            for fut in as_completed(futures):
+                b = index[fut.key]
+                results[b] = fut.result()
+                fut.release()
+                n_done += 1
+                if on_batch is not None:
+                    on_batch(b, n_done)
+        else:
+            out = compute(*tasks)
+            for b, r in zip(rnd, out, strict=True):
+                results[b] = r
+                n_done += 1
+                if on_batch is not None:
+                    on_batch(b, n_done)
+        if early_stop is not None and rnd is not rounds[-1]:
+            rel_se = _relative_se(_merge(results, summary), summary)
+            if all(v < early_stop for v in rel_se.values()):
+                stopped = True
+                break
+    values = _merge(results, summary)
+    if early_stop is not None and not stopped:
+        rel_se = _relative_se(values, summary)
+    n_run = sum(bounds[b][1] - bounds[b][0] for b in results)
+    return MonteCarloNulls(values=values, seed=seed, n_iters=n_iters, n_iters_run=int(n_run),
+                           batch_size=batch_size, n_batches_run=len(results),
+                           stopped_early=stopped, relative_se=rel_se)
+
+
+def null_to_p(values, null, tail: str = "upper") -> np.ndarray:
+    """p-values of ``values`` against a null sample (NiMARE's ``null_to_p``, one-sided upper).
+
+    ``p = 1 - #(null < value) / n``, clipped to ``[1/n, 1 - 1/n]``.
+    """
+    if tail != "upper":
+        raise DaskmetaError(f"tail must be 'upper'; got {tail!r}")
+    null = np.sort(np.asarray(null))
+    values = np.asarray(values)
+    n = null.size
+    p = 1.0 - np.searchsorted(null, values, side="left").astype(float) / n
+    smallest = 1.0 / n
+    return np.maximum(smallest, np.minimum(p, 1.0 - smallest))
