@@ -1,8 +1,8 @@
 """Guess a file's format and read it: :func:`read`.
 
 The readers themselves live in :mod:`daskmeta.io.sleuth`, :mod:`daskmeta.io.nimare_json`,
-:mod:`daskmeta.io.table` and :mod:`daskmeta.io.neurosynth`; this module also holds the small
-helpers they share (checking a path, decoding a text file).
+:mod:`daskmeta.io.table` and :mod:`daskmeta.io.neurosynth`; this module imports them, never
+the reverse (their shared helpers are in :mod:`daskmeta.io._common`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 from daskmeta.exceptions import DaskmetaError, ParseError
+from daskmeta.io._common import _read_text
 
 __all__ = ["read", "FORMATS"]
 
@@ -24,43 +25,6 @@ FORMATS = {
     "neuroquery": "a directory of NeuroQuery release files (data-neuroquery_version-*_*)",
     "daskmeta": "a file written by Dataset.save (a .zip with a manifest.json)",
 }
-
-
-def _check_file(path) -> Path:
-    """Return ``path`` as a Path, raising ParseError if it is not an existing file."""
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    try:
-        path = Path(path)
-    except TypeError as exc:
-        raise DaskmetaError(
-            f"expected a path to a file (str or os.PathLike); got {type(path).__name__}"
-        ) from exc
-    if not path.exists():
-        raise ParseError("no such file", path=str(path))
-    if path.is_dir():
-        raise ParseError("is a directory; expected a file", path=str(path))
-    return path
-
-
-def _read_text(path: Path) -> str:
-    """Decode a text file: UTF-8 (with or without a byte-order mark), else Latin-1.
-
-    GingerALE and spreadsheet programs write Latin-1 or Windows-1252 as often as UTF-8, and
-    author names with accents are common in Sleuth files, so a file that is not valid UTF-8
-    is read as Latin-1 rather than refused.
-    """
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ParseError(f"cannot read the file ({exc.strerror or exc})", path=str(path)) from exc
-    if b"\x00" in raw:
-        raise ParseError("is a binary file, not text", path=str(path))
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    return text.removeprefix("\ufeff")
 
 
 def _accepted() -> str:
