@@ -3,10 +3,11 @@ checksummed downloads of the database release files (:func:`fetch`).
 
 Every reader returns a :class:`daskmeta.Dataset` (coordinates in MNI mm, each experiment's
 reported space kept) and raises :class:`daskmeta.exceptions.ParseError`, naming the file and
-where possible the line, for malformed input. :func:`read` guesses the format.
+where possible the line, for malformed input. :func:`read` guesses the format among those in
+:data:`FORMATS`; :func:`register_format` adds a format (see ``docs/extending.md``).
 """
 
-from daskmeta.io._registry import read
+from daskmeta.io._registry import FORMATS, read, register_format, unregister_format
 from daskmeta.io.download import fetch
 from daskmeta.io.neurosynth import read_neuroquery, read_neurosynth
 from daskmeta.io.nimare_json import read_nimare_json
@@ -15,6 +16,9 @@ from daskmeta.io.table import read_table
 
 __all__ = [
     "read",
+    "register_format",
+    "unregister_format",
+    "FORMATS",
     "read_sleuth",
     "write_sleuth",
     "read_nimare_json",

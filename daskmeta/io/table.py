@@ -10,7 +10,7 @@ import pandas as pd
 
 from daskmeta.dataset import Dataset
 from daskmeta.exceptions import DaskmetaError, ParseError
-from daskmeta.io._registry import _check_file, _read_text
+from daskmeta.io._common import _check_file, _read_text
 from daskmeta.space import normalize_space_name
 
 __all__ = ["read_table"]
