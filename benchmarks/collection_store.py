@@ -154,12 +154,12 @@ def child_fit(tool: str, estimator: str, store: str, out_npz: str) -> None:
         t_load = time.perf_counter() - t0
 
         def fit():
-            return est.fit(collection, select=PAIN_TOPIC, threshold=PAIN_THRESHOLD)
+            return est.fit(collection, select=PAIN_TOPIC, label_threshold=PAIN_THRESHOLD)
     else:
         from daskmeta.io import read_neurosynth
 
         ns = read_neurosynth(NEUROSYNTH)
-        ds = ns.slice(ns.get_studies_by_label(PAIN_TOPIC, threshold=PAIN_THRESHOLD))
+        ds = ns.slice(ns.get_studies_by_label(PAIN_TOPIC, label_threshold=PAIN_THRESHOLD))
         n = ds.n_experiments
         if tool == "memory":
             from daskmeta.estimators import ALE, MKDADensity
@@ -216,7 +216,7 @@ def child_fit_many(which: str, store: str, out_store: str) -> None:
     t_load = time.perf_counter() - t0
     t1 = time.perf_counter()
     groups = []
-    res = MKDADensity().fit_many(collection, names, threshold=threshold, store=out_store,
+    res = MKDADensity().fit_many(collection, names, label_threshold=threshold, store=out_store,
                                  overwrite=True, progress=lambda done, total: groups.append(
                                      (done, time.perf_counter() - t1)))
     t_fit = time.perf_counter() - t1

@@ -39,7 +39,7 @@ def _ours_dataset(workload):
     if workload == "ale-pain21":
         return read_nimare_json(PAIN)
     ds = read_neurosynth(DATA / "neurosynth-v7")
-    return ds.slice(ds.get_studies_by_label(PAIN_TOPIC, threshold=0.05))
+    return ds.slice(ds.get_studies_by_label(PAIN_TOPIC, label_threshold=0.05))
 
 
 def to_nimare_dataset(dataset, mask):

@@ -58,8 +58,11 @@ def _add_cbma_parser(sub, name, help_text):
                        help="weight experiments by sqrt(sample size)")
     p.add_argument("--select", metavar="EXPR",
                    help="label expression selecting experiments, e.g. 'LDA50__32_pain & ~x'")
-    p.add_argument("--threshold", type=float, default=0.001,
+    p.add_argument("--label-threshold", type=float, default=None,
                    help="label weight threshold of --select (0.001)")
+    # The old name of --label-threshold (it read as a statistic threshold): hidden, warned.
+    p.add_argument("--threshold", type=float, default=None, dest="deprecated_threshold",
+                   help=argparse.SUPPRESS)
     g = p.add_argument_group("correction")
     g.add_argument("--fwe", choices=["montecarlo", "bonferroni", "none"], default="montecarlo",
                    help="family-wise error correction (default: montecarlo)")
@@ -164,6 +167,7 @@ def _run_cbma(args) -> None:
     from daskmeta.workflows import run_cbma
 
     t0 = time.perf_counter()
+    label_threshold = _label_threshold(args)
     dataset = read(args.input)
     _log(f"read {args.input}: {dataset}")
     client = get_client(args.scheduler, n_workers=args.workers)
@@ -174,10 +178,21 @@ def _run_cbma(args) -> None:
         fwhm=getattr(args, "fwhm", None), sample_size=getattr(args, "sample_size", None),
         r=getattr(args, "radius", None), weighting=getattr(args, "weighting", None),
         fwe=args.fwe, n_iters=args.n_iters, voxel_thresh=args.voxel_thresh, seed=args.seed,
-        prefix=args.prefix, select=args.select, threshold=args.threshold,
+        prefix=args.prefix, select=args.select, label_threshold=label_threshold,
         figures=not args.no_figures, log=_log,
     )
     _report(out, args.out, t0)
+
+
+def _label_threshold(args) -> float:
+    """--label-threshold, or its deprecated name --threshold (with a one-line warning)."""
+    if args.deprecated_threshold is None:
+        return 0.001 if args.label_threshold is None else args.label_threshold
+    if args.label_threshold is not None:
+        raise DaskmetaError("give --label-threshold only (--threshold is its deprecated name)")
+    print("daskmeta: warning: --threshold is deprecated; use --label-threshold (the label "
+          "weight threshold of --select)", file=sys.stderr, flush=True)
+    return args.deprecated_threshold
 
 
 def _ingest_kernel(args):

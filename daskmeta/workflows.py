@@ -41,7 +41,7 @@ def _make_estimator(name: str, mask=None, fwhm=None, sample_size=None, r=None,
 def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_size=None,
              r=None, weighting=None, fwe: str = "montecarlo", n_iters: int = 10000,
              voxel_thresh: float = 0.001, seed: int | None = None, prefix: str = "",
-             select: str | None = None, threshold: float = 0.001, figures: bool = True,
+             select: str | None = None, label_threshold: float = 0.001, figures: bool = True,
              log=print) -> dict:
     """Fit a coordinate-based meta-analysis, correct it, and write everything to a folder.
 
@@ -62,8 +62,8 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
         File name prefix of the maps.
     select : str, optional
         Label expression selecting experiments.
-    threshold : float
-        Label weight threshold of ``select``.
+    label_threshold : float
+        Label weight threshold of ``select`` (NiMARE's ``label_threshold``).
     figures : bool
         Write PNG figures.
     log : callable
@@ -82,7 +82,7 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
     out.mkdir(parents=True, exist_ok=True)
     log(f"fitting {type(est).__name__} on {dataset.n_experiments} experiments, "
         f"{dataset.n_foci} foci")
-    result = est.fit(dataset, select=select, threshold=threshold)
+    result = est.fit(dataset, select=select, label_threshold=label_threshold)
     table_map = None
     if fwe != "none":
         from daskmeta.correct import FWECorrector

@@ -187,11 +187,11 @@ def test_store_without_value_histograms_fits_the_same(tmp_path, labelled_stores)
             old.row_maxima([0])
         est = ESTIMATORS[name]
         for select in SELECTIONS.values():
-            _assert_same_maps(_maps(est().fit(old, select=select, threshold=0.5)),
+            _assert_same_maps(_maps(est().fit(old, select=select, label_threshold=0.5)),
                               _maps(est().fit(labelled_stores[name], select=select,
-                                              threshold=0.5)), name)
-        many_old = est().fit_many(old, SELECTIONS, threshold=0.5)
-        many_new = est().fit_many(labelled_stores[name], SELECTIONS, threshold=0.5)
+                                              label_threshold=0.5)), name)
+        many_old = est().fit_many(old, SELECTIONS, label_threshold=0.5)
+        many_new = est().fit_many(labelled_stores[name], SELECTIONS, label_threshold=0.5)
         for m in MAPS:
             assert np.array_equal(many_old[m].values, many_new[m].values), (name, m)
 
@@ -502,11 +502,11 @@ SELECTIONS = {
 def test_fit_many_equals_separate_fits(labelled_stores, name):
     collection = labelled_stores[name]
     est = ESTIMATORS[name]
-    many = est().fit_many(collection, SELECTIONS, threshold=0.5)
+    many = est().fit_many(collection, SELECTIONS, label_threshold=0.5)
     assert list(many["selection"].values) == list(SELECTIONS)
     assert many["stat"].dims == ("selection", "voxel")
     for k, (label, select) in enumerate(SELECTIONS.items()):
-        one = est().fit(collection, select=select, threshold=0.5)
+        one = est().fit(collection, select=select, label_threshold=0.5)
         maps = _maps(one)
         for m in MAPS:
             assert np.array_equal(many[m].values[k], maps[m]), (label, m)
@@ -523,9 +523,9 @@ def test_fit_many_in_several_tasks_equals_separate_fits(monkeypatch, labelled_st
     monkeypatch.setattr(_base, "ROWS_PER_SUM_TASK", 4)
     collection = labelled_stores[name]
     est = ESTIMATORS[name]
-    many = est(chunk_size=2).fit_many(collection, SELECTIONS, threshold=0.5)
+    many = est(chunk_size=2).fit_many(collection, SELECTIONS, label_threshold=0.5)
     for k, select in enumerate(SELECTIONS.values()):
-        maps = _maps(est(chunk_size=2).fit(collection, select=select, threshold=0.5))
+        maps = _maps(est(chunk_size=2).fit(collection, select=select, label_threshold=0.5))
         if name == "mkda":  # integer counts: the order of additions cannot matter
             for m in MAPS:
                 assert np.array_equal(many[m].values[k], maps[m]), m
@@ -536,9 +536,9 @@ def test_fit_many_in_several_tasks_equals_separate_fits(monkeypatch, labelled_st
 
 def test_fit_many_with_store_and_group_size(tmp_path, labelled_stores):
     collection = labelled_stores["mkda"]
-    default = MKDADensity().fit_many(collection, SELECTIONS, threshold=0.5)
+    default = MKDADensity().fit_many(collection, SELECTIONS, label_threshold=0.5)
     calls = []
-    stored = MKDADensity().fit_many(collection, SELECTIONS, threshold=0.5,
+    stored = MKDADensity().fit_many(collection, SELECTIONS, label_threshold=0.5,
                                     store=tmp_path / "maps.zarr", group_size=1,
                                     progress=lambda done, total: calls.append((done, total)))
     assert calls == [(1, 3), (2, 3), (3, 3)]
@@ -552,13 +552,13 @@ def test_fit_many_with_store_and_group_size(tmp_path, labelled_stores):
     assert list(reopened["selection"].values) == list(SELECTIONS)
     assert np.array_equal(reopened["n_experiments"].values, default["n_experiments"].values)
     with pytest.raises(DaskmetaError, match="maps.zarr exists; pass overwrite=True"):
-        MKDADensity().fit_many(collection, SELECTIONS, threshold=0.5,
+        MKDADensity().fit_many(collection, SELECTIONS, label_threshold=0.5,
                                store=tmp_path / "maps.zarr")
-    again = MKDADensity().fit_many(collection, {"topic a": "topic_a"}, threshold=0.5,
+    again = MKDADensity().fit_many(collection, {"topic a": "topic_a"}, label_threshold=0.5,
                                    store=tmp_path / "maps.zarr", overwrite=True)
     assert list(again["selection"].values) == ["topic a"]
     assert np.array_equal(again["z"].values[0], default["z"].values[1])
-    one_by_one = MKDADensity().fit_many(collection, SELECTIONS, threshold=0.5, group_size=1)
+    one_by_one = MKDADensity().fit_many(collection, SELECTIONS, label_threshold=0.5, group_size=1)
     for m in MAPS:
         assert np.array_equal(one_by_one[m].values, default[m].values), m
 
@@ -573,14 +573,14 @@ def test_fit_many_groups_follow_the_memory_setting(labelled_stores):
                              (6 * 2 * n_vox, [(1, 3), (2, 3), (3, 3)])]:
         calls = []
         with dask.config.set({"daskmeta.fit-many.memory": memory}):
-            MKDADensity().fit_many(collection, SELECTIONS, threshold=0.5,
+            MKDADensity().fit_many(collection, SELECTIONS, label_threshold=0.5,
                                    progress=lambda done, total, seen=calls: seen.append(
                                        (done, total)))
         assert calls == expected
     with dask.config.set({"daskmeta.fit-many.memory": "lots"}):
         with pytest.raises(DaskmetaError, match="daskmeta.fit-many.memory='lots' is not a "
                                                 "byte count"):
-            MKDADensity().fit_many(collection, SELECTIONS, threshold=0.5)
+            MKDADensity().fit_many(collection, SELECTIONS, label_threshold=0.5)
 
 
 def test_fit_many_counts_in_uint16_only_when_they_fit(monkeypatch, labelled_stores):
@@ -595,8 +595,8 @@ def test_fit_many_counts_in_uint16_only_when_they_fit(monkeypatch, labelled_stor
 
 def test_fit_many_label_list_and_errors(labelled_stores, labelled):
     collection = labelled_stores["mkda"]
-    many = MKDADensity().fit_many(collection, ["topic_a", "topic_c"], threshold=0.5)
-    one = MKDADensity().fit(collection, select="topic_c", threshold=0.5)
+    many = MKDADensity().fit_many(collection, ["topic_a", "topic_c"], label_threshold=0.5)
+    one = MKDADensity().fit(collection, select="topic_c", label_threshold=0.5)
     assert np.array_equal(many["z"].values[1], _maps(one)["z"])
     with pytest.raises(DaskmetaError, match="fit_many needs a Collection; got Dataset"):
         MKDADensity().fit_many(labelled, ["topic_a"])
@@ -702,7 +702,7 @@ def test_cli_ingest_directory_records_its_data_files(tmp_path, capsys):
         assert s["sha256"] == hashlib.sha256((folder / s["file"]).read_bytes()).hexdigest()
     assert collection.dataset.label_names == ["LDA50__0_pain", "LDA50__1_memory"]
     many = MKDADensity().fit_many(collection, ["LDA50__0_pain", "LDA50__1_memory"],
-                                  threshold=0.1)
+                                  label_threshold=0.1)
     assert list(many["n_experiments"].values) == [2, 2]
     # ALE needs sample sizes Neurosynth does not have: the error says how to give one.
     capsys.readouterr()

@@ -275,7 +275,7 @@ class CBMAEstimator:
                                                  cls._has_foci(dataset)))
 
     # -- fitting ---------------------------------------------------------------------------
-    def fit(self, data, select=None, threshold: float = 0.001):
+    def fit(self, data, select=None, label_threshold: float = 0.001):
         """Fit the estimator and return its result.
 
         Parameters
@@ -287,8 +287,8 @@ class CBMAEstimator:
         select : str or sequence of str, optional
             Analyse only these experiments: a label expression (see
             :meth:`Dataset.get_studies_by_label`) or a list of experiment ids.
-        threshold : float
-            Label weight threshold for a ``select`` expression.
+        label_threshold : float
+            Label weight threshold for a ``select`` expression (NiMARE's name).
 
         Returns
         -------
@@ -302,7 +302,7 @@ class CBMAEstimator:
         """
         self._validate_params()
         dataset, space, kernel, collection = self._source(data)
-        dataset = self._select(dataset, select, threshold)
+        dataset = self._select(dataset, select, label_threshold)
         if collection is None:
             plan = kernel.plan(dataset, space, self.mask_margin)
         else:
@@ -446,7 +446,7 @@ class CBMAEstimator:
         return maps, {"histogram_bins": bins, "histweights_corr-none_method-approximate": hist}
 
     # -- many selections -------------------------------------------------------------------
-    def fit_many(self, collection, selections, threshold: float = 0.001, store=None,
+    def fit_many(self, collection, selections, label_threshold: float = 0.001, store=None,
                  group_size: int | None = None, progress=None, overwrite: bool = False):
         """Fit one meta-analysis per selection of a Collection, reading the store once per
         group of selections.
@@ -462,9 +462,9 @@ class CBMAEstimator:
         collection : Collection
         selections : dict of str to (str or list of str), or list of str
             Named label expressions or id lists; a list of label names means one selection
-            per label (``threshold`` applies).
-        threshold : float
-            Label weight threshold.
+            per label (``label_threshold`` applies).
+        label_threshold : float
+            Label weight threshold (NiMARE's name).
         store : path-like, optional
             Write the maps to this Zarr store as they are computed (``selection`` x
             ``voxel``); the returned Dataset is then opened lazily from it.
@@ -515,7 +515,7 @@ class CBMAEstimator:
         rows_of = []
         for name in names:
             try:
-                rows_of.append(self._selection_rows(dataset, selections[name], threshold,
+                rows_of.append(self._selection_rows(dataset, selections[name], label_threshold,
                                                     has_foci))
             except DatasetError as exc:
                 raise DatasetError(f"selection {name!r}: {exc}") from None
@@ -542,7 +542,7 @@ class CBMAEstimator:
             group_size = max(1, int(memory // (n_vox * acc_dtype.itemsize * 6)))
         attrs = {"estimator": type(self).__name__, "daskmeta_version": __version__,
                  **kernel.describe(), **space.describe(), "collection": str(collection.path),
-                 "threshold": float(threshold), "tal2mni": TAL2MNI_METHOD}
+                 "label_threshold": float(label_threshold), "tal2mni": TAL2MNI_METHOD}
         n_exp = np.asarray([len(rows) for rows in rows_of])
         if store is not None:
             self._init_many_store(store, names, n_vox, n_exp)
