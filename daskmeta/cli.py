@@ -139,8 +139,9 @@ def _add_ingest_parser(sub):
     p.add_argument("--mask-margin", type=float, default=None, metavar="MM",
                    help="drop foci more than MM mm outside the mask (default 10)")
     p.add_argument("--rows-per-shard", type=int, default=None, metavar="N",
-                   help="experiments per shard, the unit one task writes (default 64); reads "
-                        "fetch single rows whatever it is")
+                   help="experiments per shard, the unit one task writes (default: dask config "
+                        "daskmeta.collection.rows-per-shard, 64); reads fetch single rows "
+                        "whatever it is")
     p.add_argument("--overwrite", action="store_true",
                    help="delete an existing store at PATH and build it again")
     g = p.add_argument_group("Dask")
@@ -223,7 +224,8 @@ def _ingest_sources(source) -> list:
 def _run_ingest(args) -> None:
     import os
 
-    from daskmeta.collection import DEFAULT_ROWS_PER_SHARD, Collection
+    from daskmeta import config
+    from daskmeta.collection import Collection
     from daskmeta.io import read
     from daskmeta.kernels import DEFAULT_MASK_MARGIN
 
@@ -234,6 +236,7 @@ def _run_ingest(args) -> None:
                             f"{args.rows_per_shard}")
     if args.workers is not None and args.workers < 1:
         raise DaskmetaError(f"--workers must be a positive integer; got {args.workers}")
+    rows_per_shard = args.rows_per_shard or config.get_positive_int("collection.rows-per-shard")
     dataset = read(args.source)
     _log(f"read {args.source}: {dataset}")
     if args.scheduler or args.workers or os.environ.get("DASK_SCHEDULER_ADDRESS"):
@@ -249,7 +252,7 @@ def _run_ingest(args) -> None:
     collection = Collection.build(
         dataset, kernel, store, mask=args.mask,
         mask_margin=DEFAULT_MASK_MARGIN if args.mask_margin is None else args.mask_margin,
-        rows_per_shard=args.rows_per_shard or DEFAULT_ROWS_PER_SHARD,
+        rows_per_shard=rows_per_shard,
         sources=_ingest_sources(args.source), progress=True, overwrite=args.overwrite)
     size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
     attrs = collection.attrs

@@ -12,7 +12,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "daskmeta"
 
 LAYERS = {
-    0: {"exceptions", "_version", "_stats", "_labels", "_rows", "space", "cluster"},
+    0: {"exceptions", "_version", "_stats", "_labels", "_rows", "space", "cluster",
+        "config"},
     1: {"dataset", "io", "results", "storage"},
     2: {"kernels", "collection", "simulate"},
     3: {"estimators", "nulls", "correct", "decode"},
