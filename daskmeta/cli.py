@@ -246,7 +246,11 @@ def _run_ingest(args) -> None:
         _log(f"Dask: {client.scheduler_info().get('address', '?')} with "
              f"{len(client.scheduler_info().get('workers', {}))} workers")
     else:
-        _log(f"Dask: threaded scheduler in this process ({os.cpu_count()} cores)")
+        import dask
+
+        configured = dask.config.get("scheduler", None)
+        where = "threaded scheduler" if configured is None else f"scheduler {configured!r}"
+        _log(f"Dask: {where} in this process ({os.cpu_count()} cores)")
     store = Path(args.store)
     _log(f"building {store} with {kernel!r}")
     collection = Collection.build(

@@ -1,4 +1,4 @@
-"""daskmeta's dask.config settings (daskmeta.yaml)."""
+"""daskmeta's dask.config settings (daskmeta.yaml), and computing where the user says."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import zipfile
 from pathlib import Path
 
 import dask
+import numpy as np
 import pytest
 import yaml
-from conftest import NIMARE_MASK, PAIN_JSON
+from conftest import NIMARE_MASK, PAIN_JSON, no_compute
 
 import daskmeta
 from daskmeta import DaskmetaError, config
@@ -138,3 +139,57 @@ def test_yaml_ships_and_loads_from_an_installed_package(tmp_path):
     where, values = proc.stdout.strip().splitlines()
     assert Path(where).is_relative_to(site)
     assert values == "100 2GB"
+
+
+# --------------------------------------------------------------------------------------------
+# computing where the user says
+# --------------------------------------------------------------------------------------------
+def test_no_compute_guard_catches_a_fit(pain_dataset, nimare_mask):
+    from daskmeta.estimators import ALE
+
+    with no_compute(), pytest.raises(AssertionError, match="computed a dask graph"):
+        ALE(mask=nimare_mask).fit(pain_dataset)
+
+
+def test_a_configured_scheduler_is_used(pain_dataset, nimare_mask):
+    from daskmeta.estimators import ALE
+
+    calls = []
+
+    def counting_get(dsk, keys, **kwargs):
+        calls.append(keys)
+        return dask.get(dsk, keys, **kwargs)
+
+    with dask.config.set(scheduler=counting_get):
+        ours = ALE(mask=nimare_mask).fit(pain_dataset)
+    assert calls, "the configured scheduler was not used"
+    threads = ALE(mask=nimare_mask).fit(pain_dataset)
+    for name in ("stat", "p", "z"):
+        assert np.array_equal(ours.get_map(name, "array"), threads.get_map(name, "array"))
+
+
+def test_a_scheduler_by_name_is_used():
+    import threading
+
+    from daskmeta.cluster import compute
+
+    where = dask.delayed(lambda: threading.get_ident(), pure=False)
+    main_thread = threading.get_ident()
+    with dask.config.set(scheduler="synchronous"):
+        assert compute(where()) == (main_thread,)
+    assert compute(where()) != (main_thread,)  # the threaded scheduler's pool
+
+
+def test_a_client_is_used_unless_a_scheduler_is_configured(pain_dataset, nimare_mask):
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from daskmeta.estimators import ALE
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        with get_task_stream(client) as ts:
+            ALE(mask=nimare_mask).fit(pain_dataset)
+        assert len(ts.data) > 0  # the fit ran on the client
+        # An explicit scheduler in dask.config still wins over the client.
+        with no_compute(), pytest.raises(AssertionError, match="computed a dask graph"):
+            ALE(mask=nimare_mask).fit(pain_dataset)
