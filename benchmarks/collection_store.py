@@ -159,7 +159,7 @@ def child_fit(tool: str, estimator: str, store: str, out_npz: str) -> None:
         from daskmeta.io import read_neurosynth
 
         ns = read_neurosynth(NEUROSYNTH)
-        ds = ns.slice(ns.get_studies_by_label(PAIN_TOPIC, threshold=PAIN_THRESHOLD))
+        ds = ns.slice(ns.get_studies_by_label(PAIN_TOPIC, label_threshold=PAIN_THRESHOLD))
         n = ds.n_experiments
         if tool == "memory":
             from daskmeta.estimators import ALE, MKDADensity

@@ -74,7 +74,7 @@ def ns_pain865():
 
     ns = read_neurosynth(DATA / "neurosynth-v7")
     label = next(n for n in ns.label_names if n.endswith("__" + TOPIC))
-    ds = ns.slice(ns.get_studies_by_label(label, threshold=0.05))
+    ds = ns.slice(ns.get_studies_by_label(label, label_threshold=0.05))
     assert ds.n_experiments == 865, ds
     source = {}
     for exp_id, g in ds.foci.groupby("id", sort=False):

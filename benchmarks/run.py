@@ -44,7 +44,7 @@ def _ours_dataset(workload):
 
         return simulate.coordinates(n_experiments=100, seed=0, space=Space(MASK)).dataset
     ds = read_neurosynth(DATA / "neurosynth-v7")
-    return ds.slice(ds.get_studies_by_label(PAIN_TOPIC, threshold=0.05))
+    return ds.slice(ds.get_studies_by_label(PAIN_TOPIC, label_threshold=0.05))
 
 
 def to_nimare_dataset(dataset, mask):

@@ -4,6 +4,8 @@ Every coordinate-based statistic is a reduction over the study axis of a modeled
 matrix; daskmeta builds those reductions as lazy Dask graphs (see ``DESIGN`` in the docs).
 """
 
+# The package's dask.config defaults (daskmeta.yaml) first, before any module reads them.
+from daskmeta import config  # isort: skip
 from daskmeta import cluster, correct, estimators, io, simulate
 from daskmeta._version import __version__
 from daskmeta.collection import Collection
@@ -16,6 +18,7 @@ __all__ = [
     "__version__",
     "Collection",
     "cluster",
+    "config",
     "correct",
     "estimators",
     "io",

@@ -26,7 +26,7 @@ from scipy import sparse
 
 from daskmeta._combine import combine_context, run_combine
 from daskmeta._rows import add_rows_by_selection
-from daskmeta.cluster import active_client, compute, tree_sum
+from daskmeta.cluster import compute, scheduler_client, tree_sum
 from daskmeta.exceptions import DaskmetaError, DatasetError
 from daskmeta.storage import read_rows, scratch_rows
 
@@ -318,7 +318,7 @@ def run_pass(source, rows, weights, reduction, acc_dtype=np.float64,
     bounds = (source.split(rows) if isinstance(source, KernelRows)
               else source.split(rows, max(1, int(rows_per_task))))
     if (len(bounds) == 1 and dask.config.get("scheduler", None) is None
-            and active_client() is None):
+            and scheduler_client() is None):
         return _task(source, reduction, w, rows, 0, np.dtype(acc_dtype), with_summaries)
     total, summaries = pass_graph(source, rows, w, reduction, acc_dtype, with_summaries,
                                   rows_per_task)

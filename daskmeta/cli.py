@@ -58,8 +58,11 @@ def _add_cbma_parser(sub, name, help_text):
                        help="weight experiments by sqrt(sample size)")
     p.add_argument("--select", metavar="EXPR",
                    help="label expression selecting experiments, e.g. 'LDA50__32_pain & ~x'")
-    p.add_argument("--threshold", type=float, default=0.001,
+    p.add_argument("--label-threshold", type=float, default=None,
                    help="label weight threshold of --select (0.001)")
+    # The old name of --label-threshold (it read as a statistic threshold): hidden, warned.
+    p.add_argument("--threshold", type=float, default=None, dest="deprecated_threshold",
+                   help=argparse.SUPPRESS)
     g = p.add_argument_group("correction")
     g.add_argument("--fwe", choices=["montecarlo", "bonferroni", "none"], default="montecarlo",
                    help="family-wise error correction (default: montecarlo)")
@@ -136,8 +139,9 @@ def _add_ingest_parser(sub):
     p.add_argument("--mask-margin", type=float, default=None, metavar="MM",
                    help="drop foci more than MM mm outside the mask (default 10)")
     p.add_argument("--rows-per-shard", type=int, default=None, metavar="N",
-                   help="experiments per shard, the unit one task writes (default 64); reads "
-                        "fetch single rows whatever it is")
+                   help="experiments per shard, the unit one task writes (default: dask config "
+                        "daskmeta.collection.rows-per-shard, 64); reads fetch single rows "
+                        "whatever it is")
     p.add_argument("--overwrite", action="store_true",
                    help="delete an existing store at PATH and build it again")
     g = p.add_argument_group("Dask")
@@ -164,6 +168,7 @@ def _run_cbma(args) -> None:
     from daskmeta.workflows import run_cbma
 
     t0 = time.perf_counter()
+    label_threshold = _label_threshold(args)
     dataset = read(args.input)
     _log(f"read {args.input}: {dataset}")
     client = get_client(args.scheduler, n_workers=args.workers)
@@ -174,10 +179,21 @@ def _run_cbma(args) -> None:
         fwhm=getattr(args, "fwhm", None), sample_size=getattr(args, "sample_size", None),
         r=getattr(args, "radius", None), weighting=getattr(args, "weighting", None),
         fwe=args.fwe, n_iters=args.n_iters, voxel_thresh=args.voxel_thresh, seed=args.seed,
-        prefix=args.prefix, select=args.select, threshold=args.threshold,
+        prefix=args.prefix, select=args.select, label_threshold=label_threshold,
         figures=not args.no_figures, log=_log,
     )
     _report(out, args.out, t0)
+
+
+def _label_threshold(args) -> float:
+    """--label-threshold, or its deprecated name --threshold (with a one-line warning)."""
+    if args.deprecated_threshold is None:
+        return 0.001 if args.label_threshold is None else args.label_threshold
+    if args.label_threshold is not None:
+        raise DaskmetaError("give --label-threshold only (--threshold is its deprecated name)")
+    print("daskmeta: warning: --threshold is deprecated; use --label-threshold (the label "
+          "weight threshold of --select)", file=sys.stderr, flush=True)
+    return args.deprecated_threshold
 
 
 def _ingest_kernel(args):
@@ -208,7 +224,8 @@ def _ingest_sources(source) -> list:
 def _run_ingest(args) -> None:
     import os
 
-    from daskmeta.collection import DEFAULT_ROWS_PER_SHARD, Collection
+    from daskmeta import config
+    from daskmeta.collection import Collection
     from daskmeta.io import read
     from daskmeta.kernels import DEFAULT_MASK_MARGIN
 
@@ -219,6 +236,7 @@ def _run_ingest(args) -> None:
                             f"{args.rows_per_shard}")
     if args.workers is not None and args.workers < 1:
         raise DaskmetaError(f"--workers must be a positive integer; got {args.workers}")
+    rows_per_shard = args.rows_per_shard or config.get_positive_int("collection.rows-per-shard")
     dataset = read(args.source)
     _log(f"read {args.source}: {dataset}")
     if args.scheduler or args.workers or os.environ.get("DASK_SCHEDULER_ADDRESS"):
@@ -228,13 +246,17 @@ def _run_ingest(args) -> None:
         _log(f"Dask: {client.scheduler_info().get('address', '?')} with "
              f"{len(client.scheduler_info().get('workers', {}))} workers")
     else:
-        _log(f"Dask: threaded scheduler in this process ({os.cpu_count()} cores)")
+        import dask
+
+        configured = dask.config.get("scheduler", None)
+        where = "threaded scheduler" if configured is None else f"scheduler {configured!r}"
+        _log(f"Dask: {where} in this process ({os.cpu_count()} cores)")
     store = Path(args.store)
     _log(f"building {store} with {kernel!r}")
     collection = Collection.build(
         dataset, kernel, store, mask=args.mask,
         mask_margin=DEFAULT_MASK_MARGIN if args.mask_margin is None else args.mask_margin,
-        rows_per_shard=args.rows_per_shard or DEFAULT_ROWS_PER_SHARD,
+        rows_per_shard=rows_per_shard,
         sources=_ingest_sources(args.source), progress=True, overwrite=args.overwrite)
     size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
     attrs = collection.attrs

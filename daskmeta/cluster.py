@@ -1,8 +1,9 @@
 """The Dask client: an active one, a scheduler by address, or an embedded LocalCluster.
 
 Library code computes only at documented boundaries (``fit``, ``transform`` of correctors,
-``save``), through :func:`compute`: on the active distributed Client when there is one,
-otherwise on dask's local threaded scheduler, which costs nothing to start.
+``save``), through :func:`compute`: on the scheduler the user configured with
+``dask.config.set(scheduler=...)``, else on the active distributed Client when there is one,
+else on dask's local threaded scheduler, which costs nothing to start.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import dask
 
 from daskmeta.exceptions import DaskmetaError
 
-__all__ = ["get_client", "active_client", "compute", "close_client", "tree_sum"]
+__all__ = ["get_client", "active_client", "compute", "close_client", "scheduler_client",
+           "tree_sum"]
 
 _OWNED: list = []
 
@@ -103,12 +105,37 @@ def close_client():
 atexit.register(close_client)
 
 
+_DISTRIBUTED = ("dask.distributed", "distributed")
+
+
 def compute(*collections, **kwargs):
-    """Compute dask collections on the active Client, or on the local threaded scheduler."""
+    """Compute dask collections where the user says.
+
+    In order: a ``scheduler=`` argument; a scheduler set in ``dask.config`` (e.g.
+    ``dask.config.set(scheduler="synchronous")``, or a callable such as ``dask.get``),
+    other than the ``"dask.distributed"`` that a default Client sets; the active
+    distributed Client; dask's local threaded scheduler.
+    """
+    if "scheduler" in kwargs:
+        return dask.compute(*collections, **kwargs)
+    configured = dask.config.get("scheduler", None)
+    if configured is not None and not (isinstance(configured, str)
+                                       and configured in _DISTRIBUTED):
+        return dask.compute(*collections, scheduler=configured, **kwargs)
     client = active_client()
     if client is not None:
         return tuple(client.compute(list(collections), sync=True, **kwargs))
     return dask.compute(*collections, scheduler="threads", **kwargs)
+
+
+def scheduler_client():
+    """The distributed Client computations go to: the active one, unless ``dask.config``
+    names another scheduler (see :func:`compute`); None otherwise."""
+    configured = dask.config.get("scheduler", None)
+    if configured is not None and not (isinstance(configured, str)
+                                       and configured in _DISTRIBUTED):
+        return None
+    return active_client()
 
 
 def tree_sum(parts: list):

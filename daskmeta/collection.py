@@ -38,7 +38,7 @@ from scipy import sparse
 from daskmeta._pass import ROWS_PER_SUM_TASK, BlockFunction, StoredRows, pass_graph, selection_rows
 from daskmeta._rows import nearest_bin
 from daskmeta._version import __version__
-from daskmeta.cluster import active_client, compute
+from daskmeta.cluster import compute, scheduler_client
 from daskmeta.dataset import Dataset
 from daskmeta.exceptions import DaskmetaError
 from daskmeta.kernels import (
@@ -345,7 +345,7 @@ class Collection:
         tag = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
         tasks = [write(str(path), plan_d, c, rows_per_unit, dtype, hist_grid,
                        dask_key_name=f"write-{path.name}-{tag}-{c}") for c in todo]
-        client = active_client()
+        client = scheduler_client()
         if client is not None and progress:
             from distributed import progress as show_progress
 

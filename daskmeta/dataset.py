@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -19,6 +20,7 @@ from daskmeta.space import Space, normalize_space_name, tal2mni
 __all__ = ["Dataset"]
 
 _FORMAT = "daskmeta-dataset"
+_LABEL_THRESHOLD = 0.001
 _FORMAT_VERSION = 1
 
 
@@ -323,13 +325,16 @@ class Dataset:
             name=" + ".join(n for n in (self.name, other.name) if n),
         )
 
-    def label_mask(self, expr: str, threshold: float = 0.001) -> np.ndarray:
+    def label_mask(self, expr: str, label_threshold: float = _LABEL_THRESHOLD, *,
+                   threshold: float | None = None) -> np.ndarray:
         """Boolean vector over experiments: which satisfy a label expression.
 
-        See :meth:`get_studies_by_label`.
+        See :meth:`get_studies_by_label` (``threshold`` is the deprecated name of
+        ``label_threshold``).
         """
+        label_threshold = _label_threshold(label_threshold, threshold, "label_mask")
         return evaluate_label_expression(expr, self.label_names, self._labels_by_column(),
-                                         threshold)
+                                         label_threshold)
 
     def _labels_by_column(self):
         """``labels`` in CSC form, converted once (label expressions read columns)."""
@@ -339,7 +344,8 @@ class Dataset:
             self.__dict__["_csc_labels"] = cached
         return cached[1]
 
-    def get_studies_by_label(self, expr: str, threshold: float = 0.001) -> list[str]:
+    def get_studies_by_label(self, expr: str, label_threshold: float = _LABEL_THRESHOLD, *,
+                             threshold: float | None = None) -> list[str]:
         """Ids of experiments whose labels satisfy ``expr``.
 
         Parameters
@@ -348,16 +354,19 @@ class Dataset:
             A label name, or an expression of label names with ``&`` (and), ``|`` (or),
             ``~`` (not) and parentheses, e.g. ``"LDA50__32_pain_somatosensory_stimulation &
             ~LDA50__1_anxiety_trait_personality"``. A label holds for an experiment when its
-            weight is ``>= threshold``.
-        threshold : float
-            Minimum weight (NiMARE's default is 0.001).
+            weight is ``>= label_threshold``.
+        label_threshold : float
+            Minimum weight (NiMARE's name and default, 0.001).
+        threshold : float, optional
+            Deprecated name of ``label_threshold`` (a DeprecationWarning).
 
         Raises
         ------
         DaskmetaError
             On an unknown label (with close matches) or a malformed expression.
         """
-        return self.experiments["id"][self.label_mask(expr, threshold)].tolist()
+        label_threshold = _label_threshold(label_threshold, threshold, "get_studies_by_label")
+        return self.experiments["id"][self.label_mask(expr, label_threshold)].tolist()
 
     def get_studies_by_mask(self, img, space: Space | None = None) -> list[str]:
         """Ids of experiments with at least one focus inside a mask image."""
@@ -482,3 +491,15 @@ class Dataset:
             return cls(tables["experiments"], tables["foci"], labels=labels,
                        label_names=label_names, metadata=tables["metadata"],
                        images=tables["images"], name=manifest.get("name", ""))
+
+
+def _label_threshold(label_threshold, threshold, method: str):
+    """``label_threshold``, or the deprecated keyword ``threshold`` (with a warning)."""
+    if threshold is None:
+        return label_threshold
+    if label_threshold != _LABEL_THRESHOLD:
+        raise DatasetError(f"Dataset.{method}: give label_threshold only (threshold is its "
+                           "deprecated name)")
+    warnings.warn(f"Dataset.{method}(..., threshold=...) is deprecated; use label_threshold "
+                  "(NiMARE's name)", DeprecationWarning, stacklevel=3)
+    return threshold

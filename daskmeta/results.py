@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +14,20 @@ from scipy import ndimage
 from daskmeta.exceptions import DaskmetaError
 from daskmeta.space import Space
 
-__all__ = ["MetaResult", "cluster_table"]
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_CONNECTIVITY", "MetaResult", "cluster_table"]
 
 _CONNECTIVITY = {6: 1, 18: 2, 26: 3}
+#: Voxel neighbourhood of cluster tables by default: faces (6), as the cluster-level Monte
+#: Carlo correction (:data:`daskmeta.correct.CLUSTER_STRUCTURE`), NiMARE and nilearn.
+DEFAULT_CONNECTIVITY = 6
+#: Corrected p-value at which the tables of corrected maps are cut by default.
+DEFAULT_ALPHA = 0.05
+_TABLE_COLUMNS = ["sign", "peak_x", "peak_y", "peak_z", "peak_value", "n_voxels", "size_mm3"]
 
 
 def cluster_table(volume: np.ndarray, space: Space, threshold: float, min_size: int = 0,
-                  connectivity: int = 26, two_sided: bool = False,
-                  peak_volume: np.ndarray | None = None) -> pd.DataFrame:
+                  connectivity: int = DEFAULT_CONNECTIVITY, two_sided: bool = False,
+                  peak_volume: np.ndarray | None = None, return_labels: bool = False):
     """Clusters of a 3-D map above ``threshold``.
 
     Parameters
@@ -33,47 +40,80 @@ def cluster_table(volume: np.ndarray, space: Space, threshold: float, min_size: 
     min_size : int
         Smallest cluster kept, in voxels.
     connectivity : {6, 18, 26}
-        Voxel neighbourhood.
+        Voxel neighbourhood: faces (6, the default, as the cluster-level correction, NiMARE
+        and nilearn), faces and edges (18), or faces, edges and corners (26).
     two_sided : bool
         Also report negative clusters.
     peak_volume : (X, Y, Z) ndarray, optional
         Where to find each cluster's peak and its value (default: ``volume``); e.g. the
         uncorrected z map for clusters of a cluster-level corrected map.
+    return_labels : bool
+        Also return the clusters as a volume of ``cluster_id`` values (0 elsewhere).
 
     Returns
     -------
     pandas.DataFrame
         One row per cluster, largest first: ``cluster_id``, ``sign``, ``peak_x``, ``peak_y``,
         ``peak_z`` (mm), ``peak_value``, ``n_voxels``, ``size_mm3``.
+    labels : (X, Y, Z) int ndarray
+        Only with ``return_labels``.
     """
+    volume = np.asarray(volume)
+    supra = {1: volume > threshold}
+    if two_sided:
+        supra[-1] = volume < -threshold
+    return _clusters(supra, space, volume if peak_volume is None else peak_volume, min_size,
+                     connectivity, return_labels)
+
+
+def _clusters(supra: dict, space: Space, peak_volume, min_size: int, connectivity: int,
+              return_labels: bool):
+    """The table (and label volume) of the clusters of boolean volumes ``supra[sign]``."""
     if connectivity not in _CONNECTIVITY:
         raise DaskmetaError(f"connectivity must be 6, 18 or 26; got {connectivity!r}")
     struct = ndimage.generate_binary_structure(3, _CONNECTIVITY[connectivity])
     voxel_mm3 = float(np.prod(space.zooms))
-    rows = []
-    signs = (1, -1) if two_sided else (1,)
-    peak_volume = volume if peak_volume is None else peak_volume
-    for sign in signs:
-        data = volume * sign
-        labels, n = ndimage.label(data > threshold, structure=struct)
+    peak_volume = np.asarray(peak_volume)
+    rows, members = [], []
+    for sign, mask in supra.items():
+        labels, n = ndimage.label(mask, structure=struct)
         if n == 0:
             continue
         index = np.arange(1, n + 1)
         sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
         peaks = ndimage.maximum_position(peak_volume * sign, labels=labels, index=index)
-        for size, peak in zip(sizes, peaks):
+        for lab, size, peak in zip(index, sizes, peaks):
             if size < min_size:
                 continue
             xyz = space.ijk_to_mm(np.asarray(peak))[0]
             rows.append({"sign": sign, "peak_x": xyz[0], "peak_y": xyz[1], "peak_z": xyz[2],
                          "peak_value": float(peak_volume[peak]), "n_voxels": int(size),
                          "size_mm3": float(size * voxel_mm3)})
-    table = pd.DataFrame(rows, columns=["sign", "peak_x", "peak_y", "peak_z", "peak_value",
-                                        "n_voxels", "size_mm3"])
+            if return_labels:
+                members.append(labels == lab)
+    table = pd.DataFrame(rows, columns=_TABLE_COLUMNS)
     table = table.sort_values(["n_voxels", "peak_value"], ascending=[False, False],
                               key=lambda c: c.abs() if c.name == "peak_value" else c)
+    order = table.index.to_numpy()
     table.insert(0, "cluster_id", np.arange(1, len(table) + 1))
-    return table.reset_index(drop=True)
+    table = table.reset_index(drop=True)
+    if not return_labels:
+        return table
+    label_volume = np.zeros(space.shape, dtype=np.int32)
+    for cluster_id, row in enumerate(order, start=1):
+        label_volume[members[row]] = cluster_id
+    return table, label_volume
+
+
+def _split_name(name: str) -> tuple[str, str] | None:
+    """``("z", "_corr-FWE_method-bonferroni")`` for ``"z_corr-FWE_method-bonferroni"``: the
+    kind and suffix of a corrected map's name, or None for other names."""
+    for kind in ("z", "logp", "p"):
+        if name.startswith(kind + "_"):
+            suffix = name[len(kind):]
+            if "_corr-" in suffix and "_corr-none" not in suffix:
+                return kind, suffix
+    return None
 
 
 class MetaResult:
@@ -202,21 +242,125 @@ class MetaResult:
                             coords={"map": names, "x": axes[0], "y": axes[1], "z": axes[2]},
                             name="maps", attrs=dict(self.attrs))
 
-    def get_table(self, name: str = "z", threshold: float = 3.1, min_size: int = 0,
-                  connectivity: int = 26, two_sided: bool = False,
-                  peak_map: str | None = None) -> pd.DataFrame:
-        """Cluster table of a map thresholded at ``threshold`` (see :func:`cluster_table`);
-        peaks are taken from ``peak_map`` when given (e.g. ``"z"`` for the clusters of a
-        corrected map)."""
+    def is_corrected(self, name: str) -> bool:
+        """Whether ``name`` is a corrected map (``{z,p,logp}_..._corr-...``) with a ``p`` or
+        ``logp`` map of the same correction in this result."""
+        split = _split_name(name)
+        return split is not None and any(kind + split[1] in self.maps for kind in ("p", "logp"))
+
+    def significant(self, name: str, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
+        """In-mask boolean vector: where the corrected p-value of map ``name`` is < ``alpha``.
+
+        ``name`` is any map of a correction (``z_...``, ``p_...`` or ``logp_...``, e.g.
+        ``z_desc-size_level-cluster_corr-FWE_method-montecarlo``); the p-value is read from
+        the correction's ``p_...`` map when the result has one (Bonferroni, FDR), else from
+        its ``logp_...`` map (``-log10(p) > -log10(alpha)``, in the map's precision, so a
+        p-value equal to ``alpha`` is not significant). The corrected ``z`` maps of
+        Bonferroni and FDR are two-tailed conversions of a one-sided p (as NiMARE's), so
+        ``z > 1.645`` would keep p up to 0.1: the p-value is the rule.
+        """
+        if (isinstance(alpha, bool) or not isinstance(alpha, numbers.Real)
+                or not 0 < alpha < 1):
+            raise DaskmetaError(f"alpha must be strictly between 0 and 1; got {alpha!r}")
+        split = _split_name(name)
+        if split is None:
+            raise DaskmetaError(
+                f"{name!r} is not a corrected map (named {{z,p,logp}}_..._corr-...); "
+                f"corrected maps here: {', '.join(self._corrected_names()) or 'none'}"
+            )
+        suffix = split[1]
+        if "p" + suffix in self.maps:
+            p = self._vector("p" + suffix)
+            return p < np.asarray(alpha, dtype=p.dtype if p.dtype.kind == "f" else float)
+        if "logp" + suffix in self.maps:
+            logp = self._vector("logp" + suffix)
+            dtype = logp.dtype if logp.dtype.kind == "f" else np.float64
+            return logp > -np.log10(np.asarray(alpha, dtype=dtype))
+        raise DaskmetaError(
+            f"no p or logp map of the correction of {name!r} (looked for 'p{suffix}' and "
+            f"'logp{suffix}'); available: {', '.join(self.map_names)}"
+        )
+
+    def _corrected_names(self) -> list[str]:
+        return [n for n in self.map_names if self.is_corrected(n)]
+
+    def _volume(self, name: str) -> np.ndarray:
         vol = np.zeros(self.space.shape)
         vol[self.space.mask] = self._vector(name)
-        peak_vol = None
-        if peak_map is not None:
-            peak_vol = np.zeros(self.space.shape)
-            peak_vol[self.space.mask] = self._vector(peak_map)
-        return cluster_table(vol, self.space, threshold, min_size=min_size,
-                             connectivity=connectivity, two_sided=two_sided,
-                             peak_volume=peak_vol)
+        return vol
+
+    def get_table(self, name: str = "z", threshold: float | None = None, min_size: int = 0,
+                  connectivity: int = DEFAULT_CONNECTIVITY, two_sided: bool = False,
+                  peak_map: str | None = None, alpha: float | None = None,
+                  return_labels: bool = False):
+        """Cluster table of a map (see :func:`cluster_table`).
+
+        Two rules decide which voxels form clusters:
+
+        - ``threshold``: voxels whose value in ``name`` is > ``threshold`` (and
+          < -``threshold`` when ``two_sided``); the default for uncorrected maps, at 3.1.
+        - ``alpha``: voxels whose *corrected* p-value is < ``alpha`` (see
+          :meth:`significant`), split by the sign of the map's ``z``; the default for
+          corrected maps, at 0.05. The table of a cluster-level corrected map then lists
+          exactly the clusters the correction tested and found significant (both use faces
+          connectivity), and Bonferroni and FDR tables hold only voxels with corrected
+          p < ``alpha``.
+
+        Parameters
+        ----------
+        name : str
+            The map.
+        threshold : float, optional
+            Value threshold (not with ``alpha``).
+        min_size : int
+            Smallest cluster kept, in voxels.
+        connectivity : {6, 18, 26}
+            Voxel neighbourhood (default faces, 6).
+        two_sided : bool
+            Also report negative clusters.
+        peak_map : str, optional
+            Map whose maximum in each cluster is its peak (default: the uncorrected ``z``
+            for tables by ``alpha``, else ``name``).
+        alpha : float, optional
+            Corrected p-value threshold for a corrected map (not with ``threshold``).
+        return_labels : bool
+            Also return an in-mask vector of each voxel's ``cluster_id`` (0 outside the
+            listed clusters).
+
+        Returns
+        -------
+        pandas.DataFrame, or (DataFrame, ndarray) with ``return_labels``
+        """
+        if threshold is not None and alpha is not None:
+            raise DaskmetaError("give get_table a threshold or an alpha, not both")
+        if threshold is None and alpha is None:
+            if self.is_corrected(name):
+                alpha = DEFAULT_ALPHA
+            else:
+                threshold = 3.1
+        if alpha is None:
+            vol = self._volume(name)
+            peak_vol = None if peak_map is None else self._volume(peak_map)
+            out = cluster_table(vol, self.space, threshold, min_size=min_size,
+                                connectivity=connectivity, two_sided=two_sided,
+                                peak_volume=peak_vol, return_labels=return_labels)
+        else:
+            keep = np.zeros(self.space.shape, dtype=bool)
+            keep[self.space.mask] = self.significant(name, alpha)
+            kind, suffix = _split_name(name)
+            sign_name = next((n for n in ("z" + suffix, "z") if n in self.maps), None)
+            if peak_map is None:
+                peak_map = "z" if "z" in self.maps else sign_name or name
+            sign_vol = np.ones(self.space.shape) if sign_name is None else self._volume(sign_name)
+            supra = {1: keep & (sign_vol > 0)}
+            if two_sided:
+                supra[-1] = keep & (sign_vol < 0)
+            out = _clusters(supra, self.space, self._volume(peak_map), min_size, connectivity,
+                            return_labels)
+        if not return_labels:
+            return out
+        table, labels = out
+        return table, labels[self.space.mask]
 
 
 def _jsonable(obj):

@@ -13,8 +13,8 @@ __all__ = ["run_cbma", "ESTIMATORS"]
 
 ESTIMATORS = ("ale", "mkda", "kda")
 
-#: One-sided z for p < 0.05: the threshold cluster tables of corrected maps use.
-_Z05 = 1.6448536269514722
+#: Corrected p-value of the tables and figures of corrected maps.
+_ALPHA = 0.05
 
 
 def _make_estimator(name: str, mask=None, fwhm=None, sample_size=None, r=None,
@@ -41,7 +41,7 @@ def _make_estimator(name: str, mask=None, fwhm=None, sample_size=None, r=None,
 def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_size=None,
              r=None, weighting=None, fwe: str = "montecarlo", n_iters: int = 10000,
              voxel_thresh: float = 0.001, seed: int | None = None, prefix: str = "",
-             select: str | None = None, threshold: float = 0.001, figures: bool = True,
+             select: str | None = None, label_threshold: float = 0.001, figures: bool = True,
              log=print) -> dict:
     """Fit a coordinate-based meta-analysis, correct it, and write everything to a folder.
 
@@ -51,7 +51,10 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
     dataset : Dataset
     out_dir : path-like
         Created if needed. Receives ``{prefix}_{map}.nii.gz`` maps, ``clusters.tsv``,
-        ``{map}.png`` figures and ``provenance.json``.
+        ``{map}.png`` figures and ``provenance.json``. The table of the corrected map lists
+        the clusters (faces connectivity) of voxels with corrected p < 0.05 (read from the
+        correction's p or logp map, not from its z map), with peaks in the uncorrected z;
+        the table of ``z`` uses z > 3.09 (uncorrected p < 0.001).
     mask, fwhm, sample_size, r, weighting
         Estimator options (see :mod:`daskmeta.estimators`).
     fwe : {"montecarlo", "bonferroni", "none"}
@@ -62,8 +65,8 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
         File name prefix of the maps.
     select : str, optional
         Label expression selecting experiments.
-    threshold : float
-        Label weight threshold of ``select``.
+    label_threshold : float
+        Label weight threshold of ``select`` (NiMARE's ``label_threshold``).
     figures : bool
         Write PNG figures.
     log : callable
@@ -82,7 +85,7 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
     out.mkdir(parents=True, exist_ok=True)
     log(f"fitting {type(est).__name__} on {dataset.n_experiments} experiments, "
         f"{dataset.n_foci} foci")
-    result = est.fit(dataset, select=select, label_threshold=threshold)
+    result = est.fit(dataset, select=select, label_threshold=label_threshold)
     table_map = None
     if fwe != "none":
         from daskmeta.correct import FWECorrector
@@ -100,8 +103,9 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
     paths = result.save_maps(out, prefix=prefix)
     tables = {}
     if table_map is not None:
-        # Clusters that survive correction, with their peaks in the uncorrected z map.
-        tables[table_map] = result.get_table(table_map, threshold=_Z05, peak_map="z")
+        # Clusters that survive correction (corrected p < 0.05), with their peaks in the
+        # uncorrected z map.
+        tables[table_map] = result.get_table(table_map, alpha=_ALPHA, peak_map="z")
     tables["z"] = result.get_table("z", threshold=3.09)  # uncorrected p < 0.001
     rows = []
     for name, table in tables.items():
@@ -120,7 +124,7 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
         z = result.get_map("z", return_type="array")
         figures_ = [("z", z, 3.09, "z (uncorrected p < 0.001)")]
         if table_map:
-            survives = result.get_map(table_map, return_type="array") > _Z05
+            survives = result.significant(table_map, alpha=_ALPHA)
             figures_.append((f"z_{fwe}-FWE", np.where(survives, z, 0.0), 0.0,
                              f"z in clusters surviving FWE correction ({fwe})"))
         for fname, values, thr, title in figures_:

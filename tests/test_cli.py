@@ -154,9 +154,53 @@ def test_mkda_on_neurosynth_topic(tmp_path, data_dir):
     with pytest.warns(DaskmetaWarning, match=r"134 of 35687 foci \(in 33 experiments\) lie "
                                              r"more than 10 mm outside the mask"):
         code = main(["mkda", str(data_dir / "neurosynth-v7"), "--out", str(out),
-                     "--select", "LDA50__32_pain_somatosensory_stimulation", "--threshold",
+                     "--select", "LDA50__32_pain_somatosensory_stimulation", "--label-threshold",
                      "0.05", "--fwe", "none", "--no-figures", "--mask", str(NIMARE_MASK),
                      "--workers", "1"])
     assert code == 0
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["estimator"] == "MKDADensity" and prov["n_experiments"] == 865
+
+
+@pytest.mark.parametrize(("flags", "expected", "deprecated"),
+                         [([], 0.001, False), (["--label-threshold", "0.2"], 0.2, False),
+                          (["--threshold", "0.3"], 0.3, True)])
+def test_label_threshold_and_its_deprecated_alias(tmp_path, monkeypatch, capsys, flags,
+                                                  expected, deprecated):
+    import daskmeta.cluster
+    import daskmeta.workflows
+
+    seen = {}
+
+    def run_cbma(*args, **kwargs):
+        seen.update(kwargs)
+        return {"tables": {}, "paths": []}
+
+    class FakeClient:
+        def scheduler_info(self):
+            return {}
+
+    monkeypatch.setattr(daskmeta.workflows, "run_cbma", run_cbma)
+    monkeypatch.setattr(daskmeta.cluster, "get_client", lambda *a, **k: FakeClient())
+    csv = tmp_path / "foci.csv"
+    csv.write_text("id,x,y,z\na,0,0,0\nb,10,10,10\n")
+    assert main(["mkda", str(csv), "--out", str(tmp_path / "o"), "--select", "x",
+                 *flags]) == 0
+    assert seen["label_threshold"] == expected and seen["select"] == "x"
+    err = capsys.readouterr().err.splitlines()
+    warning = ("daskmeta: warning: --threshold is deprecated; use --label-threshold (the "
+               "label weight threshold of --select)")
+    assert (warning in err) is deprecated
+    # Both at once is an error.
+    assert main(["mkda", str(csv), "--out", str(tmp_path / "o"), "--threshold", "0.1",
+                 "--label-threshold", "0.1"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "give --label-threshold only (--threshold is its deprecated name)")
+
+
+def test_help_names_label_threshold_only():
+    from daskmeta.cli import build_parser
+
+    text = build_parser()._subparsers._group_actions[0].choices["ale"].format_help()
+    assert "--label-threshold" in text
+    assert "--threshold" not in text.replace("--label-threshold", "")

@@ -144,7 +144,7 @@ def test_merge_unites_labels_by_name(small):
     np.testing.assert_array_equal(dense[4:], [[0, 0, 0.7, 0], [0, 0, 0, 0.4]])
     assert merged.n_foci == 5
     assert merged.name == "small + other"
-    assert merged.get_studies_by_label("itch", threshold=0.5) == ["d", "x"]
+    assert merged.get_studies_by_label("itch", label_threshold=0.5) == ["d", "x"]
     assert merged.get_studies_by_label("touch") == ["y"]
     with pytest.raises(DatasetError, match=r"cannot merge: both datasets hold ids a, b"):
         small.merge(small.slice(["a", "b"]))
@@ -172,8 +172,20 @@ def test_merge_unites_labels_by_name(small):
     ],
 )
 def test_label_expressions(small, expr, threshold, expected):
-    assert small.get_studies_by_label(expr, threshold=threshold) == expected
+    assert small.get_studies_by_label(expr, label_threshold=threshold) == expected
     assert small.label_mask(expr, threshold).tolist() == [i in expected for i in small.ids]
+
+
+def test_label_threshold_old_keyword_is_deprecated(small):
+    # NiMARE's Dataset.get_studies_by_label calls it label_threshold; "threshold" still works.
+    with pytest.warns(DeprecationWarning, match=r"Dataset.get_studies_by_label\(\.\.\., "
+                                                r"threshold=\.\.\.\) is deprecated; use "
+                                                r"label_threshold"):
+        assert small.get_studies_by_label("pain", threshold=0.1) == ["a"]
+    with pytest.warns(DeprecationWarning, match="Dataset.label_mask"):
+        assert small.label_mask("pain", threshold=0.1).tolist() == [True, False, False, False]
+    with pytest.raises(DatasetError, match="give label_threshold only"):
+        small.get_studies_by_label("pain", label_threshold=0.2, threshold=0.1)
 
 
 def test_label_matches_nimare_semantics(small):
@@ -182,7 +194,7 @@ def test_label_matches_nimare_semantics(small):
     for t in (0.001, 0.06, 0.2):
         keep = (dense[:, 0] >= t) & (dense[:, 1] >= t)
         expected = [i for i, k in zip(small.ids, keep, strict=True) if k]
-        assert small.get_studies_by_label("pain & heat", threshold=t) == expected
+        assert small.get_studies_by_label("pain & heat", label_threshold=t) == expected
 
 
 def test_unknown_label_suggests(small):

@@ -58,7 +58,7 @@ def test_neurosynth_counts(neurosynth):
 
 def test_neurosynth_pain_topic(neurosynth):
     assert PAIN in neurosynth.label_names
-    assert len(neurosynth.get_studies_by_label(PAIN, threshold=0.05)) == 865
+    assert len(neurosynth.get_studies_by_label(PAIN, label_threshold=0.05)) == 865
 
 
 def test_neurosynth_talairach_converted_unknown_kept(neurosynth):

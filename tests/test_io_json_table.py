@@ -102,7 +102,7 @@ def test_json_spaces_sample_size_metadata_and_labels(tmp_path):
     )
     assert ds.metadata.set_index("id").loc["s1-a", "authors"] == "X"
     assert ds.label_names == ["pain", "heat"]
-    assert ds.get_studies_by_label("heat", threshold=0.5) == ["s1-b"]
+    assert ds.get_studies_by_label("heat", label_threshold=0.5) == ["s1-b"]
     assert ds.get_studies_by_label("pain | heat") == ["s1-a", "s1-b"]
 
 

@@ -23,7 +23,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "daskmeta"
 # imports only from its own layer and the layers below. A new module goes in the set of the
 # layer it belongs to.
 LAYERS = {
-    0: {"exceptions", "_version", "_stats", "_labels", "_rows", "_docs", "space", "cluster"},
+    0: {"exceptions", "_version", "_stats", "_labels", "_rows", "_docs", "space", "cluster",
+        "config"},
     1: {"dataset", "io", "results", "storage"},
     2: {"kernels", "_combine", "_pass", "collection", "simulate"},
     3: {"estimators", "montecarlo", "correct", "decode"},

@@ -51,7 +51,9 @@ def test_cluster_table_hand_computed(box_space):
     assert len(diag.get_table("z", 3.0, connectivity=6)) == 2
     neg = MetaResult({"z": -d}, box_space)
     assert len(neg.get_table("z", 3.0)) == 0
-    two = neg.get_table("z", 3.0, two_sided=True)
+    two = neg.get_table("z", 3.0, two_sided=True)  # faces by default: two clusters
+    assert two["sign"].tolist() == [-1, -1] and two["peak_value"].tolist() == [-4.0, -4.0]
+    two = neg.get_table("z", 3.0, two_sided=True, connectivity=26)
     assert two["sign"].tolist() == [-1] and two["peak_value"].tolist() == [-4.0]
 
 

@@ -17,30 +17,18 @@ import dask.array as da
 import numpy as np
 from scipy import sparse
 
+from daskmeta import config
 from daskmeta._pass import ROWS_PER_SUM_TASK, StoredRows, has_foci, pass_graph, selection_rows
 from daskmeta._version import __version__
 from daskmeta.cluster import compute
 from daskmeta.exceptions import DaskmetaError, DatasetError
 from daskmeta.space import TAL2MNI_METHOD
 
-__all__ = ["FIT_MANY_MEMORY", "FIT_MANY_SELECTIONS_PER_TASK", "fit_many"]
+__all__ = ["FIT_MANY_SELECTIONS_PER_TASK", "fit_many"]
 
 #: Selections whose maps one fit_many task computes (and writes).
 FIT_MANY_SELECTIONS_PER_TASK = 16
-#: Default bytes the sums of one fit_many pass may take (sets the group size); set the dask
-#: config key ``daskmeta.fit-many.memory`` (e.g. ``"4GB"``) to change it.
-FIT_MANY_MEMORY = 2_000_000_000
 _MANY_DTYPES = {"stat": np.float64, "p": np.float64, "z": np.float64, "logp": np.float32}
-
-
-def _config_bytes(key: str, default: int) -> int:
-    """A byte count from ``dask.config`` (a number or a string such as ``"4GB"``)."""
-    value = dask.config.get(key, default)
-    try:
-        return int(dask.utils.parse_bytes(value) if isinstance(value, str) else value)
-    except (TypeError, ValueError):
-        raise DaskmetaError(f"dask config {key}={value!r} is not a byte count (e.g. "
-                            "'4GB')") from None
 
 
 def _finalize_selections(estimator, sums, summaries, jobs, n_voxels: int, target):
@@ -158,7 +146,7 @@ def fit_many(estimator, collection, selections, label_threshold: float = 0.001, 
     n_vox = space.n_voxels
     if group_size is None:
         # Each thread's running sum, finished partial sums and their tree sum.
-        memory = _config_bytes("daskmeta.fit-many.memory", FIT_MANY_MEMORY)
+        memory = config.get_bytes("fit-many.memory")
         group_size = max(1, int(memory // (n_vox * acc_dtype.itemsize * 6)))
     attrs = {"estimator": type(estimator).__name__, "daskmeta_version": __version__,
              **kernel.describe(), **space.describe(), "collection": str(collection.path),

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 
-import dask
 import numpy as np
 
 from daskmeta._docs import fill_doc
@@ -42,7 +41,7 @@ from daskmeta._pass import (
 from daskmeta._stats import nullhist_maps
 from daskmeta.estimators.base import Estimator, non_negative, positive_int
 from daskmeta.exceptions import DaskmetaError
-from daskmeta.kernels import DEFAULT_CHUNK_EXPERIMENTS, DEFAULT_MASK_MARGIN
+from daskmeta.kernels import DEFAULT_MASK_MARGIN
 from daskmeta.space import TAL2MNI_METHOD, resolve_space
 
 __all__ = ["CBMAEstimator", "default_chunk_size"]
@@ -50,11 +49,9 @@ __all__ = ["CBMAEstimator", "default_chunk_size"]
 
 def default_chunk_size() -> int:
     """Rows per block of reads from a store: the dask config ``daskmeta.chunk-size`` (64)."""
-    value = dask.config.get("daskmeta.chunk-size", DEFAULT_CHUNK_EXPERIMENTS)
-    if not positive_int(value):
-        raise DaskmetaError(f"dask config daskmeta.chunk-size must be a positive integer; got "
-                            f"{value!r}")
-    return int(value)
+    from daskmeta import config
+
+    return config.get_positive_int("chunk-size")
 
 
 @fill_doc

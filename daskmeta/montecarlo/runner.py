@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import dask
 import numpy as np
 
-from daskmeta.cluster import active_client, compute
+from daskmeta.cluster import compute, scheduler_client
 from daskmeta.exceptions import DaskmetaError
 from daskmeta.montecarlo.models import NullModel, Summary
 
@@ -25,8 +25,8 @@ __all__ = ["DEFAULT_BATCH_SIZE", "MonteCarloNulls", "batch_bounds", "batch_seed"
            "default_batch_size", "null_to_p", "run_batch", "run_montecarlo",
            "threshold_relative_se"]
 
-#: Iterations per batch (one Dask task) when neither ``batch_size`` nor the dask config
-#: setting ``daskmeta.montecarlo.batch-size`` says otherwise.
+#: Iterations per batch (one Dask task) by default (the packaged value of the dask config
+#: setting ``daskmeta.montecarlo.batch-size``).
 DEFAULT_BATCH_SIZE = 100
 #: Early stopping checks the Monte Carlo error after rounds of about this fraction of the
 #: batches (at least one batch per round).
@@ -35,15 +35,9 @@ _ROUND_FRACTION = 0.1
 
 def default_batch_size() -> int:
     """Iterations per batch: the dask config ``daskmeta.montecarlo.batch-size`` (100)."""
-    value = dask.config.get("daskmeta.montecarlo.batch-size", DEFAULT_BATCH_SIZE)
-    try:
-        value = int(value)
-    except (TypeError, ValueError):
-        value = 0
-    if value < 1:
-        raise DaskmetaError("dask config daskmeta.montecarlo.batch-size must be a positive "
-                            f"integer; got {dask.config.get('daskmeta.montecarlo.batch-size')!r}")
-    return value
+    from daskmeta import config
+
+    return config.get_positive_int("montecarlo.batch-size")
 
 
 def batch_seed(seed: int, batch: int) -> np.random.SeedSequence:
@@ -198,7 +192,7 @@ def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
     seed = int(seed)
     bounds = batch_bounds(n_iters, batch_size)
     rounds = _round_plan(len(bounds), early_stop)
-    client = active_client()
+    client = scheduler_client()
     if progress is None:
         progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
     token = dask.base.tokenize(model.token, summary.token)
