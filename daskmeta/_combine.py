@@ -30,7 +30,8 @@ import numpy as np
 
 from daskmeta.exceptions import DaskmetaError
 
-__all__ = ["CombineContext", "combine", "combine_context", "value_bins"]
+__all__ = ["CombineContext", "combine", "combine_context", "foci_in_reach", "support_reach",
+           "value_bins"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -312,11 +313,18 @@ def elementwise_values(func, values: np.ndarray) -> np.ndarray:
     return out[0, 1:].astype(np.float64)
 
 
-def _build_context(mask, k_start, k_offsets, k_values, func) -> CombineContext:
+def support_reach(k_offsets) -> int:
+    """How many voxels the supports reach from their focus along any axis."""
+    k_offsets = np.asarray(k_offsets)
+    return int(np.abs(k_offsets).max()) if k_offsets.size else 0
+
+
+def _build_context(mask, k_start, k_offsets, k_values, func, extra_pad: int = 0
+                   ) -> CombineContext:
     shape = mask.shape
     nonzero = k_values != 0  # zeros in a support add nothing and are not MA values
-    reach = int(np.abs(k_offsets).max()) if k_offsets.size else 0
-    pad = max(1, reach)
+    # Foci lie up to extra_pad voxels off the grid: the padding holds their whole supports.
+    pad = max(1, support_reach(k_offsets) + int(extra_pad))
     pshape = tuple(int(s) + 2 * pad for s in shape)
     n_voxels = int(mask.sum())
     lut = np.full(pshape, -1, dtype=np.int32)
@@ -370,9 +378,12 @@ _CONTEXT_LOCK = threading.Lock()
 _MAX_CONTEXTS = 4
 
 
-def combine_context(token: str, mask, k_start, k_offsets, k_values, func) -> CombineContext:
+def combine_context(token: str, mask, k_start, k_offsets, k_values, func,
+                    extra_pad: int = 0) -> CombineContext:
     """The :class:`CombineContext` of a mask, supports and ``f``, built once per process
-    (cached under ``token``, which must name all of them)."""
+    (cached under ``token``, which must name all of them). ``extra_pad``: how far (voxels)
+    foci may lie off the grid; foci must lie within it (see :func:`foci_in_reach`)."""
+    token = f"{token}-{int(extra_pad)}"
     with _CONTEXT_LOCK:
         ctx = _CONTEXTS.get(token)
         if ctx is not None:
@@ -380,12 +391,26 @@ def combine_context(token: str, mask, k_start, k_offsets, k_values, func) -> Com
             return ctx
     ctx = _build_context(np.asarray(mask, dtype=bool), np.asarray(k_start, dtype=np.int64),
                          np.asarray(k_offsets, dtype=np.int32).reshape(-1, 3),
-                         np.asarray(k_values, dtype=np.float32), func)
+                         np.asarray(k_values, dtype=np.float32), func, extra_pad)
     with _CONTEXT_LOCK:
         _CONTEXTS[token] = ctx
         while len(_CONTEXTS) > _MAX_CONTEXTS:
             _CONTEXTS.popitem(last=False)
     return ctx
+
+
+def foci_in_reach(focus_ijk, shape, reach: int) -> tuple[np.ndarray, int]:
+    """Which foci (voxel indices, on or off the grid) can touch the grid, and how far off the
+    grid the farthest of them lies (the ``extra_pad`` of :func:`combine_context`). A focus
+    more than ``reach`` voxels off the grid along any axis touches no voxel of it."""
+    ijk = np.asarray(focus_ijk, dtype=np.int64).reshape(-1, 3)
+    if len(ijk) == 0:
+        return np.zeros(0, dtype=bool), 0
+    below = np.maximum(0, -ijk)
+    above = np.maximum(0, ijk - (np.asarray(shape, dtype=np.int64) - 1))
+    off = np.maximum(below, above).max(axis=1)
+    keep = off <= reach
+    return keep, int(off[keep].max(initial=0))
 
 
 def run_combine(ctx: CombineContext, focus_base, row_start, row_kernel, add_mode: bool,
