@@ -30,8 +30,8 @@ import numpy as np
 
 from daskmeta.exceptions import DaskmetaError
 
-__all__ = ["CombineContext", "combine", "combine_context", "foci_in_reach", "support_reach",
-           "value_bins"]
+__all__ = ["CombineContext", "combine", "combine_context", "combine_rows", "foci_in_reach",
+           "identity", "support_reach", "value_bins"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -468,3 +468,52 @@ def run_combine(ctx: CombineContext, focus_base, row_start, row_kernel, add_mode
     if not want:
         return acc, None, None
     return acc, hist, row_max[:n_rows]
+
+
+def identity(block):
+    """``f`` of plain MA values (the dense MA rows of :meth:`KernelPlan.fill`)."""
+    return block
+
+
+def _plan_reach(plan):
+    """``(foci in reach of the grid, extra padding)`` of a plan, computed once per plan."""
+    cached = plan.__dict__.get("_reach")
+    if cached is None:
+        cached = foci_in_reach(plan.focus_ijk, plan.shape, support_reach(plan.k_offsets))
+        plan.__dict__["_reach"] = cached
+    return cached
+
+
+def combine_rows(plan, rows, func, func_name: str, weights, acc_dtype=np.float64,
+                 hist_inv_step=None, acc=None):
+    """:func:`run_combine` of some rows of a kernel plan.
+
+    Parameters
+    ----------
+    plan : KernelPlan
+    rows : (n,) int array
+        Rows of the plan, in the order of the weights' columns.
+    func : callable
+        Elementwise ``f`` of MA values; ``func_name`` names it (context cache).
+    weights : sparse (n_selections, n) matrix
+    acc_dtype, hist_inv_step, acc
+        As :func:`run_combine`.
+    """
+    in_reach, extra = _plan_reach(plan)
+    ctx = combine_context(f"{plan.support_token}-{func_name}", plan.mask, plan.k_start,
+                          plan.k_offsets, plan.k_values, func, extra)
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = plan.row_start[rows]
+    counts = plan.row_start[rows + 1] - starts
+    ends = np.cumsum(counts)
+    take = np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64) + np.repeat(
+        starts - (ends - counts), counts)
+    keep = in_reach[take]
+    if not keep.all():  # foci too far off the grid to touch it add nothing
+        counts = np.bincount(np.repeat(np.arange(len(rows)), counts)[keep],
+                             minlength=len(rows))
+        take = take[keep]
+    row_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return run_combine(ctx, ctx.focus_base(plan.focus_ijk[take]), row_start,
+                       plan.row_kernel[rows], plan.mode == 2, weights, plan.n_voxels,
+                       acc_dtype, hist_inv_step, acc)

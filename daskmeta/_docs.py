@@ -15,7 +15,7 @@ DOCS = {
     "mask_margin": """mask_margin : float
     Foci whose nearest voxel lies more than this many mm outside the mask are dropped with
     one warning (default 10; ``float("inf")`` keeps every focus).""",
-    "chunk_size": """chunk_size : int
+    "chunk_size": """chunk_size : int, optional
     Experiments per block when MA rows are read from a store (default: the dask config
     ``daskmeta.chunk-size``, 64).""",
     "null_method": """null_method : {"approximate"}

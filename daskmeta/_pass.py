@@ -24,7 +24,7 @@ import dask
 import numpy as np
 from scipy import sparse
 
-from daskmeta._combine import combine_context, foci_in_reach, run_combine, support_reach
+from daskmeta._combine import combine_rows
 from daskmeta._rows import add_rows_by_selection
 from daskmeta.cluster import compute, scheduler_client, tree_sum
 from daskmeta.exceptions import DaskmetaError, DatasetError
@@ -160,20 +160,12 @@ class KernelRows:
         self.plan = plan
         self.func = func
         self.hist_inv_step = hist_inv_step
+        self.func_name = func_name
         self.token = dask.base.tokenize(plan.token, func_name, hist_inv_step)
-        self.context_token = dask.base.tokenize(plan.support_token, func_name)
 
     @property
     def n_voxels(self) -> int:
         return self.plan.n_voxels
-
-    def context(self):
-        plan = self.plan
-        if "_extra_pad" not in self.__dict__:
-            keep, extra = foci_in_reach(plan.focus_ijk, plan.shape, support_reach(plan.k_offsets))
-            self._in_reach, self._extra_pad = keep, extra
-        return combine_context(self.context_token, plan.mask, plan.k_start, plan.k_offsets,
-                               plan.k_values, self.func, self._extra_pad)
 
     def split(self, rows: np.ndarray) -> list[tuple[int, int]]:
         """Cut ``rows`` into tasks of about :data:`KERNEL_WORK_PER_TASK` updates."""
@@ -191,28 +183,12 @@ class KernelRows:
 
     def reduce(self, rows, weights, reduction, acc_dtype, with_summaries: bool):
         """``weights @ f(MA rows)`` and, if asked, the rows' summaries (runs in a task)."""
-        plan = self.plan
-        ctx = self.context()
-        rows = np.asarray(rows, dtype=np.int64)
-        starts = plan.row_start[rows]
-        counts = plan.row_start[rows + 1] - starts
-        row_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        take = np.concatenate([np.arange(a, a + n) for a, n in zip(starts, counts)]
-                              or [np.zeros(0, np.int64)]).astype(np.int64)
-        reach = self._in_reach[take]
-        if not reach.all():  # foci too far off the grid to touch it add nothing
-            row_of = np.repeat(np.arange(len(rows)), counts)
-            take = take[reach]
-            counts = np.bincount(row_of[reach], minlength=len(rows))
-            row_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        focus_base = ctx.focus_base(plan.focus_ijk[take])
-        total, hist, row_max = run_combine(
-            ctx, focus_base, row_start, plan.row_kernel[rows], plan.mode == 2,
-            weights, plan.n_voxels, acc_dtype,
+        total, hist, row_max = combine_rows(
+            self.plan, rows, self.func, self.func_name, weights, acc_dtype,
             self.hist_inv_step if with_summaries else None)
         if not with_summaries:
             return total, []
-        return total, reduction._summaries_from_hist(hist, row_max, plan.n_voxels)
+        return total, reduction._summaries_from_hist(hist, row_max, self.plan.n_voxels)
 
 
 class StoredRows:

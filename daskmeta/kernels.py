@@ -1,8 +1,9 @@
 """Kernels: foci -> modeled-activation (MA) rows over the in-mask voxels.
 
 A kernel's :meth:`~Kernel.transform` gives the experiment x voxel MA matrix as a lazy dask
-array chunked by experiments; each chunk is filled by compiled (numba) code that walks the
-kernel's support around each focus, so nothing loops in Python per focus or per voxel.
+array chunked by experiments; each chunk is filled by the compiled MA combine that fits and
+Monte Carlo nulls use too (:mod:`daskmeta._combine`: supports stamped as runs of in-mask
+voxels), so nothing loops in Python per focus or per voxel.
 
 The values equal NiMARE 0.22.1's bit for bit (float32, NiMARE's ``DEFAULT_FLOAT_DTYPE``): the
 ALE kernel is the same cropped Gaussian, the spheres the same voxel offsets.
@@ -16,7 +17,6 @@ from functools import lru_cache
 
 import dask
 import dask.array as da
-import numba
 import numpy as np
 from scipy import ndimage
 
@@ -76,37 +76,6 @@ def _sphere_offsets(r: float, zooms: tuple) -> np.ndarray:
     cube = np.vstack([row.ravel() for row in np.mgrid[tuple(slices)].astype(np.int32)])
     inside = np.sum(np.dot(np.diag(vox), cube) ** 2, axis=0) ** 0.5 <= r
     return np.ascontiguousarray(cube[:, inside].T, dtype=np.int32)
-
-
-@numba.njit(cache=True, nogil=True)
-def _fill_chunk(out, focus_row, focus_ijk, focus_kernel, k_start, k_offsets, k_values,
-                shape, flat_to_masked, mode):
-    """Write MA values of the given foci into ``out`` (rows x in-mask voxels).
-
-    mode 0: max over overlapping foci (ALE); 1: set (MKDA, binary); 2: add (KDA, counts).
-    """
-    sx, sy, sz = shape[0], shape[1], shape[2]
-    for f in range(focus_row.shape[0]):
-        row = focus_row[f]
-        i0, j0, k0 = focus_ijk[f, 0], focus_ijk[f, 1], focus_ijk[f, 2]
-        kid = focus_kernel[f]
-        for o in range(k_start[kid], k_start[kid + 1]):
-            x = i0 + k_offsets[o, 0]
-            y = j0 + k_offsets[o, 1]
-            z = k0 + k_offsets[o, 2]
-            if x < 0 or y < 0 or z < 0 or x >= sx or y >= sy or z >= sz:
-                continue
-            col = flat_to_masked[(x * sy + y) * sz + z]
-            if col < 0:
-                continue
-            v = k_values[o]
-            if mode == 0:
-                if v > out[row, col]:
-                    out[row, col] = v
-            elif mode == 1:
-                out[row, col] = v
-            else:
-                out[row, col] += v
 
 
 @dataclass
@@ -209,13 +178,16 @@ class KernelPlan:
         return top
 
     def fill(self, start: int, stop: int) -> np.ndarray:
-        """Dense float32 MA rows ``start:stop`` (one chunk)."""
-        out = np.zeros((stop - start, self.n_voxels), dtype=MA_DTYPE)
-        a, b = self.row_start[start], self.row_start[stop]
-        if b > a:
-            _fill_chunk(out, self.focus_row[a:b] - start, self.focus_ijk[a:b],
-                        self.focus_kernel[a:b], self.k_start, self.k_offsets, self.k_values,
-                        self.shape, self.flat_to_masked, self.mode)
+        """Dense float32 MA rows ``start:stop`` (one chunk), by the compiled combine that fits
+        and Monte Carlo nulls use (:mod:`daskmeta._combine`)."""
+        from scipy import sparse
+
+        from daskmeta._combine import combine_rows, identity
+
+        n = stop - start
+        each = sparse.csc_matrix((np.ones(n), (np.arange(n), np.arange(n))), shape=(n, n))
+        out, _, _ = combine_rows(self, np.arange(start, stop), identity, "identity", each,
+                                 MA_DTYPE)
         return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from daskmeta._docs import fill_doc
 from daskmeta._rows import add_entries_by_selection
 from daskmeta.estimators._reductions import entry_histograms, nonzero_entries
 from daskmeta.estimators.cbma import CBMAEstimator
@@ -204,6 +205,7 @@ def ale_null_histogram(row_hists, n_voxels: int, bin_centers: np.ndarray,
                      float(n_voxels), bin_centers, inv_step, bool(drop_subnormal))
 
 
+@fill_doc
 class ALE(CBMAEstimator):
     """Activation likelihood estimation.
 
@@ -216,16 +218,12 @@ class ALE(CBMAEstimator):
     ----------
     kernel_transformer : ALEKernel, optional
         Default ``ALEKernel()`` (FWHM from each experiment's sample size).
-    null_method : {"approximate"}
-        Null for voxel-wise p-values.
-    mask : str, image or Space, optional
-        Analysis mask (default: nilearn's MNI152 2 mm brain mask).
-    mask_margin : float
-        Foci more than this many mm outside the mask are dropped with a warning (default 10).
-    chunk_size : int
-        Experiments per chunk of the MA matrix.
-    **kwargs
-        Kernel parameters as ``kernel__fwhm``, ``kernel__sample_size``.
+    %(null_method)s
+    %(mask)s
+    %(mask_margin)s
+    %(chunk_size)s
+    %(kernel_kwargs)s
+        ALE's: ``kernel__fwhm``, ``kernel__sample_size``.
     """
 
     _kernel_cls = ALEKernel

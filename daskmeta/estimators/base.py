@@ -168,10 +168,12 @@ class Estimator:
         self._check_fitted()
         snap = copy.copy(self)
         snap.__dict__ = dict(self.__dict__)
-        for name in self._get_param_names():
-            value = getattr(self, name)
-            if not isinstance(value, str | numbers.Number | type(None) | type):
-                setattr(snap, name, copy.deepcopy(value))
+        for name, value in self.__dict__.items():
+            # Kernels and containers of parameters (kernel__* keywords) are copied; other
+            # objects (a mask's Space) are treated as immutable.
+            if not name.endswith("_") and (hasattr(value, "get_params")
+                                           or isinstance(value, dict | list)):
+                snap.__dict__[name] = copy.deepcopy(value)
         for name, value in self._fitted_state().items():
             setattr(snap, name, _frozen(value))
         snap._is_snapshot = True

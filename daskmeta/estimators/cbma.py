@@ -380,8 +380,7 @@ class CBMAEstimator(Estimator):
             "input_hash": self.dataset_.fingerprint(),
             "n_experiments": self.plan_.n_rows,
             "n_foci": int(len(self.plan_.focus_row)),
-            **{k: (v if isinstance(v, str | float) else ", ".join(v))
-               for k, v in self.selection_.items()},
+            **self.selection_,
         })
         if getattr(self, "collection_", None) is not None:
             out["collection"] = str(self.collection_.path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from daskmeta._docs import fill_doc
 from daskmeta._stats import round_half_away
 from daskmeta.estimators.cbma import CBMAEstimator
 from daskmeta.exceptions import DaskmetaError, DatasetError
@@ -74,6 +75,7 @@ def _weighted_null(weights, prop_active, bin_centers):
     return current
 
 
+@fill_doc
 class MKDADensity(CBMAEstimator):
     """MKDA density: the (weighted) number of experiments with a focus within ``r`` mm.
 
@@ -88,9 +90,11 @@ class MKDADensity(CBMAEstimator):
         normalised to sum to the number of experiments, as NiMARE.
     n_histogram_bins : int
         Grid of the weighted null.
-    mask, mask_margin, chunk_size, **kwargs
-        As :class:`~daskmeta.estimators.ALE` (kernel parameters ``kernel__r``,
-        ``kernel__value``).
+    %(mask)s
+    %(mask_margin)s
+    %(chunk_size)s
+    %(kernel_kwargs)s
+        MKDA's: ``kernel__r``, ``kernel__value``.
     """
 
     _kernel_cls = MKDAKernel
@@ -134,6 +138,7 @@ class MKDADensity(CBMAEstimator):
         return bins, hist
 
 
+@fill_doc
 class KDA(CBMAEstimator):
     """Kernel density analysis (Wager et al., 2004): the sum of sphere counts.
 
@@ -143,9 +148,12 @@ class KDA(CBMAEstimator):
     ----------
     kernel_transformer : KDAKernel, optional
         Default ``KDAKernel(r=10, value=1)``.
-    null_method : {"approximate"}
-    mask, mask_margin, chunk_size, **kwargs
-        As :class:`~daskmeta.estimators.ALE`.
+    %(null_method)s
+    %(mask)s
+    %(mask_margin)s
+    %(chunk_size)s
+    %(kernel_kwargs)s
+        KDA's: ``kernel__r``, ``kernel__value``.
     """
 
     _kernel_cls = KDAKernel
