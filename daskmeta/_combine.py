@@ -500,6 +500,7 @@ def combine_rows(plan, rows, func, func_name: str, weights, acc_dtype=np.float64
         As :func:`run_combine`.
     """
     in_reach, extra = _plan_reach(plan)
+    # The key FociNull uses too: fits and nulls of one process share the tables.
     ctx = combine_context(f"{plan.support_token}-{func_name}", plan.mask, plan.k_start,
                           plan.k_offsets, plan.k_values, func, extra)
     rows = np.asarray(rows, dtype=np.int64)

@@ -355,9 +355,9 @@ class CBMAEstimator(Estimator):
                 "experiment weights"
             )
         light = self._light_copy()
-        return FociNull(plan, weights, light._block_values,
-                        f"{self._func_name()}:{sorted(self.get_params(deep=False).items())!r}",
-                        stat=stat if stat is not None else light._stat, sampler=sampler)
+        return FociNull(plan, weights, light._block_values, self._func_name(),
+                        stat=stat if stat is not None else light._stat, sampler=sampler,
+                        params=repr(sorted(self.get_params(deep=True).items())))
 
     # -- many selections -------------------------------------------------------------------
     def fit_many(self, collection, selections, label_threshold: float = 0.001, store=None,

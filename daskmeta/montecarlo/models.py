@@ -235,7 +235,10 @@ class FociNull(NullModel):
     func : callable
         The estimator's elementwise ``f`` of MA values (``_block_values``).
     func_name : str
-        Names ``func`` and ``stat`` (the estimator class and parameters).
+        Names ``func`` (the estimator class: ``f`` depends on nothing else), so fits and
+        nulls of one process share the combine's lookup tables.
+    params : str
+        Names everything else the statistic depends on (the estimator's parameters).
     stat : {"ale", "identity"} or callable
         The statistic from the weighted sum: built in (computed in compiled code, fused with
         the summary), or the estimator's own ``_stat`` (a Python function of the float64
@@ -244,7 +247,8 @@ class FociNull(NullModel):
         Where foci go (default uniform).
     """
 
-    def __init__(self, plan, weights, func, func_name: str, stat="identity", sampler=None):
+    def __init__(self, plan, weights, func, func_name: str, stat="identity", sampler=None,
+                 params: str = ""):
         self.shape = tuple(int(s) for s in plan.shape)
         mask = plan.mask
         self.mask_bits = np.packbits(mask.reshape(-1))
@@ -263,9 +267,10 @@ class FociNull(NullModel):
         self.func = func
         self.stat = stat
         self.sampler = sampler if sampler is not None else UniformFoci()
-        self.context_token = dask.base.tokenize(plan.support_token, func_name)
+        self.context_token = f"{plan.support_token}-{func_name}"
         self.token = dask.base.tokenize(self.context_token, self.row_start, self.row_kernel,
-                                        self.weights, self.add_mode, func_name,
+                                        self.weights, self.add_mode, func_name, params,
+                                        stat if isinstance(stat, str) else "python",
                                         self.sampler.token())
 
     @property
