@@ -232,10 +232,10 @@ def _read_input(path, unknown_space: str = "error"):
         from daskmeta.collection import Collection
 
         return Collection.open(p)
-    if unknown_space != "error":
+    if unknown_space != "error" and p.exists():
         from daskmeta.io._registry import _guess_format
 
-        if p.exists() and _guess_format(p).name == "nimare-json":
+        if _guess_format(p).name == "nimare-json":
             return read(p, unknown_space=unknown_space)
         raise DaskmetaError(f"--unknown-space {unknown_space} applies to NiMARE JSON input; "
                             f"{path} is not one")

@@ -360,7 +360,11 @@ def prepare_cbma(estimator: str, data, out_dir, *, mask=None, fwhm=None, sample_
         dataset, space, margin = collection.dataset, collection.space, collection.mask_margin
     else:
         dataset, space, margin = data, resolve_space(mask), float(est.mask_margin)
-    rows = selection_rows(dataset, select, label_threshold, has_foci(dataset))
+    try:
+        rows = selection_rows(dataset, select, label_threshold, has_foci(dataset))
+    except RecursionError:
+        raise DaskmetaError(f"the label expression is nested too deeply: "
+                            f"{str(select)[:40]}...") from None
     if len(rows) == 0:
         raise DatasetError(f"{getattr(dataset, 'name', None) or 'the input'} has no "
                            "experiment with foci")

@@ -78,3 +78,30 @@ def test_nulls_do_not_depend_on_the_window(fitted, model, monkeypatch, per_threa
     assert got.values["exceedances"].dtype == want["exceedances"].dtype
     assert np.array_equal(got.values["exceedances"], want["exceedances"])
     assert want["exceedances"].sum() > 0
+
+
+def test_losing_the_worker_that_holds_the_model_changes_nothing(scheduler_and_workers, model):
+    """Under a Client the null model is sent once and referred to by every batch; when the
+    worker holding it dies, the scheduler makes it again and the nulls are the same."""
+    import logging
+    import os
+    import signal
+
+    client, workers = scheduler_and_workers
+    pid_of = client.run(os.getpid)
+    killed = {}
+
+    def on_batch(batch, n_done):
+        if n_done == 2:
+            holders = {addr for key, addrs in client.who_has().items()
+                       if str(key).startswith("montecarlo-model-") for addr in addrs}
+            victim = next(w for w in workers if pid_of[sorted(holders)[0]] == w.pid)
+            killed["pid"] = victim.pid
+            os.kill(victim.pid, signal.SIGKILL)
+
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    maxima = montecarlo.MaxStatistic()
+    got = montecarlo.run_montecarlo(model, maxima, 60, 3, 5, progress=False, on_batch=on_batch)
+    assert killed
+    want = _reference(model, maxima, 60, 3, 5)
+    assert np.array_equal(got.max_stat, want["max_stat"])

@@ -326,6 +326,10 @@ def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
     model_d = dask.delayed(model, name=f"montecarlo-model-{token}", traverse=False)
     summary_d = dask.delayed(summary, name=f"montecarlo-summary-{token}", traverse=False)
     run = dask.delayed(run_batch, pure=True)
+    if client is not None:
+        # Sent to the scheduler once, then referred to by every batch submitted (their
+        # tasks stay on the scheduler, so a copy lost with a worker is made again).
+        model_d, summary_d = client.compute([model_d, summary_d])
 
     def submit(b: int):
         size = min(batch_size, n_iters - b * batch_size)
