@@ -1,7 +1,9 @@
 """The ``daskmeta`` command line.
 
-Errors about the input print as one line (``daskmeta: error: ...``) with exit status 2; a
-traceback appears only with ``--debug``. Warnings print as one line too (``daskmeta: warning:
+Errors about the input or the options print as one line (``daskmeta: error: ...``) with exit
+status 2, before any cluster starts or any file is written when an option is at fault;
+unexpected errors print as one line too (exit status 1). A traceback appears only with
+``--debug``. Warnings print as one line too (``daskmeta: warning:
 ...``, with the category for warnings other than :class:`~daskmeta.DaskmetaWarning`); with
 ``--debug``, in Python's format (file and line).
 """
@@ -18,6 +20,21 @@ from daskmeta._version import __version__
 from daskmeta.exceptions import DaskmetaError, DaskmetaWarning
 
 __all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (``daskmeta: error: ...``, exit status 2)."""
+
+    def error(self, message):
+        text = " ".join(str(message).split())
+        self.exit(2, f"daskmeta: error: {text} (see {self.prog} --help)\n")
+
+
+#: Most Monte Carlo iterations the command accepts (the nulls then hold 240 MB).
+MAX_N_ITERS = 10_000_000
+#: Embedded local cluster: at most this many worker processes per core.
+_WORKERS_PER_CORE = 4
+_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
 
 
 def _log(msg: str) -> None:
@@ -38,21 +55,32 @@ def _add_cluster_options(p):
                    help="address of a running Dask scheduler (tcp://host:port); default: "
                         "$DASK_SCHEDULER_ADDRESS, else an embedded local cluster")
     g.add_argument("--workers", type=int, metavar="N",
-                   help="worker processes of the embedded local cluster (default: cores, <= 4)")
+                   help="worker processes of the embedded local cluster (default: cores, <= 4; "
+                        f"at most {_WORKERS_PER_CORE} per core)")
+
+
+def _add_space_option(p):
+    p.add_argument("--unknown-space", choices=["error", "warn"], default="error",
+                   help="NiMARE JSON input: a coordinate space that is neither MNI nor "
+                        "Talairach (e.g. 'Dog') is refused (error, the default), or warned "
+                        "about and read as MNI, untransformed, as NiMARE does (warn)")
 
 
 def _add_cbma_parser(sub, name, help_text):
     p = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument("input", help="Sleuth text, NiMARE JSON, foci table (CSV/TSV), a daskmeta "
-                                 "dataset (.zip) or a Neurosynth/NeuroQuery directory")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+                                 "dataset (.zip), a Neurosynth/NeuroQuery directory, or a "
+                                 "collection store (daskmeta ingest) of this method's kernel")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (every file is written inside it)")
     p.add_argument("--mask", metavar="IMG", help="mask image (default: MNI152 2 mm brain mask)")
     if name == "ale":
-        p.add_argument("--fwhm", type=float, help="fixed kernel FWHM in mm")
+        p.add_argument("--fwhm", type=float, help="fixed kernel FWHM in mm (0 < F <= 100)")
         p.add_argument("--sample-size", type=float,
                        help="fixed sample size for every experiment's kernel")
     else:
-        p.add_argument("--radius", type=float, default=None, help="sphere radius in mm (10)")
+        p.add_argument("--radius", type=float, default=None,
+                       help="sphere radius in mm (10; 0 < R <= 100)")
     if name == "mkda":
         p.add_argument("--weighting", choices=["sample_size"], default=None,
                        help="weight experiments by sqrt(sample size)")
@@ -66,18 +94,22 @@ def _add_cbma_parser(sub, name, help_text):
     g = p.add_argument_group("correction")
     g.add_argument("--fwe", choices=["montecarlo", "bonferroni", "none"], default="montecarlo",
                    help="family-wise error correction (default: montecarlo)")
-    g.add_argument("--n-iters", type=int, default=10000, help="Monte Carlo iterations (10000)")
+    g.add_argument("--n-iters", type=int, default=10000,
+                   help=f"Monte Carlo iterations (10000; 1 to {MAX_N_ITERS:,})")
     g.add_argument("--voxel-thresh", type=float, default=0.001,
-                   help="cluster-forming p threshold (0.001)")
-    g.add_argument("--seed", type=int, default=None, help="Monte Carlo seed")
-    p.add_argument("--prefix", default="", help="prefix of output file names")
+                   help="cluster-forming p threshold (0.001; 0 < p < 1)")
+    g.add_argument("--seed", type=int, default=None, help="Monte Carlo seed (0 to 2**63 - 1)")
+    p.add_argument("--prefix", default=None,
+                   help="prefix of every output file name (letters, digits, '_', '.', '+', "
+                        "'=', '-'; no path separators)")
     p.add_argument("--no-figures", action="store_true", help="do not write PNG figures")
+    _add_space_option(p)
     _add_cluster_options(p)
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="daskmeta",
         description="Neuroimaging meta-analysis at whole-database scale, on Dask.",
     )
@@ -144,6 +176,7 @@ def _add_ingest_parser(sub):
                         "whatever it is")
     p.add_argument("--overwrite", action="store_true",
                    help="delete an existing store at PATH and build it again")
+    _add_space_option(p)
     g = p.add_argument_group("Dask")
     g.add_argument("--scheduler", metavar="ADDR",
                    help="address of a running Dask scheduler (tcp://host:port; its workers "
@@ -164,25 +197,137 @@ def _run_fetch(args) -> None:
 
 def _run_cbma(args) -> None:
     from daskmeta.cluster import get_client
-    from daskmeta.io import read
-    from daskmeta.workflows import run_cbma
+    from daskmeta.workflows import input_provenance, prepare_cbma
 
     t0 = time.perf_counter()
     label_threshold = _label_threshold(args)
-    dataset = read(args.input)
-    _log(f"read {args.input}: {dataset}")
-    client = get_client(args.scheduler, n_workers=args.workers)
-    _log(f"Dask: {client.scheduler_info().get('address', '?')} with "
-         f"{len(client.scheduler_info().get('workers', {}))} workers")
-    out = run_cbma(
-        args.command, dataset, args.out, mask=args.mask,
+    _check_cbma_options(args, label_threshold)
+    data = _read_input(args.input, args.unknown_space)
+    _log(f"read {args.input}: {data}")
+    # Everything is checked (selection, kernel against a store, the foci the mask keeps,
+    # output names) before the cluster starts or a file is written.
+    job = prepare_cbma(
+        args.command, data, args.out, mask=args.mask,
         fwhm=getattr(args, "fwhm", None), sample_size=getattr(args, "sample_size", None),
         r=getattr(args, "radius", None), weighting=getattr(args, "weighting", None),
         fwe=args.fwe, n_iters=args.n_iters, voxel_thresh=args.voxel_thresh, seed=args.seed,
-        prefix=args.prefix, select=args.select, label_threshold=label_threshold,
-        figures=not args.no_figures, log=_log,
+        prefix=args.prefix or "", select=args.select, label_threshold=label_threshold,
+        figures=not args.no_figures,
+        provenance={**input_provenance(args.input), "command_line": args.command_line},
     )
+    client = get_client(args.scheduler, n_workers=args.workers)
+    _log(f"Dask: {client.scheduler_info().get('address', '?')} with "
+         f"{len(client.scheduler_info().get('workers', {}))} workers")
+    out = job.run(log=_log)
     _report(out, args.out, t0)
+
+
+def _read_input(path, unknown_space: str = "error"):
+    """The input: a collection store (a directory with zarr.json), else a Dataset read by
+    :func:`daskmeta.io.read` (``unknown_space`` goes to the NiMARE JSON reader)."""
+    from daskmeta.io import read
+
+    p = Path(path)
+    if p.is_dir() and (p / "zarr.json").is_file():
+        from daskmeta.collection import Collection
+
+        return Collection.open(p)
+    if unknown_space != "error" and p.exists():
+        from daskmeta.io._registry import _guess_format
+
+        if _guess_format(p).name == "nimare-json":
+            return read(p, unknown_space=unknown_space)
+        raise DaskmetaError(f"--unknown-space {unknown_space} applies to NiMARE JSON input; "
+                            f"{path} is not one")
+    return read(p)
+
+
+def _bad(option: str, value, allowed: str) -> DaskmetaError:
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return DaskmetaError(f"{option} must be {allowed}; got {shown}")
+
+
+def _check_int(value, option: str, low: int, high: int | None = None) -> None:
+    if value is None:
+        return
+    if value < low or (high is not None and value > high):
+        span = f"from {low:,} to {high:,}" if high is not None else f">= {low:,}"
+        raise _bad(option, value, f"an integer {span}")
+
+
+def _check_number(value, option: str, low: float, high: float, what: str) -> None:
+    import math
+
+    if value is not None and not (math.isfinite(value) and low < value <= high):
+        raise _bad(option, value, what)
+
+
+def _check_workers(args) -> None:
+    import os
+
+    cores = os.cpu_count() or 1
+    _check_int(args.workers, "--workers", 1, max(4, _WORKERS_PER_CORE * cores))
+
+
+def _check_scheduler(address, option: str) -> None:
+    """A scheduler address that distributed can parse: ``scheme://host:port``."""
+    if not address:
+        return
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, loc = parse_address(address, strict=False)
+        if scheme not in _SCHEMES:
+            raise ValueError(f"scheme {scheme!r} is not one of {', '.join(_SCHEMES)}")
+        host, port = parse_host_port(loc)
+        if not host or not 0 < int(port) < 65536:
+            raise ValueError("give a host and a port from 1 to 65535")
+    except (ValueError, TypeError) as exc:
+        detail = " ".join(str(exc).split())[:120]
+        raise _bad(option, address, f"a Dask scheduler address such as tcp://host:8786 "
+                                    f"({detail})") from None
+
+
+def _check_dask_options(args) -> None:
+    import os
+
+    _check_workers(args)
+    _check_scheduler(args.scheduler, "--scheduler")
+    if not args.scheduler:
+        _check_scheduler(os.environ.get("DASK_SCHEDULER_ADDRESS"), "DASK_SCHEDULER_ADDRESS")
+
+
+def _check_out(out) -> None:
+    p = Path(out)
+    if str(out) == "" or (p.exists() and not p.is_dir()):
+        raise _bad("--out", str(out), "a folder (created if needed), not a file")
+
+
+def _check_cbma_options(args, label_threshold: float) -> None:
+    """Every option of ale/mkda/kda, before any input is read or cluster started: one
+    line naming the option, the value and what is allowed."""
+    from daskmeta.workflows import MAX_KERNEL_MM, check_prefix
+
+    _check_int(args.n_iters, "--n-iters", 1, MAX_N_ITERS)
+    _check_int(args.seed, "--seed", 0, 2**63 - 1)
+    if not 0 < args.voxel_thresh < 1:  # NaN fails too
+        raise _bad("--voxel-thresh", args.voxel_thresh, "a p-value strictly between 0 and 1")
+    _check_number(label_threshold, "--label-threshold", float("-inf"), float("inf"),
+                  "a finite number")
+    mm = f"a number of mm in (0, {MAX_KERNEL_MM:g}]"
+    _check_number(getattr(args, "fwhm", None), "--fwhm", 0.0, MAX_KERNEL_MM, mm)
+    _check_number(getattr(args, "radius", None), "--radius", 0.0, MAX_KERNEL_MM, mm)
+    _check_number(getattr(args, "sample_size", None), "--sample-size", 0.0, float("inf"),
+                  "a positive number")
+    if (getattr(args, "fwhm", None) is not None
+            and getattr(args, "sample_size", None) is not None):
+        raise DaskmetaError("give --fwhm or --sample-size, not both")
+    if args.prefix is not None:
+        if args.prefix == "":
+            raise _bad("--prefix", "", "a non-empty file-name prefix when given")
+        check_prefix(args.prefix, "--prefix")
+    _check_out(args.out)
+    _check_dask_options(args)
 
 
 def _label_threshold(args) -> float:
@@ -214,6 +359,18 @@ def _ingest_kernel(args):
     return cls() if args.radius is None else cls(r=_num(args.radius))
 
 
+def _check_ingest_numbers(args) -> None:
+    from daskmeta.workflows import MAX_KERNEL_MM
+
+    mm = f"a number of mm in (0, {MAX_KERNEL_MM:g}]"
+    _check_number(args.fwhm, "--fwhm", 0.0, MAX_KERNEL_MM, mm)
+    _check_number(args.radius, "--radius", 0.0, MAX_KERNEL_MM, mm)
+    _check_number(args.sample_size, "--sample-size", 0.0, float("inf"), "a positive number")
+    if args.mask_margin is not None and not args.mask_margin >= 0:  # inf keeps every focus
+        raise _bad("--mask-margin", args.mask_margin, "a number of mm >= 0 (or inf)")
+    _check_int(args.rows_per_shard, "--rows-per-shard", 1, 1 << 20)
+
+
 def _ingest_sources(source) -> list:
     path = Path(source)
     if path.is_dir():
@@ -226,7 +383,7 @@ def _run_ingest(args) -> None:
 
     from daskmeta import config
     from daskmeta.collection import Collection
-    from daskmeta.io import read
+    from daskmeta.dataset import Dataset
     from daskmeta.kernels import DEFAULT_MASK_MARGIN
 
     t0 = time.perf_counter()
@@ -234,10 +391,13 @@ def _run_ingest(args) -> None:
     if args.rows_per_shard is not None and args.rows_per_shard < 1:
         raise DaskmetaError(f"--rows-per-shard must be a positive integer; got "
                             f"{args.rows_per_shard}")
-    if args.workers is not None and args.workers < 1:
-        raise DaskmetaError(f"--workers must be a positive integer; got {args.workers}")
+    _check_ingest_numbers(args)
+    _check_dask_options(args)
     rows_per_shard = args.rows_per_shard or config.get_positive_int("collection.rows-per-shard")
-    dataset = read(args.source)
+    dataset = _read_input(args.source, args.unknown_space)
+    if not isinstance(dataset, Dataset):
+        raise DaskmetaError(f"{args.source} is a collection store; ingest reads a dataset "
+                            "(Sleuth, NiMARE JSON, a foci table, Neurosynth/NeuroQuery)")
     _log(f"read {args.source}: {dataset}")
     if args.scheduler or args.workers or os.environ.get("DASK_SCHEDULER_ADDRESS"):
         from daskmeta.cluster import get_client
@@ -279,32 +439,44 @@ def _report(out, out_dir, t0) -> None:
 def _run_demo(args) -> None:
     from daskmeta import simulate
     from daskmeta.cluster import get_client
+    from daskmeta.results import atomic_write
     from daskmeta.space import resolve_space
     from daskmeta.workflows import run_cbma
 
     t0 = time.perf_counter()
+    _check_int(args.n_experiments, "--n-experiments", 1, 10_000)
+    _check_int(args.n_iters, "--n-iters", 1, MAX_N_ITERS)
+    _check_int(args.seed, "--seed", 0, 2**63 - 1)
+    _check_out(args.out)
+    _check_dask_options(args)
     space = resolve_space(args.mask)
     sim = simulate.coordinates(n_experiments=args.n_experiments, seed=args.seed, space=space)
     _log(f"simulated {sim.dataset} around {len(sim.true_sites)} true sites (seed {args.seed})")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sim.dataset.save(out_dir / "simulated_dataset.zip")
+    atomic_write(out_dir / "simulated_dataset.zip", sim.dataset.save)
     client = get_client(args.scheduler, n_workers=args.workers)
     _log(f"Dask: local cluster with {len(client.scheduler_info().get('workers', {}))} workers")
     out = run_cbma("ale", sim.dataset, out_dir, mask=space, fwe="montecarlo",
-                   n_iters=args.n_iters, seed=args.seed, log=_log)
+                   n_iters=args.n_iters, seed=args.seed, log=_log,
+                   provenance={"command_line": args.command_line})
     import pandas as pd
 
     sites = pd.DataFrame(sim.true_sites, columns=["x", "y", "z"])
-    sites.to_csv(out_dir / "true_sites.tsv", sep="\t", index=False)
+    atomic_write(out_dir / "true_sites.tsv",
+                 lambda tmp: sites.to_csv(tmp, sep="\t", index=False))
     _log("true sites: " + "; ".join(f"({x:g}, {y:g}, {z:g})" for x, y, z in sim.true_sites))
     _report(out, out_dir, t0)
 
 
 def main(argv=None) -> int:
     """Entry point of the ``daskmeta`` command."""
+    import shlex
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["daskmeta", *argv])
     # Warnings print (on stderr) as one line, for this run only; callers recording warnings
     # (warnings.catch_warnings(record=True), pytest.warns) still receive them.
     formatwarning = warnings.formatwarning
@@ -319,19 +491,20 @@ def main(argv=None) -> int:
             _run_ingest(args)
         else:
             _run_cbma(args)
-    except DaskmetaError as exc:
+    except (DaskmetaError, OSError) as exc:  # the input, the options, unwritable output, ...
         if args.debug:
             raise
-        print(f"daskmeta: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # unreadable input, unwritable output folder, ...
-        if args.debug:
-            raise
-        print(f"daskmeta: error: {exc}", file=sys.stderr)
+        print(f"daskmeta: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("daskmeta: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, or a case no check foresaw: still one line
+        if args.debug:
+            raise
+        print(f"daskmeta: error: unexpected {type(exc).__name__}: {_one_line(exc)} (run "
+              "with --debug for the traceback)", file=sys.stderr)
+        return 1
     finally:
         from daskmeta.cluster import close_client
 
@@ -340,6 +513,11 @@ def main(argv=None) -> int:
         finally:
             warnings.formatwarning = formatwarning
     return 0
+
+
+def _one_line(exc: BaseException, limit: int = 500) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 if __name__ == "__main__":

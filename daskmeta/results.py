@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import numbers
 from pathlib import Path
@@ -14,7 +15,8 @@ from scipy import ndimage
 from daskmeta.exceptions import DaskmetaError
 from daskmeta.space import Space
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_CONNECTIVITY", "MetaResult", "cluster_table"]
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_CONNECTIVITY", "MetaResult", "cluster_table",
+           "decode_attrs", "JSON_ATTRS"]
 
 _CONNECTIVITY = {6: 1, 18: 2, 26: 3}
 #: Voxel neighbourhood of cluster tables by default: faces (6), as the cluster-level Monte
@@ -22,6 +24,9 @@ _CONNECTIVITY = {6: 1, 18: 2, 26: 3}
 DEFAULT_CONNECTIVITY = 6
 #: Corrected p-value at which the tables of corrected maps are cut by default.
 DEFAULT_ALPHA = 0.05
+#: The attribute of :meth:`MetaResult.to_xarray` arrays that lists (as a JSON list) the
+#: attributes stored as JSON text; :func:`decode_attrs` reads them back.
+JSON_ATTRS = "daskmeta_json_attrs"
 _TABLE_COLUMNS = ["sign", "peak_x", "peak_y", "peak_z", "peak_value", "n_voxels", "size_mm3"]
 
 
@@ -208,28 +213,39 @@ class MetaResult:
     def save_maps(self, output_dir=".", prefix: str = "", names=None) -> list[Path]:
         """Write maps as NIfTI files ``{prefix}_{name}.nii.gz`` (NiMARE's naming).
 
+        Each file is written to a temporary name in ``output_dir`` and renamed into place,
+        so a reader never sees half a file. ``prefix`` and map names must be plain file
+        names (no path separators, no ``..``): every file lands in ``output_dir``.
+
         Returns the written paths.
         """
         out = Path(output_dir)
+        names = list(names or self.map_names)
+        targets = [output_path(out, f"{prefix}_{name}.nii.gz" if prefix else f"{name}.nii.gz")
+                   for name in names]
         out.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for name in names or self.map_names:
-            fname = f"{prefix}_{name}.nii.gz" if prefix else f"{name}.nii.gz"
+        for name, target in zip(names, targets, strict=True):
             img = self.get_map(name)
-            img.to_filename(str(out / fname))
-            paths.append(out / fname)
-        return paths
+            atomic_write(target, lambda tmp, img=img: img.to_filename(str(tmp)))
+        return targets
 
     def save_provenance(self, path) -> Path:
-        """Write the attributes (parameters, provenance) as JSON."""
+        """Write the attributes (parameters, provenance) as JSON (atomically)."""
         path = Path(path)
-        path.write_text(json.dumps(_jsonable(dict(self.attrs)), indent=1, sort_keys=True))
+        text = json.dumps(_jsonable(dict(self.attrs)), indent=1, sort_keys=True)
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         return path
 
     def to_xarray(self, names=None) -> xr.DataArray:
         """The maps as one 4-D array ``(map, x, y, z)`` with mm coordinates on ``x``, ``y``,
         ``z`` (NaN outside the mask), for xarray-native use: ``res.to_xarray().sel(map="z")``.
-        Requires an axis-aligned affine."""
+        Requires an axis-aligned affine.
+
+        The array writes as it is with ``to_netcdf`` and ``to_zarr``: attributes that are
+        not a string, a float or an integer of 32 bits (the affine, the mask's shape, a
+        64-bit seed, True/False, None) are stored as JSON text, and the attribute
+        ``daskmeta_json_attrs`` lists them; :func:`decode_attrs` gives the attributes back
+        as :attr:`attrs` holds them."""
         aff = self.space.affine
         if not np.allclose(aff[:3, :3], np.diag(np.diag(aff[:3, :3]))):
             raise DaskmetaError("to_xarray needs an axis-aligned (diagonal) affine")
@@ -239,8 +255,9 @@ class MetaResult:
         for i, name in enumerate(names):
             vol[i][self.space.mask] = self._vector(name)
         return xr.DataArray(vol, dims=("map", "x", "y", "z"),
-                            coords={"map": names, "x": axes[0], "y": axes[1], "z": axes[2]},
-                            name="maps", attrs=dict(self.attrs))
+                            coords={"map": np.array(names, dtype=object), "x": axes[0],
+                                    "y": axes[1], "z": axes[2]},
+                            name="maps", attrs=_encode_attrs(dict(self.attrs)))
 
     def is_corrected(self, name: str) -> bool:
         """Whether ``name`` is a corrected map (``{z,p,logp}_..._corr-...``) with a ``p`` or
@@ -361,6 +378,95 @@ class MetaResult:
             return out
         table, labels = out
         return table, labels[self.space.mask]
+
+
+def output_path(directory, name: str) -> Path:
+    """``directory / name`` for a file name that stays in ``directory``.
+
+    Raises
+    ------
+    DaskmetaError
+        If ``name`` is empty, holds a path separator or a NUL, or is ``.`` / ``..`` (or
+        starts with ``..``): such a name would write outside the folder, or nowhere.
+    """
+    import os
+
+    seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if (not isinstance(name, str) or not name or name in (".", "..") or name.startswith("..")
+            or any(sep in name for sep in seps) or "\0" in name):
+        raise DaskmetaError(f"output file name {name!r} is not a plain file name (no path "
+                            f"separators, no '..'): it would not be written inside "
+                            f"{str(directory)!r}")
+    return Path(directory) / name
+
+
+def atomic_write(path, write) -> Path:
+    """Write a file through a temporary file in its folder, renamed into place
+    (:func:`os.replace`): a crash never leaves half a file under the final name, and an
+    existing symbolic link at ``path`` is replaced, not followed.
+
+    Parameters
+    ----------
+    path : path-like
+        The final file.
+    write : callable
+        ``write(tmp_path)`` writes the content to ``tmp_path`` (which keeps ``path``'s
+        suffixes, so writers that choose the format by extension still do).
+    """
+    import os
+    import uuid
+
+    path = Path(path)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    # A fresh name the writer creates itself (so the file gets the usual permissions).
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp{suffix}"
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _nc_scalar(value) -> bool:
+    """Whether an attribute value writes as itself to netCDF (classic, via scipy) and Zarr."""
+    if isinstance(value, bool | np.bool_):
+        return False
+    if isinstance(value, str):
+        return True
+    if isinstance(value, float | np.floating):
+        return True
+    if isinstance(value, int | np.integer):
+        return -(2**31) <= int(value) < 2**31
+    return False
+
+
+def _encode_attrs(attrs: dict) -> dict:
+    out, encoded = {}, []
+    for key, value in attrs.items():
+        value = _jsonable(value)
+        if _nc_scalar(value):
+            out[key] = value
+        else:
+            out[key] = json.dumps(value)
+            encoded.append(key)
+    if encoded:
+        out[JSON_ATTRS] = json.dumps(encoded)
+    return out
+
+
+def decode_attrs(attrs: dict) -> dict:
+    """The attributes of an array from :meth:`MetaResult.to_xarray` (e.g. read back with
+    ``xarray.open_dataarray`` or ``xarray.open_zarr``) as the result held them: the ones
+    listed in ``daskmeta_json_attrs`` decoded from JSON."""
+    attrs = dict(attrs)
+    names = json.loads(attrs.pop(JSON_ATTRS, "[]"))
+    for key in names:
+        if key in attrs:
+            attrs[key] = json.loads(attrs[key])
+    return {k: _jsonable(v) for k, v in attrs.items()}
 
 
 def _jsonable(obj):

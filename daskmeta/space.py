@@ -7,6 +7,7 @@ order (the order :func:`numpy.nonzero` gives), the same order NiMARE and nilearn
 from __future__ import annotations
 
 import hashlib
+import re
 from functools import cached_property
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import numpy as np
 
 from daskmeta.exceptions import DaskmetaError
 
-__all__ = ["Space", "mni2tal", "tal2mni", "normalize_space_name", "resolve_space", "TAL2MNI_METHOD"]
+__all__ = ["Space", "mni2tal", "tal2mni", "normalize_space_name", "parse_space_name",
+           "resolve_space", "TAL2MNI_METHOD"]
 
 #: Lancaster et al. (2007) ``tal2icbm_other`` (the transform for data normalized with
 #: templates other than SPM's or FSL's), inverted to go from Talairach to MNI. This is the
@@ -30,39 +32,108 @@ _ICBM_OTHER = np.array(
 )
 TAL2MNI_METHOD = "lancaster2007_icbm_other"
 
-_SPACE_ALIASES = {
-    "mni": "MNI",
-    "mni152": "MNI",
-    "icbm": "MNI",
-    "tal": "TAL",
-    "talairach": "TAL",
-    "unknown": "UNKNOWN",
+# Space names are read word by word (lower case; words are runs of letters and digits):
+# the first word names the space, the others may only qualify it (a resolution, a template
+# variant, filler words) or say where the coordinates came from ("tal (from mni)" is
+# Talairach, "MNI, converted from Talairach" is MNI). A name that mentions the other space
+# in any other way ("mni2tal", "MNI to TAL"), or holds a word not listed here, is not
+# recognised: guessing would put coordinates in the wrong space without a word.
+_SPACE_WORDS = {
+    "MNI": {"mni", "mni152", "mni305", "icbm", "icbm152", "ale"},  # ale_2mm: NiMARE's template
+    "TAL": {"tal", "talairach", "talairach88", "tt88"},
 }
+_QUALIFIERS = {
+    "MNI": {"nlin", "lin", "linear", "nonlinear", "asym", "sym", "template", "152", "2009a",
+            "2009c", "6asym", "2009casym", "colin27", "avg152", "t1"},
+    "TAL": {"male", "female", "scaled", "88", "1988", "tournoux", "daemon"},
+}
+_FILLERS = {"space", "coordinates", "coordinate", "coords", "standard", "stereotaxic",
+            "stereotactic", "atlas", "brain", "the", "and", "mm"}
+_DERIVATION = {"from", "converted", "transformed", "transform", "transformation", "via",
+               "using", "with", "by", "lancaster", "brett", "icbm2tal", "mni2tal", "tal2icbm",
+               "tal2mni", "other"}
+_RESOLUTION = re.compile(r"\d+(mm)?")
+_UNKNOWN_NAMES = {"unknown"}
+_ALLOWED_TEXT = ("MNI (e.g. MNI, MNI152, mni152_2mm, ale_2mm, ICBM), TAL (e.g. TAL, "
+                 "Talairach, TAL_male, talairach_scaled, 'tal (from mni)'), UNKNOWN (treated "
+                 "as MNI)")
 
 
-def normalize_space_name(name: object, where: str = "") -> str:
+def parse_space_name(name: object) -> str | None:
+    """The canonical name (``"MNI"``, ``"TAL"`` or ``"UNKNOWN"``) of a space label, or None
+    if it is not recognised.
+
+    The first word names the space (``mni``, ``mni152``, ``icbm``, ``ale`` as in NiMARE's
+    ``ale_2mm``; ``tal``, ``talairach``); the other words may give a resolution (``2mm``),
+    a template variant (``TAL_male``, ``talairach_scaled``, ``MNI152NLin`` written apart),
+    filler words (``space``, ``coordinates``) or an origin after ``from`` (``tal (from
+    mni)`` is Talairach). Anything else, including a name that mentions the other space
+    without ``from`` (``mni2tal``), is not recognised. ``unknown`` is ``"UNKNOWN"``.
+    """
+    if not isinstance(name, str):
+        return None
+    key = name.strip().lower()
+    if key in _UNKNOWN_NAMES:
+        return "UNKNOWN"
+    if key.upper() in ("MNI", "TAL"):
+        return key.upper()
+    words = re.findall(r"[a-z0-9]+", key)
+    if not words or not key.isascii():
+        return None
+    space = next((s for s, first in _SPACE_WORDS.items() if words[0] in first), None)
+    if space is None:
+        return None
+    other = "TAL" if space == "MNI" else "MNI"
+    seen_from = False
+    for word in words[1:]:
+        if word == "from":
+            seen_from = True
+        if (word in _SPACE_WORDS[space] or word in _QUALIFIERS[space] or word in _FILLERS
+                or word in _DERIVATION or _RESOLUTION.fullmatch(word)):
+            continue
+        if word in _SPACE_WORDS[other] and seen_from:
+            continue
+        return None
+    return space
+
+
+def normalize_space_name(name: object, where: str = "", unknown: str = "error") -> str:
     """Return the canonical name (``"MNI"``, ``"TAL"`` or ``"UNKNOWN"``) of a space label.
 
     Parameters
     ----------
     name : object
-        A space label such as ``"MNI"``, ``"Talairach"`` or ``"tal"``.
+        A space label such as ``"MNI"``, ``"Talairach"``, ``"tal"``, ``"mni152_2mm"`` or
+        ``"TAL_male"`` (see :func:`parse_space_name` for the names recognised).
     where : str
         Context for the error message (file, line, experiment).
+    unknown : {"error", "warn"}
+        What to do with a label that is not recognised: raise, or warn (one
+        :class:`~daskmeta.DaskmetaWarning`) and return ``"UNKNOWN"`` (coordinates taken as
+        MNI, as NiMARE leaves coordinates of spaces it does not recognise).
 
     Raises
     ------
     DaskmetaError
-        If the label is not a known space.
+        If the label is not a known space (with ``unknown="error"``).
     """
-    key = str(name).strip().lower()
-    if key in _SPACE_ALIASES:
-        return _SPACE_ALIASES[key]
+    if unknown not in ("error", "warn"):
+        raise DaskmetaError(f"unknown must be 'error' or 'warn'; got {unknown!r}")
+    canon = parse_space_name(name)
+    if canon is not None:
+        return canon
     prefix = f"{where}: " if where else ""
-    raise DaskmetaError(
-        f"{prefix}unknown coordinate space {name!r}; allowed: MNI (mni, mni152, icbm), "
-        "TAL (talairach, tal), UNKNOWN (treated as MNI)"
-    )
+    shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+    if unknown == "warn":
+        import warnings
+
+        from daskmeta.exceptions import DaskmetaWarning
+
+        warnings.warn(f"{prefix}coordinate space {shown} is neither MNI nor Talairach; its "
+                      "coordinates are taken as MNI (recorded as UNKNOWN)", DaskmetaWarning,
+                      stacklevel=2)
+        return "UNKNOWN"
+    raise DaskmetaError(f"{prefix}unknown coordinate space {shown}; allowed: {_ALLOWED_TEXT}")
 
 
 def tal2mni(xyz: np.ndarray) -> np.ndarray:

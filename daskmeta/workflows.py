@@ -1,139 +1,448 @@
-"""End-to-end workflows: fit, correct, and write maps, cluster tables, figures, provenance."""
+"""End-to-end workflows: fit, correct, and write maps, cluster tables, figures, provenance.
+
+:func:`prepare_cbma` checks everything a run needs (options, the selection, the kernel
+against a collection's, the foci the mask keeps, the output names) without computing or
+writing anything; :meth:`CBMAJob.run` fits, corrects and writes; :func:`run_cbma` does
+both.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import numbers
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from daskmeta.exceptions import DaskmetaError
+from daskmeta.exceptions import DaskmetaError, DatasetError
+from daskmeta.results import atomic_write, output_path
 
-__all__ = ["run_cbma", "ESTIMATORS"]
+__all__ = ["run_cbma", "prepare_cbma", "CBMAJob", "ESTIMATORS", "check_prefix",
+           "input_provenance", "MAX_KERNEL_MM"]
 
 ESTIMATORS = ("ale", "mkda", "kda")
 
 #: Corrected p-value of the tables and figures of corrected maps.
 _ALPHA = 0.05
+#: Largest ALE FWHM and (M)KDA radius accepted, in mm: wider kernels cover the whole brain
+#: (and a radius of 1e9 mm would need more memory than exists).
+MAX_KERNEL_MM = 100.0
+#: A prefix: a letter, digit or underscore, then those, '.', '+', '=' or '-'; no '..'.
+_PREFIX = re.compile(r"\w[\w.+=-]*")
+_MAX_PREFIX = 100
+
+
+def check_prefix(prefix, what: str = "prefix") -> str:
+    """A file-name prefix checked to keep every output inside the output folder.
+
+    Parameters
+    ----------
+    prefix : str
+        ``""`` for none; else a plain file-name prefix: letters, digits, ``_``, ``.``,
+        ``+``, ``=``, ``-`` (starting with a letter, digit or ``_``), no ``..``, at most 100
+        characters.
+    what : str
+        The name of the option in the error message.
+
+    Raises
+    ------
+    DaskmetaError
+        Naming the option, the value and what is allowed.
+    """
+    if prefix == "":
+        return ""
+    if (not isinstance(prefix, str) or len(prefix) > _MAX_PREFIX
+            or not _PREFIX.fullmatch(prefix) or ".." in prefix):
+        shown = repr(prefix) if len(repr(prefix)) <= 60 else repr(prefix)[:57] + "..."
+        raise DaskmetaError(
+            f"{what} must be a plain file-name prefix (letters, digits, '_', '.', '+', '=', "
+            f"'-', starting with a letter, digit or '_'; no path separators, no '..'; at "
+            f"most {_MAX_PREFIX} characters); got {shown}"
+        )
+    return prefix
+
+
+def _positive_mm(value, name: str, limit: float = MAX_KERNEL_MM):
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value) or not 0 < value <= limit):
+        raise DaskmetaError(f"{name} must be a number of mm in (0, {limit:g}]; got {value!r}")
+    return float(value)
 
 
 def _make_estimator(name: str, mask=None, fwhm=None, sample_size=None, r=None,
-                    weighting=None):
+                    weighting=None, mask_margin=None):
     from daskmeta.estimators import ALE, KDA, MKDADensity
 
+    extra = {} if mask_margin is None else {"mask_margin": mask_margin}
     if name == "ale":
         if fwhm is not None and sample_size is not None:
             raise DaskmetaError("give --fwhm or --sample-size, not both")
+        if r is not None:
+            raise DaskmetaError("a radius applies to mkda and kda, not ale (use --fwhm or "
+                                "--sample-size)")
         kw = {}
         if fwhm is not None:
-            kw["kernel__fwhm"] = float(fwhm)
+            kw["kernel__fwhm"] = _positive_mm(fwhm, "fwhm")
         if sample_size is not None:
+            if (isinstance(sample_size, bool) or not isinstance(sample_size, numbers.Real)
+                    or not math.isfinite(sample_size) or sample_size <= 0):
+                raise DaskmetaError(f"sample_size must be a positive number; got "
+                                    f"{sample_size!r}")
             kw["kernel__sample_size"] = float(sample_size)
-        return ALE(mask=mask, **kw)
-    kw = {} if r is None else {"kernel__r": float(r)}
+        return ALE(mask=mask, **kw, **extra)
+    if name not in ESTIMATORS:
+        raise DaskmetaError(f"unknown estimator {name!r}; allowed: {', '.join(ESTIMATORS)}")
+    if fwhm is not None or sample_size is not None:
+        raise DaskmetaError(f"fwhm and sample_size apply to ale, not {name} (use a radius)")
+    kw = {} if r is None else {"kernel__r": _positive_mm(r, "r")}
     if name == "mkda":
-        return MKDADensity(mask=mask, weighting=weighting, **kw)
-    if name == "kda":
-        return KDA(mask=mask, **kw)
-    raise DaskmetaError(f"unknown estimator {name!r}; allowed: {', '.join(ESTIMATORS)}")
+        return MKDADensity(mask=mask, weighting=weighting, **kw, **extra)
+    if weighting is not None:
+        raise DaskmetaError(f"weighting applies to mkda, not {name}")
+    return KDA(mask=mask, **kw, **extra)
+
+
+def _check_collection(est, name: str, collection, mask, fwhm, sample_size, r) -> None:
+    """The estimator's kernel options against the kernel a collection's maps were built
+    with (the fit would refuse a mismatch only after the cluster started)."""
+    kernel = collection.kernel
+    want = est._kernel_cls
+    if type(kernel) is not want:
+        raise DaskmetaError(
+            f"the collection {collection.path} holds MA maps of {kernel!r}; {name} needs "
+            f"{want.__name__} maps (build one with: daskmeta ingest SOURCE --kernel {name} "
+            "--store PATH)"
+        )
+    stored = kernel.get_params()
+    given = {"fwhm": fwhm, "sample_size": sample_size, "r": r}
+    option = {"fwhm": "--fwhm", "sample_size": "--sample-size", "r": "--radius"}
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key not in stored or stored[key] is None or float(stored[key]) != float(value):
+            raise DaskmetaError(
+                f"{option[key]} {value:g} does not match the kernel of the collection "
+                f"{collection.path} ({kernel!r}); drop {option[key]} to use the store's "
+                "kernel, or build a store with this kernel"
+            )
+    if mask is not None:
+        from daskmeta.space import resolve_space
+
+        if resolve_space(mask) != collection.space:
+            raise DaskmetaError(
+                f"--mask {mask} is not the mask the collection {collection.path} was built "
+                f"on ({collection.attrs.get('mask_source')}); drop --mask or build a store "
+                "on this mask"
+            )
+
+
+def _file_sha256(path: Path, h=None) -> str:
+    h = h or hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_provenance(path) -> dict:
+    """The input's path and sha256, for provenance.
+
+    A file is hashed whole; a collection store by its ``zarr.json`` (whose attributes record
+    the sha256 of the files it was built from and its dataset's fingerprint; the maps
+    themselves are not read); another directory by a manifest of its files (each file's
+    relative path and sha256, in sorted order).
+
+    Returns
+    -------
+    dict
+        ``input_path`` (absolute), ``input_sha256`` and ``input_sha256_of`` (what was
+        hashed).
+    """
+    p = Path(path).resolve()
+    out = {"input_path": str(p)}
+    if p.is_file():
+        out.update(input_sha256=_file_sha256(p), input_sha256_of="the file")
+    elif (p / "zarr.json").is_file():
+        out.update(input_sha256=_file_sha256(p / "zarr.json"),
+                   input_sha256_of="the collection store's zarr.json (its provenance)")
+    elif p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f"{f.relative_to(p).as_posix()}\t{_file_sha256(f)}\n".encode())
+        out.update(input_sha256=h.hexdigest(),
+                   input_sha256_of=f"a manifest of the directory's {len(files)} files "
+                                   "(relative path and sha256 of each)")
+    return out
+
+
+@dataclass
+class CBMAJob:
+    """A checked coordinate-based meta-analysis, ready to :meth:`run`.
+
+    Made by :func:`prepare_cbma`; nothing has been computed or written yet.
+    """
+
+    estimator: object
+    data: object
+    out: Path
+    fwe: str
+    corrector: object
+    prefix: str
+    select: object
+    label_threshold: float
+    figures: bool
+    n_experiments: int
+    n_experiments_input: int
+    n_foci: int
+    n_foci_dropped: int
+    margin: float
+    provenance: dict = field(default_factory=dict)
+
+    def _name(self, name: str) -> str:
+        return f"{self.prefix}_{name}" if self.prefix else name
+
+    def describe(self) -> str:
+        """What will be fitted, in words, with the one number of experiments that the log,
+        the result and its provenance all give: those analysed, after the selection."""
+        est = type(self.estimator).__name__
+        n, total = self.n_experiments, self.n_experiments_input
+        if self.select is None:
+            how = "" if n == total else f" (of {total} in the input, those with foci)"
+        elif isinstance(self.select, str):
+            how = (f" (those of {total} with foci selected by {self.select!r}, label "
+                   f"threshold {self.label_threshold:g})")
+        else:
+            how = f" (those of {total} with foci selected by id)"
+        dropped = (f"; {self.n_foci_dropped} more lie more than {self.margin:g} mm outside "
+                   "the mask and are dropped" if self.n_foci_dropped else "")
+        return f"fitting {est} on {n} experiments{how}, {self.n_foci} foci{dropped}"
+
+    def run(self, log=print) -> dict:
+        """Fit, correct, and write maps, cluster tables, figures, provenance and summary
+        into :attr:`out` (each file atomically).
+
+        Returns
+        -------
+        dict
+            ``result`` (the MetaResult), the written ``paths`` and the cluster ``tables``.
+        """
+        import pandas as pd
+
+        log(self.describe())
+        result = self.estimator.fit(self.data, select=self.select,
+                                    label_threshold=self.label_threshold)
+        table_map = None
+        if self.corrector is not None:
+            if self.fwe == "montecarlo":
+                c = self.corrector
+                log(f"Monte Carlo FWE correction: {c.n_iters} iterations, cluster-forming "
+                    f"p < {c.voxel_thresh}")
+                table_map = "z_desc-size_level-cluster_corr-FWE_method-montecarlo"
+            else:
+                table_map = "z_corr-FWE_method-bonferroni"
+            result = self.corrector.transform(result)
+        result.attrs.update({
+            **self.provenance,
+            "n_experiments_input": self.n_experiments_input,
+            "n_foci_dropped": self.n_foci_dropped,
+            "prefix": self.prefix,
+        })
+        if isinstance(self.select, str):
+            result.attrs.setdefault("label_threshold", float(self.label_threshold))
+        out = self.out
+        out.mkdir(parents=True, exist_ok=True)
+        paths = result.save_maps(out, prefix=self.prefix)
+        tables = {}
+        if table_map is not None:
+            # Clusters that survive correction (corrected p < 0.05), with their peaks in the
+            # uncorrected z map.
+            tables[table_map] = result.get_table(table_map, alpha=_ALPHA, peak_map="z")
+        tables["z"] = result.get_table("z", threshold=3.09)  # uncorrected p < 0.001
+        rows = []
+        for name, table in tables.items():
+            table = table.copy()
+            table.insert(0, "map", name)
+            rows.append(table)
+        clusters = pd.concat(rows, ignore_index=True)
+        cluster_path = output_path(out, self._name("clusters.tsv"))
+        atomic_write(cluster_path, lambda tmp: clusters.to_csv(
+            tmp, sep="\t", index=False, float_format="%.6g"))
+        paths.append(cluster_path)
+        if self.figures:
+            from daskmeta.plotting import plot_map
+
+            z = result.get_map("z", return_type="array")
+            figures = [("z", z, 3.09, "z (uncorrected p < 0.001)")]
+            if table_map:
+                survives = result.significant(table_map, alpha=_ALPHA)
+                figures.append((f"z_{self.fwe}-FWE", np.where(survives, z, 0.0), 0.0,
+                                f"z in clusters surviving FWE correction ({self.fwe})"))
+            for fname, values, thr, title in figures:
+                png = output_path(out, self._name(f"{fname}.png"))
+                thr = thr if np.any(values > thr) else None
+                atomic_write(png, lambda tmp, v=values, t=thr, ti=title: plot_map(
+                    result.space, v, tmp, threshold=t, title=ti))
+                paths.append(png)
+        prov = output_path(out, self._name("provenance.json"))
+        result.save_provenance(prov)
+        paths.append(prov)
+        summary = {"n_experiments": int(result.attrs.get("n_experiments", self.n_experiments)),
+                   "n_foci": int(result.attrs.get("n_foci", self.n_foci)),
+                   "n_clusters": {k: int(len(v)) for k, v in tables.items()}}
+        summary_path = output_path(out, self._name("summary.json"))
+        text = json.dumps(summary, indent=1)
+        atomic_write(summary_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        paths.append(summary_path)
+        return {"result": result, "paths": paths, "tables": tables}
+
+
+def prepare_cbma(estimator: str, data, out_dir, *, mask=None, fwhm=None, sample_size=None,
+                 r=None, weighting=None, fwe: str = "montecarlo", n_iters: int = 10000,
+                 voxel_thresh: float = 0.001, seed: int | None = None, prefix: str = "",
+                 select=None, label_threshold: float = 0.001, figures: bool = True,
+                 provenance: dict | None = None) -> CBMAJob:
+    """Check a coordinate-based meta-analysis without computing or writing anything.
+
+    Takes the arguments of :func:`run_cbma` (but ``log``), and ``provenance``: attributes
+    to add to the result (e.g. :func:`input_provenance` and the command line).
+
+    Returns
+    -------
+    CBMAJob
+
+    Raises
+    ------
+    DaskmetaError
+        For a bad option (naming it, its value and what is allowed), a selection that is
+        empty or names unknown labels, kernel options that differ from a collection's
+        kernel, an output folder that is a file, or when the mask keeps none of the
+        selected experiments' foci.
+    """
+    from daskmeta._pass import has_foci, selection_rows
+    from daskmeta.collection import Collection
+    from daskmeta.correct import FWECorrector
+    from daskmeta.dataset import Dataset
+    from daskmeta.space import resolve_space
+
+    if fwe not in ("montecarlo", "bonferroni", "none"):
+        raise DaskmetaError(f"fwe must be montecarlo, bonferroni or none; got {fwe!r}")
+    prefix = check_prefix(prefix)
+    if (isinstance(label_threshold, bool) or not isinstance(label_threshold, numbers.Real)
+            or not math.isfinite(label_threshold)):
+        raise DaskmetaError(f"label_threshold must be a finite number; got {label_threshold!r}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DaskmetaError(f"the output folder {str(out)!r} exists and is not a directory")
+    corrector = None
+    if fwe == "montecarlo":
+        corrector = FWECorrector(method="montecarlo", n_iters=n_iters,
+                                 voxel_thresh=voxel_thresh, seed=seed)
+    elif fwe == "bonferroni":
+        corrector = FWECorrector(method="bonferroni")
+    if corrector is not None:
+        corrector._validate()
+    collection = data if isinstance(data, Collection) else None
+    if collection is None and not isinstance(data, Dataset):
+        raise DaskmetaError(f"run_cbma expects a daskmeta Dataset or Collection; got "
+                            f"{type(data).__name__}")
+    est = _make_estimator(estimator, mask=None if collection is not None else mask,
+                          fwhm=fwhm, sample_size=sample_size, r=r, weighting=weighting,
+                          mask_margin=None if collection is None else collection.mask_margin)
+    if collection is not None:
+        _check_collection(est, estimator, collection, mask, fwhm, sample_size, r)
+        dataset, space, margin = collection.dataset, collection.space, collection.mask_margin
+    else:
+        dataset, space, margin = data, resolve_space(mask), float(est.mask_margin)
+    try:
+        rows = selection_rows(dataset, select, label_threshold, has_foci(dataset))
+    except RecursionError:
+        raise DaskmetaError(f"the label expression is nested too deeply: "
+                            f"{str(select)[:40]}...") from None
+    if len(rows) == 0:
+        raise DatasetError(f"{getattr(dataset, 'name', None) or 'the input'} has no "
+                           "experiment with foci")
+    selected = dataset if len(rows) == dataset.n_experiments else dataset.slice(
+        dataset.experiments["id"].to_numpy()[rows])
+    if estimator == "ale" and collection is None and fwhm is None and sample_size is None:
+        from daskmeta.kernels import ALEKernel
+
+        ALEKernel().experiment_fwhm(selected)  # raises when sample sizes are missing
+    xyz = selected.foci[["x", "y", "z"]].to_numpy(dtype=float)
+    n_foci = len(xyz)
+    kept = int(space.near_mask(space.mm_to_ijk(xyz), margin).sum()) if n_foci else 0
+    if kept == 0:
+        raise DatasetError(
+            f"all {n_foci} foci of the {len(rows)} experiments to analyse lie more than "
+            f"{margin:g} mm outside the mask (mask_margin={margin:g}) and would be dropped: "
+            "nothing to analyse (are the coordinates MNI or Talairach mm? is the mask right?)"
+        )
+    return CBMAJob(estimator=est, data=data, out=out, fwe=fwe, corrector=corrector,
+                   prefix=prefix, select=select, label_threshold=float(label_threshold),
+                   figures=bool(figures), n_experiments=len(rows),
+                   n_experiments_input=dataset.n_experiments, n_foci=kept,
+                   n_foci_dropped=n_foci - kept, margin=margin, provenance=dict(provenance or {}))
 
 
 def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_size=None,
              r=None, weighting=None, fwe: str = "montecarlo", n_iters: int = 10000,
              voxel_thresh: float = 0.001, seed: int | None = None, prefix: str = "",
-             select: str | None = None, label_threshold: float = 0.001, figures: bool = True,
-             log=print) -> dict:
+             select=None, label_threshold: float = 0.001, figures: bool = True,
+             provenance: dict | None = None, log=print) -> dict:
     """Fit a coordinate-based meta-analysis, correct it, and write everything to a folder.
+
+    Everything is checked first (:func:`prepare_cbma`): a bad option, an empty selection or
+    a mask that keeps no focus fails before anything is computed or written.
 
     Parameters
     ----------
     estimator : {"ale", "mkda", "kda"}
-    dataset : Dataset
+    dataset : Dataset or Collection
+        The experiments, or a collection store of their MA maps
+        (:meth:`daskmeta.Collection.open`; its kernel, mask and mask margin are used, and
+        kernel options must match them).
     out_dir : path-like
         Created if needed. Receives ``{prefix}_{map}.nii.gz`` maps, ``clusters.tsv``,
-        ``{map}.png`` figures and ``provenance.json``. The table of the corrected map lists
-        the clusters (faces connectivity) of voxels with corrected p < 0.05 (read from the
+        ``{map}.png`` figures, ``provenance.json`` and ``summary.json`` (all with the
+        prefix), each written atomically. The table of the corrected map lists the
+        clusters (faces connectivity) of voxels with corrected p < 0.05 (read from the
         correction's p or logp map, not from its z map), with peaks in the uncorrected z;
         the table of ``z`` uses z > 3.09 (uncorrected p < 0.001).
     mask, fwhm, sample_size, r, weighting
-        Estimator options (see :mod:`daskmeta.estimators`).
+        Estimator options (see :mod:`daskmeta.estimators`); ``fwhm`` and ``r`` in
+        (0, 100] mm.
     fwe : {"montecarlo", "bonferroni", "none"}
         Family-wise error correction.
     n_iters, voxel_thresh, seed
         Monte Carlo options.
     prefix : str
-        File name prefix of the maps.
-    select : str, optional
-        Label expression selecting experiments.
+        File name prefix of every output (see :func:`check_prefix`).
+    select : str or sequence of str, optional
+        Label expression (or experiment ids) selecting experiments.
     label_threshold : float
         Label weight threshold of ``select`` (NiMARE's ``label_threshold``).
     figures : bool
         Write PNG figures.
+    provenance : dict, optional
+        Attributes added to the result and its ``provenance.json`` (e.g.
+        :func:`input_provenance` and the command line).
     log : callable
         Receives progress lines.
 
     Returns
     -------
     dict
-        ``result`` (the MetaResult) and the written ``paths``.
+        ``result`` (the MetaResult), the written ``paths`` and the cluster ``tables``.
     """
-    if fwe not in ("montecarlo", "bonferroni", "none"):
-        raise DaskmetaError(f"fwe must be montecarlo, bonferroni or none; got {fwe!r}")
-    est = _make_estimator(estimator, mask=mask, fwhm=fwhm, sample_size=sample_size, r=r,
-                          weighting=weighting)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log(f"fitting {type(est).__name__} on {dataset.n_experiments} experiments, "
-        f"{dataset.n_foci} foci")
-    result = est.fit(dataset, select=select, label_threshold=label_threshold)
-    table_map = None
-    if fwe != "none":
-        from daskmeta.correct import FWECorrector
-
-        if fwe == "montecarlo":
-            log(f"Monte Carlo FWE correction: {n_iters} iterations, cluster-forming "
-                f"p < {voxel_thresh}")
-            corrector = FWECorrector(method="montecarlo", n_iters=n_iters,
-                                     voxel_thresh=voxel_thresh, seed=seed)
-            table_map = "z_desc-size_level-cluster_corr-FWE_method-montecarlo"
-        else:
-            corrector = FWECorrector(method="bonferroni")
-            table_map = "z_corr-FWE_method-bonferroni"
-        result = corrector.transform(result)
-    paths = result.save_maps(out, prefix=prefix)
-    tables = {}
-    if table_map is not None:
-        # Clusters that survive correction (corrected p < 0.05), with their peaks in the
-        # uncorrected z map.
-        tables[table_map] = result.get_table(table_map, alpha=_ALPHA, peak_map="z")
-    tables["z"] = result.get_table("z", threshold=3.09)  # uncorrected p < 0.001
-    rows = []
-    for name, table in tables.items():
-        table = table.copy()
-        table.insert(0, "map", name)
-        rows.append(table)
-    import pandas as pd
-
-    cluster_path = out / (f"{prefix}_clusters.tsv" if prefix else "clusters.tsv")
-    pd.concat(rows, ignore_index=True).to_csv(cluster_path, sep="\t", index=False,
-                                              float_format="%.6g")
-    paths.append(cluster_path)
-    if figures:
-        from daskmeta.plotting import plot_map
-
-        z = result.get_map("z", return_type="array")
-        figures_ = [("z", z, 3.09, "z (uncorrected p < 0.001)")]
-        if table_map:
-            survives = result.significant(table_map, alpha=_ALPHA)
-            figures_.append((f"z_{fwe}-FWE", np.where(survives, z, 0.0), 0.0,
-                             f"z in clusters surviving FWE correction ({fwe})"))
-        for fname, values, thr, title in figures_:
-            png = out / (f"{prefix}_{fname}.png" if prefix else f"{fname}.png")
-            thr = thr if np.any(values > thr) else None
-            paths.append(plot_map(result.space, values, png, threshold=thr, title=title))
-    prov = out / (f"{prefix}_provenance.json" if prefix else "provenance.json")
-    result.save_provenance(prov)
-    paths.append(prov)
-    summary = {"n_clusters": {k: int(len(v)) for k, v in tables.items()}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    return {"result": result, "paths": paths, "tables": tables}
+    job = prepare_cbma(estimator, dataset, out_dir, mask=mask, fwhm=fwhm,
+                       sample_size=sample_size, r=r, weighting=weighting, fwe=fwe,
+                       n_iters=n_iters, voxel_thresh=voxel_thresh, seed=seed, prefix=prefix,
+                       select=select, label_threshold=label_threshold, figures=figures,
+                       provenance=provenance)
+    return job.run(log=log)

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import NIMARE_MASK, TESTDATA
+from conftest import NIMARE_MASK, PAIN_JSON, TESTDATA
 
 from daskmeta.cli import main
 
@@ -162,40 +162,49 @@ def test_mkda_on_neurosynth_topic(tmp_path, data_dir):
     assert prov["estimator"] == "MKDADensity" and prov["n_experiments"] == 865
 
 
+def _labelled_pain_json(path):
+    """The pain studies with a label 'pain' of weight 0.1, 0.25 or 0.5 by contrast."""
+    data = json.loads(PAIN_JSON.read_text())
+    weights = {}
+    for k, (study, sdata) in enumerate(sorted(data.items())):
+        for contrast, cdata in sdata["contrasts"].items():
+            w = (0.1, 0.25, 0.5)[k % 3]
+            cdata["labels"] = {"pain": w}
+            if "coords" in cdata:
+                weights[f"{study}-{contrast}"] = w
+    path.write_text(json.dumps(data))
+    return weights
+
+
 @pytest.mark.parametrize(("flags", "expected", "deprecated"),
                          [([], 0.001, False), (["--label-threshold", "0.2"], 0.2, False),
                           (["--threshold", "0.3"], 0.3, True)])
-def test_label_threshold_and_its_deprecated_alias(tmp_path, monkeypatch, capsys, flags,
-                                                  expected, deprecated):
-    import daskmeta.cluster
-    import daskmeta.workflows
-
-    seen = {}
-
-    def run_cbma(*args, **kwargs):
-        seen.update(kwargs)
-        return {"tables": {}, "paths": []}
-
-    class FakeClient:
-        def scheduler_info(self):
-            return {}
-
-    monkeypatch.setattr(daskmeta.workflows, "run_cbma", run_cbma)
-    monkeypatch.setattr(daskmeta.cluster, "get_client", lambda *a, **k: FakeClient())
-    csv = tmp_path / "foci.csv"
-    csv.write_text("id,x,y,z\na,0,0,0\nb,10,10,10\n")
-    assert main(["mkda", str(csv), "--out", str(tmp_path / "o"), "--select", "x",
-                 *flags]) == 0
-    assert seen["label_threshold"] == expected and seen["select"] == "x"
+def test_label_threshold_and_its_deprecated_alias(tmp_path, capsys, flags, expected,
+                                                  deprecated):
+    weights = _labelled_pain_json(tmp_path / "pain.json")
+    out = tmp_path / "o"
+    argv = ["mkda", str(tmp_path / "pain.json"), "--out", str(out), "--select", "pain",
+            "--fwe", "none", "--no-figures", "--mask", str(NIMARE_MASK), "--workers", "1",
+            *flags]
+    assert main(argv) == 0
+    n = sum(w >= expected for w in weights.values())
+    assert 0 < n < 19 or expected == 0.001
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["label_threshold"] == expected and prov["selection"] == "pain"
+    assert prov["n_experiments"] == n
     err = capsys.readouterr().err.splitlines()
+    # One number of experiments: the log says what the provenance says.
+    assert any(f"fitting MKDADensity on {n} experiments (those of 21 with foci selected by "
+               f"'pain', label threshold {expected:g})" in line for line in err), err
     warning = ("daskmeta: warning: --threshold is deprecated; use --label-threshold (the "
                "label weight threshold of --select)")
     assert (warning in err) is deprecated
     # Both at once is an error.
-    assert main(["mkda", str(csv), "--out", str(tmp_path / "o"), "--threshold", "0.1",
-                 "--label-threshold", "0.1"]) == 2
+    assert main(["mkda", str(tmp_path / "pain.json"), "--out", str(tmp_path / "o2"),
+                 "--threshold", "0.1", "--label-threshold", "0.1"]) == 2
     assert capsys.readouterr().err.strip().endswith(
         "give --label-threshold only (--threshold is its deprecated name)")
+    assert not (tmp_path / "o2").exists()
 
 
 def test_help_names_label_threshold_only():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import nibabel as nib
 import numpy as np
@@ -104,3 +105,41 @@ def test_result_provenance(pain_dataset, nimare_mask):
     assert a["tal2mni"] == "lancaster2007_icbm_other"
     assert a["n_experiments"] == 19 and a["n_foci"] == 243
     assert res.get_map("z").shape == (91, 109, 91)
+
+
+@pytest.mark.parametrize("fmt", ["netcdf", "zarr"])
+def test_to_xarray_writes_and_reads_back(box_space, tmp_path, fmt):
+    """The 4-D array writes with to_netcdf and to_zarr as it is (nested attributes, such as
+    the affine, as JSON text) and reads back to the same maps and attributes."""
+    import xarray as xr
+
+    from daskmeta.results import decode_attrs
+
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=box_space.n_voxels)
+    attrs = {"estimator": "X", **box_space.describe(), "fwe_montecarlo_seed": 2**62 + 7,
+             "n_foci": 12, "selection": "pain & ~memory", "label_threshold": 0.05,
+             "stopped_early": False, "note": None, "selection_ids": ["a", "b"],
+             "kernel__fwhm": float("nan")}
+    res = MetaResult({"z": z, "p": rng.uniform(size=box_space.n_voxels)}, box_space, attrs)
+    arr = res.to_xarray()
+    path = tmp_path / f"maps.{'nc' if fmt == 'netcdf' else 'zarr'}"
+    if fmt == "netcdf":
+        arr.to_netcdf(path)
+        back = xr.open_dataarray(path)
+    else:
+        arr.to_zarr(path, consolidated=False)
+        back = xr.open_zarr(path, consolidated=False)["maps"]
+    back = back.load()
+    assert back.dims == ("map", "x", "y", "z")
+    assert [str(m) for m in back["map"].values] == ["z", "p"]
+    assert np.array_equal(back.values, arr.values, equal_nan=True)
+    assert np.array_equal(back["x"].values, arr["x"].values)
+    got = decode_attrs(back.attrs)
+    want = json.loads(json.dumps(res.attrs))  # tuples as lists, as JSON gives them
+    assert set(got) == set(want)
+    assert math.isnan(got.pop("kernel__fwhm")) and math.isnan(want.pop("kernel__fwhm"))
+    assert got == want
+    assert got["affine"] == box_space.describe()["affine"]  # nested lists, exactly
+    assert got["fwe_montecarlo_seed"] == 2**62 + 7
+    assert back.attrs["estimator"] == "X"  # plain strings stay plain

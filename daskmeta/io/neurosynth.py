@@ -50,6 +50,21 @@ def _read_tsv(path: Path, what: str, **kwargs) -> pd.DataFrame:
         raise ParseError(f"cannot read the {what} table: {exc}", path=str(path)) from exc
 
 
+def _to_numeric(values: pd.Series) -> pd.Series:
+    """Floats of a column pandas did not read as numbers (NaN where a value is not one).
+    Integers too long for a float (hundreds of digits) become +-inf, which the check for
+    non-finite coordinates then reports with its line, instead of an OverflowError."""
+    try:
+        return pd.to_numeric(values, errors="coerce")
+    except OverflowError:
+        def one(v):
+            try:
+                return float(str(v))  # float("9" * 1000) is inf; float(int) would raise
+            except ValueError:
+                return np.nan
+        return values.map(one).astype(float)
+
+
 def _read_vocabulary(path: Path) -> list[str]:
     text = path.read_text(encoding="utf-8")
     terms = [t.strip() for t in text.splitlines()]
@@ -122,13 +137,14 @@ def _read_database(
         if not pd.api.types.is_float_dtype(coords[c]) and not pd.api.types.is_integer_dtype(
             coords[c]
         ):
-            num = pd.to_numeric(coords[c], errors="coerce")
+            num = _to_numeric(coords[c])
             bad = num.isna() & coords[c].notna()
             if bad.any():
                 k = int(np.argmax(bad.to_numpy()))
+                shown = repr(coords[c].iloc[k])
+                shown = shown if len(shown) <= 60 else shown[:57] + "..."
                 raise ParseError(
-                    f"{c} = {coords[c].iloc[k]!r} is not a number", path=str(coords_path),
-                    line=k + 2,
+                    f"{c} = {shown} is not a number", path=str(coords_path), line=k + 2,
                 )
             coords[c] = num
     xyz = coords[["x", "y", "z"]].to_numpy(dtype=float)

@@ -34,7 +34,10 @@ def _is_number(v) -> bool:
 def _to_float(v) -> float | None:
     """A finite float from a JSON number or numeric string; None if it is not one."""
     if _is_number(v):
-        f = float(v)
+        try:
+            f = float(v)
+        except OverflowError:  # an integer of hundreds of digits
+            return None
     elif isinstance(v, str):
         try:
             f = float(v.strip())
@@ -45,26 +48,27 @@ def _to_float(v) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _json_space(value, where: str, path: str) -> str:
+def _json_space(value, where: str, path: str, unknown: str) -> str:
     if value is None:
         return "UNKNOWN"
     if not isinstance(value, str):
-        raise ParseError(f"{where}: coords.space must be a string; got {value!r}", path=path)
+        raise ParseError(f"{where}: coords.space must be a string; got {_short(value)}",
+                         path=path)
+    # Word by word (normalize_space_name): "TAL_male" and "tal (from mni)" are Talairach,
+    # "mni152_2mm" and "ale_2mm" MNI; a name that is neither is refused, or with
+    # unknown="warn" warned about and kept as UNKNOWN (NiMARE warns and leaves such
+    # coordinates untransformed).
     try:
-        return normalize_space_name(value)
-    except DaskmetaError:
-        pass
-    low = value.lower()
-    # NiMARE's template names (mni152_2mm, ale_2mm, ...) and NIMADS spellings.
-    if "mni" in low or "ale" in low or "icbm" in low:
-        return "MNI"
-    if "tal" in low:
-        return "TAL"
-    raise ParseError(
-        f"{where}: unknown coordinate space {value!r}; allowed: MNI (or a name containing "
-        "'mni', 'ale', 'icbm'), TAL / Talairach, UNKNOWN (treated as MNI)",
-        path=path,
-    )
+        return normalize_space_name(value, where=where, unknown=unknown)
+    except DaskmetaError as exc:
+        raise ParseError(str(exc), path=path) from None
+
+
+def _short(value, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a 1000-digit number stays one short
+    line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _sample_size(meta: dict, where: str, path: str) -> float:
@@ -78,17 +82,17 @@ def _sample_size(meta: dict, where: str, path: str) -> float:
         nums = [_to_float(v) for v in values]
         if any(v is None for v in nums):
             raise ParseError(
-                f"{where}: metadata.{key} must hold numbers; got {raw!r}", path=path
+                f"{where}: metadata.{key} must hold numbers; got {_short(raw)}", path=path
             )
         if any(v <= 0 for v in nums):
             raise ParseError(
-                f"{where}: metadata.{key} must be positive; got {raw!r}", path=path
+                f"{where}: metadata.{key} must be positive; got {_short(raw)}", path=path
             )
         return float(np.mean(nums))
     return float("nan")
 
 
-def read_nimare_json(path) -> Dataset:
+def read_nimare_json(path, unknown_space: str = "error") -> Dataset:
     """Read a NiMARE dataset JSON file.
 
     Parameters
@@ -96,6 +100,11 @@ def read_nimare_json(path) -> Dataset:
     path : str or path-like
         A JSON file in the layout ``nimare.dataset.Dataset`` reads: studies, each with
         ``contrasts``, each with optional ``coords``, ``metadata``, ``images`` and ``labels``.
+    unknown_space : {"error", "warn"}
+        What to do with a ``coords.space`` that is neither MNI nor Talairach (see
+        :func:`daskmeta.space.parse_space_name`): refuse the file (default), or warn and
+        read those coordinates as MNI, untransformed, as NiMARE does (the experiment's space
+        is then ``UNKNOWN``).
 
     Returns
     -------
@@ -103,9 +112,11 @@ def read_nimare_json(path) -> Dataset:
         One experiment per contrast, with id ``f"{study}-{contrast}"`` as in NiMARE, and
         ``study_id`` the study. ``sample_size`` is the mean of ``metadata.sample_sizes``
         (else ``metadata.sample_size``), NaN if neither is given. ``coords.space`` is read per
-        contrast (``MNI``, ``TAL``/``Talairach``; NiMARE template names such as ``ale_2mm``
-        or ``mni152_2mm`` mean MNI; a missing space is taken as MNI, as NiMARE leaves such
-        coordinates untransformed). Talairach foci are converted to MNI. Contrasts without
+        contrast (``MNI``, ``TAL``/``Talairach`` and their variants such as ``TAL_male``,
+        ``talairach_scaled`` or ``tal (from mni)``; NiMARE template names such as
+        ``ale_2mm`` or ``mni152_2mm`` mean MNI; a missing space is taken as MNI, as NiMARE
+        leaves such coordinates untransformed), and the name as written is kept in the
+        metadata column ``reported_space``. Talairach foci are converted to MNI. Contrasts without
         ``coords`` are kept as experiments without foci. Image paths go to
         :attr:`Dataset.images` (one column per image type, paths as written in the file,
         not resolved), other metadata to :attr:`Dataset.metadata`, numeric ``labels`` to the
@@ -119,6 +130,8 @@ def read_nimare_json(path) -> Dataset:
         non-finite coordinates, non-numeric or non-positive sample sizes, an unknown space,
         or two contrasts whose ids collide.
     """
+    if unknown_space not in ("error", "warn"):
+        raise DaskmetaError(f"unknown_space must be 'error' or 'warn'; got {unknown_space!r}")
     path = _check_file(path)
     spath = str(path)
     text = _read_text(path)
@@ -130,6 +143,8 @@ def read_nimare_json(path) -> Dataset:
         ) from exc
     except RecursionError as exc:
         raise ParseError("invalid JSON: nested too deeply", path=spath) from exc
+    except ValueError as exc:  # e.g. an integer longer than Python's 4,300-digit limit
+        raise ParseError(f"invalid JSON: {str(exc).splitlines()[0][:160]}", path=spath) from None
     if not isinstance(data, dict):
         raise ParseError(
             f"expected a JSON object mapping study ids to studies; got {type(data).__name__}",
@@ -182,7 +197,7 @@ def read_nimare_json(path) -> Dataset:
             for k, v in images.items():
                 if v is not None and not isinstance(v, str):
                     raise ParseError(
-                        f"{where}: images.{k} must be a path (string) or null; got {v!r}",
+                        f"{where}: images.{k} must be a path (string) or null; got {_short(v)}",
                         path=spath,
                     )
             image_rows.append(images | {"id": exp_id})
@@ -198,7 +213,7 @@ def read_nimare_json(path) -> Dataset:
                 value = float(v) if isinstance(v, bool) else _to_float(v)
                 if value is None:
                     raise ParseError(
-                        f"{where}: label {k!r} must be a number; got {v!r}", path=spath
+                        f"{where}: label {k!r} must be a number; got {_short(v)}", path=spath
                     )
                 col = label_names.setdefault(str(k), len(label_names))
                 if value != 0:
@@ -214,7 +229,10 @@ def read_nimare_json(path) -> Dataset:
                         f"{where}: coords must be an object; got {type(coords).__name__}",
                         path=spath,
                     )
-                space = _json_space(coords.get("space"), where, spath)
+                reported = coords.get("space")
+                space = _json_space(reported, where, spath, unknown_space)
+                if isinstance(reported, str):
+                    meta_rows[-1]["reported_space"] = reported
                 axes = []
                 for axis in "xyz":
                     values = coords.get(axis, [])
@@ -231,7 +249,7 @@ def read_nimare_json(path) -> Dataset:
                     if bad:
                         raise ParseError(
                             f"{where}: coords.{axis} holds values that are not finite "
-                            f"numbers: {', '.join(repr(b) for b in bad[:5])}",
+                            f"numbers: {', '.join(_short(b) for b in bad[:5])}",
                             path=spath,
                         )
                     axes.append(nums)

@@ -31,6 +31,11 @@ DEFAULT_BATCH_SIZE = 100
 #: Early stopping checks the Monte Carlo error after rounds of about this fraction of the
 #: batches (at least one batch per round).
 _ROUND_FRACTION = 0.1
+#: Batches in flight per worker thread (or core, without a Client).
+_BATCHES_PER_THREAD = 3
+#: No batch is submitted more than this many windows past the first batch whose result is
+#: not yet folded in (bounds the results held while a slow batch is outstanding).
+_AHEAD = 4
 
 
 def default_batch_size() -> int:
@@ -130,15 +135,130 @@ def _round_plan(n_batches: int, early_stop) -> list[range]:
     return [range(a, min(a + per_round, n_batches)) for a in range(0, n_batches, per_round)]
 
 
-def _merge(results: dict, summary: Summary) -> dict:
-    order = sorted(results)
-    if summary.per_iteration:
-        return {k: np.concatenate([results[b][k] for b in order]) for k in summary.keys}
-    return {k: np.sum([results[b][k] for b in order], axis=0) for k in summary.keys}
-
-
 def _relative_se(values: dict, summary: Summary) -> dict:
     return {k: threshold_relative_se(values[k]) for k in summary.early_stop_keys}
+
+
+class _Collector:
+    """The batches' results, folded in batch order as soon as they are contiguous: values
+    per iteration are kept (in order), sums are added into one running array in batch
+    order (so the float additions happen in the same order however batches finish), and
+    only the results of batches that finished ahead of a slower one wait."""
+
+    def __init__(self, summary: Summary):
+        self.summary = summary
+        self.parts: dict = {k: [] for k in summary.keys}
+        self.sums: dict | None = None
+        self.pending: dict[int, dict] = {}
+        self.next = 0  # the first batch not folded yet
+        self.n_batches = 0
+
+    def add(self, batch: int, result: dict) -> None:
+        self.pending[batch] = result
+        self.n_batches += 1
+        while self.next in self.pending:
+            res = self.pending.pop(self.next)
+            if self.summary.per_iteration:
+                for k in self.summary.keys:
+                    self.parts[k].append(res[k])
+            elif self.sums is None:
+                # np.sum of the batches' arrays adds them in batch order: fold the same way.
+                self.sums = {k: np.sum([res[k]], axis=0) for k in self.summary.keys}
+            else:
+                self.sums = {k: np.sum([self.sums[k], res[k]], axis=0)
+                             for k in self.summary.keys}
+            self.next += 1
+
+    def values(self) -> dict:
+        if self.summary.per_iteration:
+            return {k: np.concatenate(v) if v else np.zeros(0)
+                    for k, v in self.parts.items()}
+        return dict(self.sums or {})
+
+
+class _Progress:
+    """``Monte Carlo: done/total batches`` on standard error, rewritten at most twice a
+    second (submission is lazy, so :func:`distributed.progress` has no fixed set to show)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.last = total, enabled, 0.0
+
+    def update(self, done: int, final: bool = False) -> None:
+        import time
+
+        now = time.monotonic()
+        if not self.enabled or (not final and now - self.last < 0.5):
+            return
+        self.last = now
+        end = "\n" if final else ""
+        print(f"\rMonte Carlo: {done}/{self.total} batches", end=end, file=sys.stderr,
+              flush=True)
+
+
+def _window(client) -> int:
+    """Batches in flight at once: a few per worker thread (or core), never all of them."""
+    import os
+
+    if client is not None:
+        try:
+            threads = sum(client.nthreads().values())
+        except Exception:  # a scheduler that cannot say: a modest window still works
+            threads = 0
+    else:
+        threads = os.cpu_count() or 1
+    return max(4, _BATCHES_PER_THREAD * threads)
+
+
+def _run_range(batches: range, submit, client, window: int, collector: _Collector,
+               progress: _Progress, on_batch) -> None:
+    """Run the batches of ``batches``, at most ``window`` in flight and none more than
+    ``_AHEAD * window`` past the first batch not yet folded: memory does not grow with the
+    number of batches."""
+    todo = iter(batches)
+    nxt = [next(todo, None)]
+
+    def take(n):
+        out = []
+        limit = collector.next + _AHEAD * window
+        while len(out) < n and nxt[0] is not None and nxt[0] < limit:
+            out.append(nxt[0])
+            nxt[0] = next(todo, None)
+        return out
+
+    def finished(b, result):
+        collector.add(b, result)
+        progress.update(collector.n_batches)
+        if on_batch is not None:
+            on_batch(b, collector.n_batches)
+
+    if client is None:
+        while nxt[0] is not None:
+            chunk = take(window)
+            for b, r in zip(chunk, compute(*(submit(b) for b in chunk)), strict=True):
+                finished(b, r)
+        return
+    from distributed import as_completed
+
+    index = {}
+    first = take(window)
+    futures = client.compute([submit(b) for b in first])
+    index.update({f.key: b for f, b in zip(futures, first, strict=True)})
+    pool = as_completed(futures)
+    in_flight = len(futures)
+    for fut in pool:
+        b = index.pop(fut.key)
+        result = fut.result()
+        fut.release()
+        in_flight -= 1
+        finished(b, result)
+        # Refill in groups of half a window: one graph submission for several batches.
+        if in_flight <= window // 2:
+            more = take(window - in_flight)
+            if more:
+                new = client.compute([submit(x) for x in more])
+                index.update({f.key: x for f, x in zip(new, more, strict=True)})
+                pool.update(new)
+                in_flight += len(new)
 
 
 def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
@@ -146,6 +266,13 @@ def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
                    early_stop: float | None = None, progress: bool | None = None,
                    on_batch: Callable[[int, int], None] | None = None) -> MonteCarloNulls:
     """Run a Monte Carlo null on Dask and collect what its summary records.
+
+    Batches are submitted lazily: a few per worker thread are in flight at once and more
+    are submitted as they finish (under a distributed Client, with
+    :func:`distributed.as_completed`; otherwise in rounds on the configured or threaded
+    scheduler), so the memory and the time before the first batch runs do not grow with
+    ``n_iters``. The results are the same as if every batch ran at once: they depend only on
+    the seed and the batch index.
 
     Parameters
     ----------
@@ -169,11 +296,12 @@ def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
         boundaries depend only on ``n_iters`` and ``batch_size``, so the result still only
         depends on the seed.
     progress : bool, optional
-        Show :func:`distributed.progress` under a distributed Client. None: only when
-        standard error is a terminal.
+        Show the batches done on standard error. None: only when standard error is a
+        terminal.
     on_batch : callable, optional
         ``on_batch(batch_index, n_batches_done)``, called in the caller's thread as batches
-        finish (under a Client, in completion order; otherwise after each round).
+        finish (under a Client, in completion order; otherwise after each round of
+        submitted batches).
 
     Returns
     -------
@@ -190,8 +318,7 @@ def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
         # 63 bits of OS entropy: enough, and an integer every attribute store can hold.
         seed = int(np.random.SeedSequence().entropy) % (2**63)
     seed = int(seed)
-    bounds = batch_bounds(n_iters, batch_size)
-    rounds = _round_plan(len(bounds), early_stop)
+    n_batches = -(-n_iters // batch_size)
     client = scheduler_client()
     if progress is None:
         progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
@@ -199,52 +326,37 @@ def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
     model_d = dask.delayed(model, name=f"montecarlo-model-{token}", traverse=False)
     summary_d = dask.delayed(summary, name=f"montecarlo-summary-{token}", traverse=False)
     run = dask.delayed(run_batch, pure=True)
+    if client is not None:
+        # Sent to the scheduler once, then referred to by every batch submitted (their
+        # tasks stay on the scheduler, so a copy lost with a worker is made again).
+        model_d, summary_d = client.compute([model_d, summary_d])
 
-    results: dict[int, dict] = {}
-    n_done = 0
+    def submit(b: int):
+        size = min(batch_size, n_iters - b * batch_size)
+        return run(model_d, summary_d, seed, b, size,
+                   dask_key_name=f"montecarlo-batch-{token}-{seed}-{batch_size}-{b}")
+
+    collector = _Collector(summary)
+    bar = _Progress(n_batches, progress)
+    window = _window(client)
     stopped = False
     rel_se: dict = {}
-    for rnd in rounds:
-        tasks = [run(model_d, summary_d, seed, b, bounds[b][1] - bounds[b][0],
-                     dask_key_name=f"montecarlo-batch-{token}-{seed}-{batch_size}-{b}")
-                 for b in rnd]
-        if client is not None:
-            from distributed import as_completed
-
-            futures = client.compute(tasks)
-            index = {f.key: b for f, b in zip(futures, rnd, strict=True)}
-            if progress:
-                import contextlib
-
-                from distributed import progress as dprogress
-
-                with contextlib.redirect_stdout(sys.stderr):  # stdout is for results
-                    dprogress(futures)
-            for fut in as_completed(futures):
-                b = index[fut.key]
-                results[b] = fut.result()
-                fut.release()
-                n_done += 1
-                if on_batch is not None:
-                    on_batch(b, n_done)
-        else:
-            out = compute(*tasks)
-            for b, r in zip(rnd, out, strict=True):
-                results[b] = r
-                n_done += 1
-                if on_batch is not None:
-                    on_batch(b, n_done)
-        if early_stop is not None and rnd is not rounds[-1]:
-            rel_se = _relative_se(_merge(results, summary), summary)
+    rounds = _round_plan(n_batches, early_stop)
+    for i, rnd in enumerate(rounds):
+        _run_range(rnd, submit, client, window, collector, bar, on_batch)
+        if early_stop is not None and i < len(rounds) - 1:
+            rel_se = _relative_se(collector.values(), summary)
             if all(v < early_stop for v in rel_se.values()):
                 stopped = True
                 break
-    values = _merge(results, summary)
+    bar.update(collector.n_batches, final=True)
+    values = collector.values()
     if early_stop is not None and not stopped:
         rel_se = _relative_se(values, summary)
-    n_run = sum(bounds[b][1] - bounds[b][0] for b in results)
+    n_done = collector.n_batches
+    n_run = min(n_iters, n_done * batch_size)
     return MonteCarloNulls(values=values, seed=seed, n_iters=n_iters, n_iters_run=int(n_run),
-                           batch_size=batch_size, n_batches_run=len(results),
+                           batch_size=batch_size, n_batches_run=n_done,
                            stopped_early=stopped, relative_se=rel_se)
 
 
