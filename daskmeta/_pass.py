@@ -76,6 +76,9 @@ def selection_rows(dataset, select, label_threshold: float = 0.001,
         chosen = dataset.label_mask(select, label_threshold)
         what = f"label expression {select!r} (label_threshold {label_threshold:g})"
     else:
+        if isinstance(select, bytes | bytearray):
+            raise DatasetError("select must be a label expression (str) or a sequence of "
+                               f"experiment ids; got {type(select).__name__}")
         try:
             ids = [str(i) for i in select]
         except TypeError:

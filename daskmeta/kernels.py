@@ -29,6 +29,9 @@ __all__ = ["ALEKernel", "COMBINE_ADD", "COMBINE_MAX", "COMBINE_SET", "KDAKernel"
 MA_DTYPE = np.float32
 #: Default number of experiments per chunk of the MA matrix.
 DEFAULT_CHUNK_EXPERIMENTS = 64
+#: The largest kernel FWHM or sphere radius (mm): ALE kernels are cut to a 31-voxel cube
+#: anyway, and a sphere of 100 mm covers a whole brain.
+MAX_KERNEL_MM = 100.0
 #: Foci more than this many mm outside the mask are dropped (see :meth:`Kernel.plan`).
 DEFAULT_MASK_MARGIN = 10.0
 #: Inverse bin width of NiMARE's ALE null histogram (bins of 1e-5): 1 / (bins[1] - bins[0])
@@ -360,8 +363,10 @@ class ALEKernel(Kernel):
     def _validate(self):
         if self.fwhm is not None and self.sample_size is not None:
             raise DatasetError('ALEKernel: only one of "fwhm" and "sample_size" may be given')
-        if self.fwhm is not None and not (np.isfinite(self.fwhm) and self.fwhm > 0):
-            raise DatasetError(f"ALEKernel: fwhm must be a positive number; got {self.fwhm!r}")
+        if self.fwhm is not None and not (np.isfinite(self.fwhm) and 0 < self.fwhm
+                                          <= MAX_KERNEL_MM):
+            raise DatasetError(f"ALEKernel: fwhm must be a number of mm in (0, "
+                               f"{MAX_KERNEL_MM:g}]; got {self.fwhm!r}")
         if self.sample_size is not None and not (
             np.isfinite(self.sample_size) and self.sample_size > 0
         ):
@@ -430,9 +435,9 @@ class MKDAKernel(Kernel):
         self.value = value
 
     def _validate(self):
-        if not (np.isfinite(self.r) and self.r > 0):
-            raise DatasetError(f"{type(self).__name__}: r must be a positive number of mm; "
-                               f"got {self.r!r}")
+        if not (np.isfinite(self.r) and 0 < self.r <= MAX_KERNEL_MM):
+            raise DatasetError(f"{type(self).__name__}: r must be a number of mm in (0, "
+                               f"{MAX_KERNEL_MM:g}]; got {self.r!r}")
 
     def _supports(self, dataset, space):
         offsets = _sphere_offsets(float(self.r), space.zooms)

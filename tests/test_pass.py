@@ -77,8 +77,20 @@ def test_foci_off_the_grid(cls, kernel, nimare_space):
 def test_selection_rule_errors(pain_dataset):
     with pytest.raises(daskmeta.DatasetError, match="select must be a label expression"):
         _pass.selection_rows(pain_dataset, 123)
+    with pytest.raises(daskmeta.DatasetError, match="got bytes"):
+        _pass.selection_rows(pain_dataset, b"pain")
     with pytest.raises(daskmeta.DatasetError, match="unknown experiment ids: nope"):
         _pass.selection_rows(pain_dataset, ["nope"])
     assert _pass.describe_selection(None, 0.1) == {"selection": "all"}
     assert _pass.describe_selection("a & b", 0.1) == {"selection": "a & b",
                                                       "label_threshold": 0.1}
+
+
+@pytest.mark.parametrize(("kernel", "message"), [
+    (ALEKernel(fwhm=1e6), r"fwhm must be a number of mm in \(0, 100\]; got 1000000.0"),
+    (MKDAKernel(r=1e9), r"r must be a number of mm in \(0, 100\]; got 1000000000.0"),
+    (KDAKernel(r=-1), r"r must be a number of mm in \(0, 100\]; got -1"),
+])
+def test_absurd_kernel_sizes_are_refused(kernel, message, pain_dataset, nimare_space):
+    with pytest.raises(daskmeta.DatasetError, match=message):
+        kernel.plan(pain_dataset, nimare_space)
