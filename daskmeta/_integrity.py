@@ -23,6 +23,16 @@ that every recorded file exists with its recorded size (one ``stat`` each, no re
 and the metadata and Dataset files' checksums; reading a row checks that row's checksum;
 ``daskmeta verify`` checks everything.
 
+**Readers** check the generation: :class:`~daskmeta.collection.Collection` before every fit
+and read, and :func:`daskmeta.storage.read_rows` given ``generation=`` (or, in a process that
+opened the store, the generation it opened: :func:`pin`) on every read, so a reader of a
+store rebuilt under it gets "the store changed since it was opened" instead of the new
+build's rows. One gap remains: the pass engine's reads on Dask worker processes
+(``daskmeta._pass.StoredRows``) do not yet pass the generation, so there rows are checked
+against the manifest in force; a fit whose store is rebuilt *and completed* while its pass
+runs could read rows of both builds there (the threaded scheduler and a rebuild before the
+pass starts are covered).
+
 **The build lock** is an ``fcntl.flock`` on ``.NAME.lock`` next to the store, held for the
 whole build (and removed at its end): a second build of the same path fails at once with
 "another build of PATH is running" and touches nothing. ``flock`` works on local
@@ -54,11 +64,17 @@ _HEAD = b'{"crc32c":"%08x","body":'  # the manifest's fixed-length head, then it
 _HEAD_LEN = len(_HEAD % 0)
 
 
-def crc32c(data) -> int:
-    """The crc32c of bytes (Castagnoli; hardware-accelerated)."""
-    import google_crc32c
+_crc32c_value = None
 
-    return int(google_crc32c.value(bytes(data) if isinstance(data, memoryview) else data))
+
+def crc32c(data: bytes) -> int:
+    """The crc32c of bytes (Castagnoli; hardware-accelerated, ~30 GB/s)."""
+    global _crc32c_value
+    if _crc32c_value is None:
+        import google_crc32c  # zarr's dependency, as its crc32c codec
+
+        _crc32c_value = google_crc32c.value
+    return _crc32c_value(data)
 
 
 def file_entry(path) -> dict:

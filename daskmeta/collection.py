@@ -108,6 +108,16 @@ def _same_identity(key: str, stored, requested) -> bool:
     return stored == requested
 
 
+def _complete_as_requested(path: Path, identity: dict) -> bool:
+    """Whether ``path`` holds a complete collection of the requested identity."""
+    try:
+        existing = read_root(path) if (path / "zarr.json").is_file() else None
+    except DaskmetaError:
+        return False  # the locked build says what is wrong
+    return bool(existing and existing.get("format") == FORMAT and existing.get("complete")
+                and all(_same_identity(k, existing.get(k), v) for k, v in identity.items()))
+
+
 class Collection:
     """The MA matrix of a Dataset under one kernel, over a Zarr store.
 
@@ -174,7 +184,9 @@ class Collection:
         ------
         DaskmetaError
             If ``store`` holds a collection of another kernel, mask, margin or dataset
-            (nothing is changed), or something that is not a collection.
+            (nothing is changed), or something that is not a collection; or if another
+            build of ``store`` is running (it holds the build lock, ``.NAME.lock`` next to
+            the store: see :mod:`daskmeta._integrity`).
         """
         from daskmeta.space import resolve_space
 
@@ -195,6 +207,8 @@ class Collection:
             "n_experiments": dataset.n_experiments,
             "n_voxels": space.n_voxels,
         }
+        if not overwrite and _complete_as_requested(path, identity):
+            return cls.open(path)  # nothing to write: no lock (the store may be read-only)
         with _integrity.build_lock(path):
             return cls._build_locked(path, dataset, kernel, space, identity, rows_per_shard,
                                      sources, progress, overwrite)
@@ -314,6 +328,8 @@ class Collection:
                           "be verified; rebuild it (`daskmeta ingest --overwrite`) to make it "
                           "verifiable", DaskmetaWarning, stacklevel=2)
         data = open_zarr(path)
+        if dict(data.attrs) != attrs:  # rewritten since read_root: what was checked is gone
+            raise _integrity.store_changed(path)
         if "ma" in data and "rows_per_shard" in attrs:
             # One dask chunk per shard, not per one-row inner chunk.
             data = data.chunk({"study": int(attrs["rows_per_shard"])})

@@ -35,7 +35,7 @@ from daskmeta.exceptions import DaskmetaError
 
 __all__ = ["ShardedRows", "read_rows", "read_vector", "scratch_rows", "write_shard"]
 
-_MISSING = np.uint64(2**64 - 1)
+_MISSING = np.uint64(2**64 - 1)  # an unstored row's offset and size in a shard index
 _INDEX_ENTRY_BYTES = 16  # (offset, nbytes) as two little-endian uint64
 _CRC_BYTES = 4
 _SPECIAL_FLOATS = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
@@ -191,21 +191,22 @@ class ShardedRows:
             what = ("should not exist (the build wrote no such shard)" if size is None else
                     f"{actual} bytes; the build wrote {size} (truncated, replaced or swapped)")
             raise self._damaged(shard, what)
-        index = self._shard_index(fh, shard, actual)
+        index = self._shard_index(fh, shard, actual).tolist()
+        written = None if expect is None else written.tolist()
         row_nbytes = self.shape[1] * self.dtype.itemsize
         for k in group:
-            r = rows[k] % self.rows_per_shard
+            r = int(rows[k] % self.rows_per_shard)
             offset, nbytes = index[r]
             if expect is not None:
-                n_written, crc = int(written[r, 0]), int(written[r, 1])
-                stored = offset != _MISSING
+                n_written, crc = written[r]
+                stored = offset != 2**64 - 1
                 if stored != (n_written > 0) or (stored and nbytes != n_written):
                     raise self._damaged(shard, f"row {rows[k]} is not the one the build "
                                         "wrote (replaced or swapped)")
-            if offset == _MISSING:
+            if offset == 2**64 - 1:  # _MISSING
                 out[k] = self.fill_value
                 continue
-            data = os.pread(fh.fileno(), int(nbytes), int(offset))
+            data = os.pread(fh.fileno(), nbytes, offset)
             if len(data) != nbytes:
                 raise self._damaged(shard, "truncated")
             if expect is not None and _integrity.crc32c(data) != crc:
@@ -422,7 +423,8 @@ def read_rows(array_path, rows, out: np.ndarray | None = None, *,
     manifest, name = _integrity.table_for(array_path, generation)
     expect = None if manifest is None else manifest.sharded.get(name)
     reader = _layout(array_path)
-    if reader is not None:
+    if reader is not None and (expect is None or (
+            expect.n_rows, expect.rows_per_shard) == (reader.shape[0], reader.rows_per_shard)):
         with _rebuilt_is_changed(array_path, manifest):
             return reader.read(rows, out=out, expect=expect)
     if expect is not None:

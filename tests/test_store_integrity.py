@@ -559,3 +559,13 @@ def test_a_build_of_a_locked_store_fails_at_once_and_touches_nothing(tmp_path, p
     coll = Collection.build(pain_dataset, MKDAKernel(), store, mask=MASK, rows_per_shard=ROWS)
     assert coll.n_experiments == 21 and sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
     assert json.loads((store / "zarr.json").read_text())["attributes"]["complete"] is True
+    # A complete store as requested is opened without the lock (it may be read-only);
+    # rebuilding it needs the lock.
+    with _integrity.build_lock(store):
+        again = Collection.build(pain_dataset, MKDAKernel(), store, mask=MASK)
+        assert again.generation == coll.generation
+        with pytest.raises(DaskmetaError, match="another build of"):
+            Collection.build(pain_dataset, MKDAKernel(), store, mask=MASK, overwrite=True)
+        with pytest.raises(DaskmetaError, match="another build of"):  # it would be refused
+            Collection.build(pain_dataset, MKDAKernel(r=8), store, mask=MASK)
+    assert Collection.open(store).generation == coll.generation  # untouched
