@@ -35,7 +35,7 @@ from daskmeta.exceptions import DaskmetaError
 
 __all__ = ["ShardedRows", "read_rows", "read_vector", "scratch_rows", "write_shard"]
 
-_MISSING = np.uint64(2**64 - 1)  # an unstored row's offset and size in a shard index
+_MISSING = 2**64 - 1  # an unstored row's offset and size in a shard index
 _INDEX_ENTRY_BYTES = 16  # (offset, nbytes) as two little-endian uint64
 _CRC_BYTES = 4
 _SPECIAL_FLOATS = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
@@ -199,11 +199,11 @@ class ShardedRows:
             offset, nbytes = index[r]
             if expect is not None:
                 n_written, crc = written[r]
-                stored = offset != 2**64 - 1
+                stored = offset != _MISSING
                 if stored != (n_written > 0) or (stored and nbytes != n_written):
                     raise self._damaged(shard, f"row {rows[k]} is not the one the build "
                                         "wrote (replaced or swapped)")
-            if offset == 2**64 - 1:  # _MISSING
+            if offset == _MISSING:
                 out[k] = self.fill_value
                 continue
             data = os.pread(fh.fileno(), nbytes, offset)
