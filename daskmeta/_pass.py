@@ -203,7 +203,10 @@ class StoredRows:
         self.n_voxels = collection.space.n_voxels
         self.dtype = np.dtype(collection.attrs["dtype"])
         self.chunk_size = int(chunk_size)
-        self.token = dask.base.tokenize(collection.content_token(), chunk_size)
+        # Every read, on any worker, checks the rows belong to the build that was opened.
+        self.generation = getattr(collection, "generation", None)
+        self.token = dask.base.tokenize(collection.content_token(), self.generation,
+                                        chunk_size)
 
     def split(self, rows: np.ndarray, rows_per_task: int) -> list[tuple[int, int]]:
         return [(a, min(a + rows_per_task, len(rows))) for a in range(0, len(rows),
@@ -217,7 +220,7 @@ class StoredRows:
         step = self.chunk_size
         for start in range(0, len(rows), step):
             part = rows[start:start + step]
-            block = read_rows(self.array_path, part,
+            block = read_rows(self.array_path, part, generation=self.generation,
                               out=scratch_rows(len(part), self.n_voxels, self.dtype))
             summaries.extend(reduction._add_block(
                 block, weights[:, start:start + len(part)], total, with_summaries))

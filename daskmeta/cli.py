@@ -142,7 +142,35 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--url-base", metavar="URL", help="mirror to download from ({URL}/{file})")
     f.add_argument("--overwrite", action="store_true", help="download again even if present")
     _add_ingest_parser(sub)
+    _add_verify_parser(sub)
     return parser
+
+
+def _add_verify_parser(sub):
+    help_text = "check a collection store against what its build wrote"
+    p = sub.add_parser(
+        "verify", help=help_text,
+        description="Read the whole collection store STORE and check every shard and file "
+                    "against the manifest its build wrote (sizes and checksums), its "
+                    "attributes, its Dataset file's fingerprint, its mask and completeness. "
+                    "Prints one line per problem (exit status 2), or that the store is sound "
+                    "(exit status 0).")
+    p.add_argument("store", metavar="STORE", help="the collection store (a directory)")
+    return p
+
+
+def _run_verify(args) -> None:
+    from daskmeta.collection import verify
+
+    t0 = time.perf_counter()
+    problems = verify(args.store)
+    for problem in problems:
+        print(" ".join(problem.split()))  # one line each
+    if problems:
+        raise DaskmetaError(f"{args.store}: {len(problems)} problem"
+                            f"{'s' if len(problems) > 1 else ''} found")
+    _log(f"checked in {time.perf_counter() - t0:.1f} s")
+    print(f"{Path(args.store)}: sound")
 
 
 def _add_ingest_parser(sub):
@@ -489,6 +517,8 @@ def main(argv=None) -> int:
             _run_fetch(args)
         elif args.command == "ingest":
             _run_ingest(args)
+        elif args.command == "verify":
+            _run_verify(args)
         else:
             _run_cbma(args)
     except (DaskmetaError, OSError) as exc:  # the input, the options, unwritable output, ...

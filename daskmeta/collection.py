@@ -17,16 +17,25 @@ own shard, then leaves a marker file. An interrupted build (even ``kill -9``) re
 markers; the ``complete`` attribute is set only once every shard is written, and
 :meth:`Collection.open` refuses an incomplete store. The store's metadata is created in a
 temporary directory and renamed into place, so a store path never holds half its metadata.
+
+A store proves its integrity (:mod:`daskmeta._integrity`): the build records what it wrote
+in a manifest (every file's size and checksum, every stored row's checksum, the attributes,
+a random ``generation`` token), which opening checks cheaply (attributes, that every file is
+there with its size, the metadata and Dataset files' checksums) and reading checks row by
+row; :func:`verify` checks everything. A build holds a lock next to the store, so a second
+build of the same path fails at once, and a reader whose store was rebuilt under it gets
+"the store changed since it was opened" instead of rows of the new build. Stores of formats
+1-3 (no manifest) open and fit with a :class:`DaskmetaWarning` that they cannot be verified.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import sys
+import warnings
 from pathlib import Path
 
 import dask
@@ -35,12 +44,31 @@ import numpy as np
 import xarray as xr
 from scipy import sparse
 
+from daskmeta import _integrity
+from daskmeta._build import (
+    create_atomically,
+    ensure_dataset_file,
+    fill,
+    hist_width,
+    storage_dtype,
+    write_manifest,
+)
 from daskmeta._pass import ROWS_PER_SUM_TASK, BlockFunction, StoredRows, pass_graph, selection_rows
-from daskmeta._rows import nearest_bin
+from daskmeta._verify import (
+    DATASET_FILE,
+    FORMAT,
+    META,
+    PROGRESS,
+    load_dataset,
+    open_manifest,
+    open_zarr,
+    read_root,
+    verifiable,
+    verify,
+)
 from daskmeta._version import __version__
-from daskmeta.cluster import compute, scheduler_client
 from daskmeta.dataset import Dataset
-from daskmeta.exceptions import DaskmetaError
+from daskmeta.exceptions import DaskmetaError, DaskmetaWarning
 from daskmeta.kernels import (
     DEFAULT_MASK_MARGIN,
     ALEKernel,
@@ -48,21 +76,18 @@ from daskmeta.kernels import (
     MKDAKernel,
 )
 from daskmeta.space import TAL2MNI_METHOD, Space
-from daskmeta.storage import read_rows, read_vector, write_shard
+from daskmeta.storage import read_rows, read_vector
 
-__all__ = ["Collection", "KERNELS"]
+__all__ = ["Collection", "KERNELS", "verify"]
 
-FORMAT = "daskmeta-collection"
 #: 1: chunks of 8 rows (daskmeta 0.1.0); 2: shards of one-row chunks; 3: and each row's
-#: maximum and value histogram (``ma_max``, ``ma_hist``). All still readable.
-FORMAT_VERSION = 3
+#: maximum and value histogram (``ma_max``, ``ma_hist``); 4: and a manifest and generation
+#: token (:mod:`daskmeta._integrity`). All still readable; 1-3 cannot be verified.
+FORMAT_VERSION = 4
 #: Experiments per shard (one file, written by one task); reads are per row whatever this is.
 DEFAULT_ROWS_PER_SHARD = 64
 KERNELS = {"ALEKernel": ALEKernel, "MKDAKernel": MKDAKernel, "KDAKernel": KDAKernel}
-#: Sub-group of the store holding the Dataset file and the build's progress markers.
-_META = "daskmeta"
-_PROGRESS = f"{_META}/progress"
-_DATASET_FILE = f"{_META}/dataset.zip"
+_META, _PROGRESS, _DATASET_FILE = META, PROGRESS, DATASET_FILE
 
 
 def _sha256(path: Path) -> str:
@@ -83,46 +108,14 @@ def _same_identity(key: str, stored, requested) -> bool:
     return stored == requested
 
 
-def _storage_dtype(kernel, plan) -> np.dtype:
-    """The narrowest dtype that holds the kernel's MA values exactly."""
-    if isinstance(kernel, ALEKernel):
-        return np.dtype(np.float32)
-    value = float(kernel.value)
-    if value != int(value) or value <= 0:
-        return np.dtype(np.float32)
-    if isinstance(kernel, KDAKernel):
-        max_count = int(np.diff(plan.row_start).max(initial=0)) * int(value)
-        return np.dtype(np.uint16 if max_count <= np.iinfo(np.uint16).max else np.float32)
-    return np.dtype(np.uint8 if value <= 255 else np.float32)
-
-
-def _hist_width(max_value: float, inv_step: float) -> int:
-    """Bins that hold values up to ``max_value`` (the grid of :func:`_rows.nearest_bin`)."""
-    return int(nearest_bin(float(max_value), float(inv_step))) + 1
-
-
-def _write_shard(store: str, plan, index: int, rows_per_shard: int, dtype: str,
-                 hist_grid) -> int:
-    """Fill and write shard ``index`` of ``ma`` (and, with ``hist_grid = (inv_step,
-    width)``, its rows' maxima and value histograms), then leave its marker (runs on a
-    worker)."""
-    import zarr
-
-    start = index * rows_per_shard
-    stop = min(start + rows_per_shard, plan.n_rows)
-    block = plan.fill(start, stop)
-    if hist_grid is not None:
-        row_max, hist, overflow = plan.value_histograms(block, *hist_grid)
-        if overflow:
-            raise DaskmetaError(f"{store}: MA values of shard {index} exceed the value "
-                                "histogram's range (a kernel bound is wrong)")
-        write_shard(Path(store) / "ma_hist", index, hist)
-        zarr.open_array(store, path="ma_max", mode="r+")[start:stop] = row_max
-    write_shard(Path(store) / "ma", index, block.astype(dtype, copy=False))
-    marker = Path(store) / _PROGRESS / f"{index:08d}.done"
-    fd = os.open(marker, os.O_CREAT | os.O_WRONLY, 0o644)
-    os.close(fd)
-    return index
+def _complete_as_requested(path: Path, identity: dict) -> bool:
+    """Whether ``path`` holds a complete collection of the requested identity."""
+    try:
+        existing = read_root(path) if (path / "zarr.json").is_file() else None
+    except DaskmetaError:
+        return False  # the locked build says what is wrong
+    return bool(existing and existing.get("format") == FORMAT and existing.get("complete")
+                and all(_same_identity(k, existing.get(k), v) for k, v in identity.items()))
 
 
 class Collection:
@@ -149,6 +142,8 @@ class Collection:
         self.space = space
         self.kernel = kernel
         self.mask_margin = float(data.attrs["mask_margin"])
+        self.generation = data.attrs.get("generation")
+        self._root_ino = os.stat(path / "zarr.json").st_ino
         self._row_of = {i: r for r, i in enumerate(dataset.ids)}
 
     # -- building --------------------------------------------------------------------------
@@ -189,7 +184,9 @@ class Collection:
         ------
         DaskmetaError
             If ``store`` holds a collection of another kernel, mask, margin or dataset
-            (nothing is changed), or something that is not a collection.
+            (nothing is changed), or something that is not a collection; or if another
+            build of ``store`` is running (it holds the build lock, ``.NAME.lock`` next to
+            the store: see :mod:`daskmeta._integrity`).
         """
         from daskmeta.space import resolve_space
 
@@ -210,6 +207,17 @@ class Collection:
             "n_experiments": dataset.n_experiments,
             "n_voxels": space.n_voxels,
         }
+        if not overwrite and _complete_as_requested(path, identity):
+            return cls.open(path)  # nothing to write: no lock (the store may be read-only)
+        with _integrity.build_lock(path):
+            return cls._build_locked(path, dataset, kernel, space, identity, rows_per_shard,
+                                     sources, progress, overwrite)
+
+    @classmethod
+    def _build_locked(cls, path: Path, dataset: Dataset, kernel, space: Space, identity: dict,
+                      rows_per_shard: int, sources, progress: bool,
+                      overwrite: bool) -> Collection:
+        """:meth:`build`, holding the store's build lock."""
         if overwrite and path.exists():
             if path.is_dir():
                 shutil.rmtree(path)
@@ -217,11 +225,8 @@ class Collection:
                 path.unlink()
         if path.exists() and not path.is_dir():
             raise DaskmetaError(f"{path} exists and is a file, not a daskmeta collection store")
-        existing = None
-        if (path / "zarr.json").exists():
-            import zarr
-
-            existing = dict(zarr.open_group(path, mode="r").attrs)
+        existing = read_root(path) if (path / "zarr.json").exists() else None
+        if existing is not None:
             if existing.get("format") != FORMAT:
                 raise DaskmetaError(f"{path} is a Zarr store but not a daskmeta collection")
             diffs = [f"{k}: store has {existing.get(k)!r}, requested {v!r}"
@@ -238,15 +243,16 @@ class Collection:
             raise DaskmetaError(f"{path} exists and is not a daskmeta collection store "
                                 "(a non-empty directory without zarr.json)")
         # Planning warns about dropped foci: only once the store is known to need building.
-        plan = kernel.plan(dataset, space, mask_margin)
+        plan = kernel.plan(dataset, space, identity["mask_margin"])
         if existing is None:
             attrs = {
                 **identity,
                 "format_version": FORMAT_VERSION,
-                "dtype": _storage_dtype(kernel, plan).name,
+                "generation": secrets.token_hex(8),
+                "dtype": storage_dtype(kernel, plan).name,
                 "rows_per_shard": int(rows_per_shard),
                 "ma_hist_inv_step": kernel.hist_inv_step(),
-                "ma_hist_width": _hist_width(plan.max_value(), kernel.hist_inv_step()),
+                "ma_hist_width": hist_width(plan.max_value(), kernel.hist_inv_step()),
                 "n_foci": int(len(plan.focus_row)),
                 "daskmeta_version": __version__,
                 "tal2mni": TAL2MNI_METHOD,
@@ -256,15 +262,20 @@ class Collection:
                 **{k: v for k, v in space.describe().items()},
                 "complete": False,
             }
-            cls._create_atomically(path, dataset, space, attrs)
+            create_atomically(path, dataset, space, attrs)
         else:
             attrs = existing  # resuming: the store keeps its own layout
-        cls._ensure_dataset_file(path, dataset)
+            # Written again from the Dataset in hand (its fingerprint is the store's).
+            ensure_dataset_file(path, dataset, replace=True)
         # Format 1 stores (daskmeta 0.1.0) were written in chunks of rows_per_chunk rows.
         unit = int(attrs.get("rows_per_shard") or attrs["rows_per_chunk"])
         hist_grid = ((float(attrs["ma_hist_inv_step"]), int(attrs["ma_hist_width"]))
                      if "ma_hist_width" in attrs else None)  # format 3
-        cls._fill(path, plan, dataset.n_experiments, unit, attrs["dtype"], hist_grid, progress)
+        generation = attrs.get("generation")
+        fill(path, plan, dataset.n_experiments, unit, attrs["dtype"], hist_grid, progress,
+             generation)
+        if verifiable(attrs):
+            write_manifest(path, dataset.n_experiments, unit, generation)
         import zarr
 
         group = zarr.open_group(path, mode="r+")
@@ -272,136 +283,103 @@ class Collection:
         shutil.rmtree(path / _PROGRESS, ignore_errors=True)
         return cls.open(path)
 
-    @classmethod
-    def _create_atomically(cls, path: Path, dataset: Dataset, space: Space,
-                           attrs: dict) -> None:
-        """Write the store's metadata, coordinates, mask and Dataset file next to ``path``,
-        then rename the directory into place: a killed build never leaves half a store."""
-        tmp = path.with_name(f".{path.name}.creating")
-        shutil.rmtree(tmp, ignore_errors=True)
-        cls._create(tmp, dataset, space, attrs)
-        cls._ensure_dataset_file(tmp, dataset)
-        if path.exists():
-            path.rmdir()  # an empty directory (checked by the caller)
-        os.rename(tmp, path)
-
-    @staticmethod
-    def _create(path: Path, dataset: Dataset, space: Space, attrs: dict) -> None:
-        import zarr
-        from zarr.codecs import BloscCodec
-
-        n, v = dataset.n_experiments, space.n_voxels
-        rows = int(attrs["rows_per_shard"])
-        dtype = np.dtype(attrs["dtype"])
-        ma = da.zeros((n, v), chunks=(rows, v), dtype=dtype)
-        width = int(attrs["ma_hist_width"])
-        ds = xr.Dataset(
-            {"ma": (("study", "voxel"), ma),
-             "ma_max": (("study",), da.zeros(n, chunks=rows, dtype=np.float32)),
-             "ma_hist": (("study", "ma_bin"), da.zeros((n, width), chunks=(rows, width),
-                                                       dtype=np.int32)),
-             "mask": (("i", "j", "k"), space.mask.astype(np.uint8))},
-            coords={"study": np.asarray(dataset.ids, dtype=object), "voxel": np.arange(v)},
-            attrs=attrs,
-        )
-        shuffle = "bitshuffle" if dtype.itemsize == 1 else "shuffle"
-        encoding = {"ma": {"chunks": (1, v), "shards": (rows, v), "compressors": (
-            BloscCodec(cname="lz4", clevel=5, shuffle=shuffle),)},
-            "ma_hist": {"chunks": (1, width), "shards": (rows, width), "compressors": (
-                BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)},
-            "ma_max": {"chunks": (rows,)}}
-        # Metadata and coordinates only; shards are written by the build's tasks.
-        ds.to_zarr(path, compute=False, consolidated=False, mode="w-", encoding=encoding)
-        zarr.open_group(path, mode="r+").create_group(_META, attributes={
-            "description": "daskmeta's files: dataset.zip (Dataset.save) and, while a build "
-                           "runs, progress/ (one marker per written shard of ma)"})
-
-    @staticmethod
-    def _ensure_dataset_file(path: Path, dataset: Dataset) -> None:
-        target = path / _DATASET_FILE
-        if not target.exists():
-            target.parent.mkdir(exist_ok=True)
-            tmp = target.with_name("dataset.zip.tmp")
-            dataset.save(tmp)
-            os.replace(tmp, target)
-
-    @staticmethod
-    def _fill(path: Path, plan, n_rows: int, rows_per_unit: int, dtype: str, hist_grid,
-              progress: bool) -> None:
-        n_chunks = -(-n_rows // rows_per_unit)
-        marker_dir = path / _PROGRESS
-        marker_dir.mkdir(parents=True, exist_ok=True)
-        done = {int(p.stem) for p in marker_dir.glob("*.done")}
-        todo = [c for c in range(n_chunks) if c not in done]
-        # Shards half-written by a killed build (never renamed into place).
-        for array in ("ma", "ma_hist"):
-            for tmp in (path / array).rglob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
-        if not todo:
-            return
-        plan_d = dask.delayed(plan, traverse=False)
-        write = dask.delayed(_write_shard, pure=True)
-        # Keys unique per store path: two builds on one cluster must not share tasks.
-        tag = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
-        tasks = [write(str(path), plan_d, c, rows_per_unit, dtype, hist_grid,
-                       dask_key_name=f"write-{path.name}-{tag}-{c}") for c in todo]
-        client = scheduler_client()
-        if client is not None and progress:
-            from distributed import progress as show_progress
-
-            futures = client.compute(tasks)
-            with contextlib.redirect_stdout(sys.stderr):  # stdout is for results
-                show_progress(futures)
-            client.gather(futures)
-        elif client is None and progress:
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar(minimum=1.0, dt=0.5, out=sys.stderr):
-                compute(*tasks)
-        else:
-            compute(*tasks)
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
     def open(cls, store, allow_incomplete: bool = False) -> Collection:
-        """Open a collection store lazily.
+        """Open a collection store lazily, checking that it is what its build wrote.
+
+        The checks are cheap (no shard is read): the attributes, generation and every file's
+        presence and size against the manifest, the metadata and Dataset files' checksums,
+        the mask's hash. Each row read later (fits, :meth:`rows`) is checked against its
+        checksum; :meth:`verify` checks everything.
 
         Raises
         ------
         DaskmetaError
-            If the path is not a daskmeta collection, or the store is incomplete (an
-            interrupted build: run the same build again to finish it).
+            If the path is not a daskmeta collection, the store is incomplete (an
+            interrupted build: run the same build again to finish it), or it is not what its
+            build wrote (a file missing, truncated or replaced, an attribute edited, ...).
+
+        Warns
+        -----
+        DaskmetaWarning
+            For a store of format 1-3, which has no manifest: it cannot be verified.
         """
         path = Path(store)
-        if not (path / "zarr.json").exists():
-            raise DaskmetaError(f"{path} is not a daskmeta collection store (no zarr.json)")
-        data = xr.open_zarr(path, consolidated=False)
-        attrs = data.attrs
-        if "ma" in data and "rows_per_shard" in attrs:
-            # One dask chunk per shard, not per one-row inner chunk.
-            data = data.chunk({"study": int(attrs["rows_per_shard"])})
+        attrs = read_root(path)
         if attrs.get("format") != FORMAT:
             raise DaskmetaError(f"{path} is a Zarr store but not a daskmeta collection")
         if attrs.get("format_version", 0) > FORMAT_VERSION:
             raise DaskmetaError(f"{path} was written by a newer daskmeta")
-        if not attrs.get("complete") and not allow_incomplete:
+        complete = bool(attrs.get("complete"))
+        if not complete and not allow_incomplete:
             raise DaskmetaError(
-                f"{path} is an incomplete collection (its build was interrupted); run the "
-                "same build again (Collection.build or `daskmeta ingest`) to finish it"
+                f"{path} is an incomplete collection (its build was interrupted, or is still "
+                "running); run the same build again (Collection.build or `daskmeta ingest`) "
+                "to finish it"
             )
-        dataset_file = path / _DATASET_FILE
-        if not dataset_file.exists() and (path / "dataset.zip").exists():
-            dataset_file = path / "dataset.zip"  # stores of daskmeta 0.1.0 before the sub-group
-        dataset = Dataset.load(dataset_file)
+        manifest = None
+        if complete and verifiable(attrs):
+            manifest = open_manifest(path, attrs)
+        elif complete:
+            warnings.warn(f"{path}: a collection of format {attrs.get('format_version', 1)} "
+                          "has no manifest, so its shards, Dataset file and attributes cannot "
+                          "be verified; rebuild it (`daskmeta ingest --overwrite`) to make it "
+                          "verifiable", DaskmetaWarning, stacklevel=2)
+        data = open_zarr(path)
+        if dict(data.attrs) != attrs:  # rewritten since read_root: what was checked is gone
+            raise _integrity.store_changed(path)
+        if "ma" in data and "rows_per_shard" in attrs:
+            # One dask chunk per shard, not per one-row inner chunk.
+            data = data.chunk({"study": int(attrs["rows_per_shard"])})
+        dataset = load_dataset(path, attrs, check=manifest is None and complete)
         import nibabel as nib
 
-        mask = np.asarray(data["mask"].values, dtype=np.uint8)
+        try:
+            mask = np.asarray(data["mask"].values, dtype=np.uint8)
+        except Exception as exc:  # zarr's errors reading the mask's chunk
+            raise DaskmetaError(f"{path / 'mask'}: cannot read the stored mask "
+                                f"({type(exc).__name__}: {exc})") from None
         space = Space(nib.Nifti1Image(mask, np.asarray(attrs["affine"], dtype=float)))
         space.source = attrs.get("mask_source", "collection")
         if space.mask_hash != attrs["mask_hash"]:
             raise DaskmetaError(f"{path}: the stored mask does not match its recorded hash")
         kernel = KERNELS[attrs["kernel"]](**json.loads(attrs["kernel_params"]))
-        return cls(path, data, dataset, space, kernel)
+        collection = cls(path, data, dataset, space, kernel)
+        collection.generation = None if manifest is None else manifest.generation
+        if manifest is not None:
+            _integrity.pin(path, manifest.generation)
+        return collection
+
+    def _check_current(self) -> None:
+        """Raise if the store is no longer the build this Collection opened: another
+        manifest, or (without one) another ``zarr.json`` file."""
+        if self.generation is not None:
+            manifest = _integrity.current(self.path)
+            if manifest is None or manifest.generation != self.generation:
+                raise _integrity.store_changed(self.path)
+            return
+        try:
+            same = os.stat(self.path / "zarr.json").st_ino == self._root_ino
+        except OSError:
+            same = False
+        if not same:
+            raise _integrity.store_changed(self.path)
+
+    def verify(self) -> list[str]:
+        """Check the whole store (:func:`verify`), and that it is still the build opened.
+
+        Returns
+        -------
+        list of str
+            One line per problem; empty if the store is sound.
+        """
+        try:
+            self._check_current()
+        except DaskmetaError as exc:
+            return [str(exc)]
+        return verify(self.path)
 
     # -- access ----------------------------------------------------------------------------
     @property
@@ -434,12 +412,24 @@ class Collection:
             raise DaskmetaError(f"experiment {exc} is not in the collection {self.path}") from None
 
     def content_token(self) -> str:
-        """A token naming the store's contents (kernel, dataset, build time), not only its
-        path, for the keys of tasks that read it."""
+        """A token naming the store's contents (kernel, dataset, build), not only its path,
+        for the keys of tasks that read it.
+
+        Raises
+        ------
+        DaskmetaError
+            If the store changed since it was opened (every fit from a store asks for this
+            token first).
+        """
+        self._check_current()
         attrs = self.attrs
+        try:
+            stamp = (self.path / "ma" / "zarr.json").stat().st_mtime_ns
+        except OSError:
+            raise _integrity.store_changed(self.path) from None
         return dask.base.tokenize(str(self.path), attrs["kernel"], attrs["kernel_params"],
                                   attrs["mask_hash"], attrs["dataset_fingerprint"],
-                                  (self.path / "ma" / "zarr.json").stat().st_mtime_ns)
+                                  self.generation, stamp)
 
     def rows(self, ids, chunk_size: int = 64, dtype=np.float32) -> da.Array:
         """The MA rows of the given experiments, lazy, in blocks of ``chunk_size`` rows.
@@ -466,7 +456,8 @@ class Collection:
         for a in range(0, len(index), chunk_size):
             part = index[a:a + chunk_size]
             key = f"read-rows-{dask.base.tokenize(array_path, stamp, part)}"
-            blocks.append(da.from_delayed(read(array_path, part, dask_key_name=key),
+            blocks.append(da.from_delayed(read(array_path, part, generation=self.generation,
+                                               dask_key_name=key),
                                           shape=(len(part), n_vox), dtype=stored))
         if not blocks:
             out = da.zeros((0, n_vox), dtype=stored)
@@ -492,15 +483,18 @@ class Collection:
         """
         if "ma_hist" not in self.data or self.attrs.get("ma_hist_inv_step") != inv_step:
             return None
-        return read_rows(self.path / "ma_hist", np.asarray(rows, dtype=np.int64))
+        self._check_current()
+        return read_rows(self.path / "ma_hist", np.asarray(rows, dtype=np.int64),
+                         generation=self.generation)
 
     def row_maxima(self, rows) -> np.ndarray:
         """Stored maximum MA value of rows (format 3 stores; read once, then cached)."""
         if "ma_max" not in self.data:
             raise DaskmetaError(f"{self.path} stores no row maxima (a store of an earlier "
                                 "format)")
+        self._check_current()
         if "_row_max" not in self.__dict__:
-            self._row_max = read_vector(self.path / "ma_max")
+            self._row_max = read_vector(self.path / "ma_max", generation=self.generation)
         return self._row_max[np.asarray(rows, dtype=np.int64)]
 
     def selection_weights(self, selections: dict, label_threshold: float = 0.001):

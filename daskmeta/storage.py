@@ -11,10 +11,17 @@ exactly the layout daskmeta writes (sharding codec; inner ``bytes`` plus optiona
 index ``bytes`` plus ``crc32c``; a local directory store) and says so with
 :meth:`ShardedRows.open` returning ``None`` for anything else, in which case callers go
 through zarr. What it writes, zarr reads (tested).
+
+In a collection store, reads are checked against the store's manifest
+(:mod:`daskmeta._integrity`): each shard file's size and each row's compressed size and
+crc32c, so a missing, truncated, swapped or corrupted shard is a :class:`DaskmetaError`
+naming the array, the shard and the file, never other numbers. Every storage and
+decompression error is one too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -23,11 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from daskmeta import _integrity
 from daskmeta.exceptions import DaskmetaError
 
 __all__ = ["ShardedRows", "read_rows", "read_vector", "scratch_rows", "write_shard"]
 
-_MISSING = np.uint64(2**64 - 1)
+_MISSING = 2**64 - 1  # an unstored row's offset and size in a shard index
 _INDEX_ENTRY_BYTES = 16  # (offset, nbytes) as two little-endian uint64
 _CRC_BYTES = 4
 _SPECIAL_FLOATS = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
@@ -106,37 +114,50 @@ class ShardedRows:
         return cls(path, shape, dtype, int(rows_per_shard), key, blosc, location == "end",
                    fill)
 
-    def _shard_index(self, fh, shard: int) -> np.ndarray:
-        """(offset, nbytes) of each row of the open shard file, checked against its crc32c."""
-        import google_crc32c
+    def _damaged(self, shard: int, what: str) -> DaskmetaError:
+        """The error of a shard that is not what was written: names file, shard, array."""
+        file = self.path / self._key(shard)
+        what = f"shard {shard} of array {self.path.name!r}: {what}"
+        root = self.path.parent
+        attrs = None
+        with contextlib.suppress(DaskmetaError):
+            attrs = _integrity.root_attributes(root)
+        if (attrs or {}).get("format") == "daskmeta-collection":
+            return _integrity.damaged(file, what, root)
+        return DaskmetaError(f"{file}: {what}")
 
-        size = os.fstat(fh.fileno()).st_size
+    def _shard_index(self, fh, shard: int, size: int) -> np.ndarray:
+        """(offset, nbytes) of each row of the open shard file, checked against its crc32c."""
+        if size < self._index_nbytes:
+            raise self._damaged(shard, f"truncated ({size} bytes, shorter than its index of "
+                                f"{self._index_nbytes})")
         start = size - self._index_nbytes if self._index_at_end else 0
         raw = os.pread(fh.fileno(), self._index_nbytes, start)
         body, crc = raw[:-_CRC_BYTES], raw[-_CRC_BYTES:]
         if len(raw) != self._index_nbytes or (
-                np.uint32(google_crc32c.value(body)).tobytes() != crc):
-            raise DaskmetaError(f"{self.path / self._key(shard)}: corrupted shard (its index "
-                                "does not match its checksum)")
+                np.uint32(_integrity.crc32c(body)).tobytes() != crc):
+            raise self._damaged(shard, "corrupted (its index does not match its checksum)")
         return np.frombuffer(body, dtype="<u8").reshape(self.rows_per_shard, 2)
 
-    def read(self, rows, out: np.ndarray | None = None) -> np.ndarray:
+    def read(self, rows, out: np.ndarray | None = None, expect=None) -> np.ndarray:
         """The given rows (in the given order) as a ``(len(rows), n_cols)`` array.
+
+        ``expect``, the array's :class:`daskmeta._integrity.ShardTable`, checks every shard
+        file's size and every row's compressed size and crc32c against what the build wrote.
 
         Raises
         ------
         DaskmetaError
-            If a row is out of range, or a shard is truncated or corrupted.
+            If a row is out of range, or a shard is missing, truncated, corrupted or (with
+            ``expect``) not the one the build wrote; the message names the file, the shard
+            and the array.
         """
-        from numcodecs import blosc
-
         rows = np.asarray(rows, dtype=np.int64).ravel()
         n_cols = self.shape[1]
         if out is None:
             out = np.empty((len(rows), n_cols), dtype=self.dtype)
         if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
             raise DaskmetaError(f"{self.path}: row index out of range 0..{self.shape[0] - 1}")
-        row_nbytes = n_cols * self.dtype.itemsize
         order = np.argsort(rows, kind="stable")
         shards = rows[order] // self.rows_per_shard
         boundaries = np.flatnonzero(np.diff(shards)) + 1
@@ -144,43 +165,96 @@ class ShardedRows:
             if group.size == 0:
                 continue
             shard = int(rows[group[0]] // self.rows_per_shard)
-            file = self.path / self._key(shard)
+            size, written = (None, None) if expect is None else expect.shard(shard)
             try:
-                fh = open(file, "rb")
+                fh = open(self.path / self._key(shard), "rb")
             except FileNotFoundError:
+                if expect is not None and size is not None:
+                    raise self._damaged(shard, f"missing (the build wrote {size} bytes)"
+                                        ) from None
                 out[group] = self.fill_value  # an unwritten shard: zarr's fill value
                 continue
+            except OSError as exc:
+                raise self._damaged(shard, f"unreadable ({exc})") from None
             with fh:
-                index = self._shard_index(fh, shard)
-                for k in group:
-                    offset, nbytes = index[rows[k] % self.rows_per_shard]
-                    if offset == _MISSING:
-                        out[k] = self.fill_value
-                        continue
-                    data = os.pread(fh.fileno(), int(nbytes), int(offset))
-                    if len(data) != nbytes:
-                        raise DaskmetaError(f"{file}: truncated shard")
-                    dest = out[k]
-                    if self._blosc is not None:
-                        # Blosc's header holds the decompressed size at bytes 4-8.
-                        if len(data) < 16 or int.from_bytes(data[4:8], "little") != row_nbytes:
-                            raise DaskmetaError(f"{file}: a row decompresses to the wrong "
-                                                "size (corrupted shard)")
-                        blosc.decompress(data, dest)
-                    elif nbytes == row_nbytes:
-                        dest.view(np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
-                    else:
-                        raise DaskmetaError(f"{file}: a row has the wrong size (corrupted "
-                                            "shard)")
+                try:
+                    self._read_shard(fh, shard, rows, group, out, size, written, expect)
+                except OSError as exc:
+                    raise self._damaged(shard, f"unreadable ({exc})") from None
         return out
 
-    def write_shard(self, shard: int, block: np.ndarray) -> None:
+    def _read_shard(self, fh, shard, rows, group, out, size, written, expect) -> None:
+        from numcodecs import blosc
+
+        actual = os.fstat(fh.fileno()).st_size
+        if expect is not None and actual != size:
+            what = ("should not exist (the build wrote no such shard)" if size is None else
+                    f"{actual} bytes; the build wrote {size} (truncated, replaced or swapped)")
+            raise self._damaged(shard, what)
+        index = self._shard_index(fh, shard, actual).tolist()
+        written = None if expect is None else written.tolist()
+        row_nbytes = self.shape[1] * self.dtype.itemsize
+        for k in group:
+            r = int(rows[k] % self.rows_per_shard)
+            offset, nbytes = index[r]
+            if expect is not None:
+                n_written, crc = written[r]
+                stored = offset != _MISSING
+                if stored != (n_written > 0) or (stored and nbytes != n_written):
+                    raise self._damaged(shard, f"row {rows[k]} is not the one the build "
+                                        "wrote (replaced or swapped)")
+            if offset == _MISSING:
+                out[k] = self.fill_value
+                continue
+            data = os.pread(fh.fileno(), nbytes, offset)
+            if len(data) != nbytes:
+                raise self._damaged(shard, "truncated")
+            if expect is not None and _integrity.crc32c(data) != crc:
+                raise self._damaged(shard, f"row {rows[k]} does not match its checksum "
+                                    "(corrupted)")
+            dest = out[k]
+            if self._blosc is not None:
+                # Blosc's header holds the decompressed size at bytes 4-8.
+                if len(data) < 16 or int.from_bytes(data[4:8], "little") != row_nbytes:
+                    raise self._damaged(shard, "a row decompresses to the wrong size "
+                                        "(corrupted)")
+                try:
+                    blosc.decompress(data, dest)
+                except Exception as exc:  # numcodecs raises RuntimeError on bad input
+                    raise self._damaged(shard, f"a row does not decompress ({exc}; "
+                                        "corrupted)") from None
+            elif nbytes == row_nbytes:
+                dest.view(np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
+            else:
+                raise self._damaged(shard, "a row has the wrong size (corrupted)")
+
+    def shard_entry(self, shard: int) -> dict:
+        """What the manifest records of a shard as it is on disk: ``{"size", "rows"}`` (each
+        row's compressed size and crc32c, base64 ``<u4`` pairs), or ``{"absent": True}``."""
+        file = self.path / self._key(shard)
+        n_rows = min(self.rows_per_shard, self.shape[0] - shard * self.rows_per_shard)
+        table = np.zeros((n_rows, 2), dtype="<u4")
+        try:
+            fh = open(file, "rb")
+        except FileNotFoundError:
+            return {"absent": True, "rows": _b64(table)}
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
+            index = self._shard_index(fh, shard, size)
+            for r in range(n_rows):
+                offset, nbytes = index[r]
+                if offset != _MISSING:
+                    table[r] = nbytes, _integrity.crc32c(os.pread(fh.fileno(), int(nbytes),
+                                                                  int(offset)))
+        return {"size": size, "rows": _b64(table)}
+
+    def write_shard(self, shard: int, block: np.ndarray) -> dict:
         """Write ``block`` (the shard's rows, all of them: ``rows_per_shard`` or up to the
-        last row) as shard ``shard``, replacing the file atomically.
+        last row) as shard ``shard``, replacing the file atomically, and return what the
+        manifest records of it (:meth:`shard_entry`).
 
         Rows equal to the fill value everywhere are left out, as zarr leaves them out.
         """
-        import google_crc32c
         from numcodecs import blosc as _blosc
 
         start = shard * self.rows_per_shard
@@ -201,16 +275,18 @@ class ShardedRows:
         empty = ((block == self.fill_value) if self.fill_value == self.fill_value
                  else np.isnan(block)).all(axis=1)
         parts, offset = [], 0 if self._index_at_end else self._index_nbytes
+        table = np.zeros((n_rows, 2), dtype="<u4")
         for r in np.flatnonzero(~empty):
             if self._blosc is None:
                 data = block[r].tobytes()
             else:
                 data = _blosc.compress(block[r], cname, clevel, shuffle, blocksize, typesize)
             index[r] = offset, len(data)
+            table[r] = len(data), _integrity.crc32c(data)
             parts.append(data)
             offset += len(data)
         body = index.tobytes()
-        index_bytes = body + np.uint32(google_crc32c.value(body)).astype("<u4").tobytes()
+        index_bytes = body + np.uint32(_integrity.crc32c(body)).astype("<u4").tobytes()
         parts = parts + [index_bytes] if self._index_at_end else [index_bytes] + parts
         file = self.path / self._key(shard)
         file.parent.mkdir(parents=True, exist_ok=True)
@@ -221,6 +297,13 @@ class ShardedRows:
             os.replace(tmp, file)
         finally:
             tmp.unlink(missing_ok=True)
+        return {"size": sum(len(p) for p in parts), "rows": _b64(table)}
+
+
+def _b64(table: np.ndarray) -> str:
+    import base64
+
+    return base64.b64encode(np.ascontiguousarray(table, dtype="<u4").tobytes()).decode()
 
 
 def _chunk_key(meta: dict, ndim: int):
@@ -270,73 +353,153 @@ def _layout(array_path: str) -> ShardedRows | None:
     return _cached_layout(array_path, stamp)
 
 
-def write_shard(array_path, shard: int, block: np.ndarray) -> None:
+def write_shard(array_path, shard: int, block: np.ndarray) -> dict | None:
     """Write ``block`` as shard ``shard`` of the sharded 2-D Zarr array at ``array_path``:
-    directly in daskmeta's layout (:meth:`ShardedRows.write_shard`), through zarr for any
-    other."""
+    directly in daskmeta's layout (:meth:`ShardedRows.write_shard`, returning what a
+    manifest records of it), through zarr for any other (returning None)."""
     layout = _layout(str(array_path))
     if layout is not None:
-        layout.write_shard(shard, block)
-        return
+        return layout.write_shard(shard, block)
     import zarr
 
     array = zarr.open_array(array_path, mode="r+")
     rows = array.shards[0] if array.shards is not None else array.chunks[0]
     array[shard * rows:shard * rows + len(block)] = block
+    return None
 
 
-def read_rows(array_path, rows, out: np.ndarray | None = None) -> np.ndarray:
-    """Rows of the 2-D Zarr array at ``array_path``: directly for daskmeta's sharded layout,
-    through zarr (one read per run of consecutive rows) for any other layout. ``out``, if
-    given, receives them (shape ``(len(rows), n_cols)``, the array's dtype)."""
-    array_path = str(array_path)
-    reader = _layout(array_path)
-    if reader is not None:
-        return reader.read(rows, out=out)
+def _through_zarr(array_path: str, read):
+    """``read(zarr array)``, its errors as one-line DaskmetaErrors naming the array."""
     import zarr
 
-    array = zarr.open_array(array_path, mode="r")
+    try:
+        return read(zarr.open_array(array_path, mode="r"))
+    except DaskmetaError:
+        raise
+    except Exception as exc:  # zarr's errors: JSON, codecs, missing metadata, ...
+        text = " ".join(str(exc).split())
+        raise DaskmetaError(f"{array_path}: cannot read the Zarr array ({type(exc).__name__}: "
+                            f"{text})") from None
+
+
+@contextlib.contextmanager
+def _rebuilt_is_changed(array_path, manifest):
+    """A read's error, as "the store changed" if the store now holds another build (its
+    files vanish or change while it is rebuilt)."""
+    try:
+        yield
+    except DaskmetaError:
+        if manifest is not None:
+            root = Path(array_path).parent
+            try:
+                now = _integrity.current(root)
+            except DaskmetaError:
+                now = None
+            if now is None or now.generation != manifest.generation:
+                raise _integrity.store_changed(root) from None
+        raise
+
+
+def _unverifiable(array_path: str) -> DaskmetaError:
+    return _integrity.damaged(Path(array_path) / "zarr.json", "not the layout the build "
+                              "wrote (its rows cannot be checked)", Path(array_path).parent)
+
+
+def read_rows(array_path, rows, out: np.ndarray | None = None, *,
+              generation: str | None = None) -> np.ndarray:
+    """Rows of the 2-D Zarr array at ``array_path``: directly for daskmeta's sharded layout,
+    through zarr (one read per run of consecutive rows) for any other layout. ``out``, if
+    given, receives them (shape ``(len(rows), n_cols)``, the array's dtype).
+
+    In a collection store, rows are checked against the store's manifest, and the manifest's
+    generation must be ``generation`` (default: the one this process opened the store at).
+
+    Raises
+    ------
+    DaskmetaError
+        If the store changed since it was opened, or a row is not what the build wrote.
+    """
+    array_path = str(array_path)
+    manifest, name = _integrity.table_for(array_path, generation)
+    expect = None if manifest is None else manifest.sharded.get(name)
+    reader = _layout(array_path)
+    if reader is not None and (expect is None or (
+            expect.n_rows, expect.rows_per_shard) == (reader.shape[0], reader.rows_per_shard)):
+        with _rebuilt_is_changed(array_path, manifest):
+            return reader.read(rows, out=out, expect=expect)
+    if expect is not None:
+        with _rebuilt_is_changed(array_path, manifest):
+            raise _unverifiable(array_path)
     rows = np.asarray(rows, dtype=np.int64).ravel()
-    if out is None:
-        out = np.empty((len(rows), array.shape[1]), dtype=array.dtype)
-    order = np.argsort(rows, kind="stable")
-    sorted_rows = rows[order]
-    breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
-    for run in np.split(np.arange(len(rows)), breaks):
-        if run.size:
-            a, b = int(sorted_rows[run[0]]), int(sorted_rows[run[-1]]) + 1
-            out[order[run]] = array[a:b]
-    return out
+
+    def read(array):
+        target = out
+        if target is None:
+            target = np.empty((len(rows), array.shape[1]), dtype=array.dtype)
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
+        for run in np.split(np.arange(len(rows)), breaks):
+            if run.size:
+                a, b = int(sorted_rows[run[0]]), int(sorted_rows[run[-1]]) + 1
+                target[order[run]] = array[a:b]
+        return target
+
+    return _through_zarr(array_path, read)
 
 
-def read_vector(array_path) -> np.ndarray:
+def read_vector(array_path, *, generation: str | None = None) -> np.ndarray:
     """The whole 1-D Zarr v3 array at ``array_path``.
 
     A store's per-experiment vectors (``ma_max``) are written in chunks of a shard's rows,
     hundreds of small files; zarr reads them at ~0.4 ms each, so this reads and decodes them
     directly when they are plain chunks (``bytes`` then at most one of zstd, blosc or gzip)
-    in a local directory, and through zarr otherwise.
+    in a local directory, and through zarr otherwise. In a collection store each chunk file
+    is checked against the manifest (as :func:`read_rows`).
     """
     path = Path(array_path)
+    manifest, name = _integrity.table_for(path, generation)
     try:
         meta = json.loads((path / "zarr.json").read_text())
         layout = _vector_layout(meta)
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         layout = None
+    recorded = None if manifest is None else {
+        rel[len(name) + 1:]: e for rel, e in manifest.files.items()
+        if rel.startswith(f"{name}/") and rel != f"{name}/zarr.json"}
     if layout is None:
-        import zarr
+        if recorded:
+            with _rebuilt_is_changed(path, manifest):
+                raise _unverifiable(str(path))
+        return _through_zarr(str(path), lambda array: array[:])
+    with _rebuilt_is_changed(path, manifest):
+        return _read_chunks(path, name, layout, recorded)
 
-        return zarr.open_array(str(path), mode="r")[:]
+
+def _read_chunks(path: Path, name: str, layout, recorded) -> np.ndarray:
     n, chunk, dtype, codec, key, fill = layout
     out = np.empty(-(-n // chunk) * chunk, dtype=dtype)
     for i in range(len(out) // chunk):
         file = path / key(i)
+        entry = None if recorded is None else recorded.get(key(i), {"absent": True})
         try:
             raw = file.read_bytes()
         except FileNotFoundError:
+            if entry is not None and not entry.get("absent"):
+                raise _integrity.damaged(file, f"chunk {i} of array {name!r}: missing",
+                                         path.parent) from None
             out[i * chunk:(i + 1) * chunk] = fill
             continue
-        data = raw if codec is None else codec.decode(raw)
+        except OSError as exc:
+            raise DaskmetaError(f"{file}: unreadable chunk ({exc})") from None
+        if entry is not None and (entry.get("absent") or len(raw) != entry["size"]
+                                  or _integrity.crc32c(raw) != entry["crc32c"]):
+            raise _integrity.damaged(file, f"chunk {i} of array {name!r}: not the one the "
+                                     "build wrote (corrupted or replaced)", path.parent)
+        try:
+            data = raw if codec is None else codec.decode(raw)
+        except Exception as exc:  # the codecs' own errors on bad input
+            raise DaskmetaError(f"{file}: a chunk does not decode ({exc}; corrupted)") from None
         if len(data) != chunk * dtype.itemsize:
             raise DaskmetaError(f"{file}: a chunk decodes to the wrong size (corrupted)")
         out[i * chunk:(i + 1) * chunk] = np.frombuffer(data, dtype=dtype)

@@ -23,6 +23,7 @@ import zarr
 from scipy import sparse
 
 import daskmeta
+from daskmeta import _build as build_mod
 from daskmeta import collection as coll_mod
 from daskmeta.cli import main
 from daskmeta.collection import Collection
@@ -160,7 +161,7 @@ def test_plan_value_histograms_equal_the_general_kernel(pain_dataset, nimare_spa
     plan = kernel.plan(pain_dataset, nimare_space)
     block = plan.fill(0, plan.n_rows)
     inv_step = kernel.hist_inv_step()
-    width = coll_mod._hist_width(plan.max_value(), inv_step)
+    width = build_mod.hist_width(plan.max_value(), inv_step)
     fast, general = plan.value_histograms(block, inv_step, width), row_histograms(
         block, inv_step, width)
     for a, b in zip(fast, general):
@@ -178,10 +179,14 @@ def test_store_without_value_histograms_fits_the_same(tmp_path, labelled_stores)
         for node in ("ma_hist", "ma_max"):
             shutil.rmtree(path / node)
         group = zarr.open_group(path, mode="r+")
-        for key in ("ma_hist_inv_step", "ma_hist_width"):
+        for key in ("ma_hist_inv_step", "ma_hist_width", "generation"):
             del group.attrs[key]
         group.attrs["format_version"] = 2
-        old = Collection.open(path)
+        (path / "daskmeta" / "manifest.json").unlink()  # format 2 had none
+        with pytest.warns(DaskmetaWarning, match="format 2 has no manifest, so its shards, "
+                                                 "Dataset file and attributes cannot be "
+                                                 "verified; rebuild it"):
+            old = Collection.open(path)
         assert old.value_histograms(np.arange(3), 1.0) is None
         with pytest.raises(DaskmetaError, match="stores no row maxima"):
             old.row_maxima([0])
@@ -355,7 +360,7 @@ def test_open_refuses_an_incomplete_store(tmp_path, stores, pain_dataset):
 
 def test_build_stopped_midway_then_resumed(tmp_path, monkeypatch, stores, pain_dataset):
     path = tmp_path / "s.zarr"
-    real = coll_mod._write_shard
+    real = build_mod._write_shard
     written = []
 
     def failing(store, plan, index, *args):
@@ -364,11 +369,11 @@ def test_build_stopped_midway_then_resumed(tmp_path, monkeypatch, stores, pain_d
         written.append(index)
         return real(store, plan, index, *args)
 
-    monkeypatch.setattr(coll_mod, "_write_shard", failing)
+    monkeypatch.setattr(build_mod, "_write_shard", failing)
     # One thread, so no task is still writing once the build has raised.
     with pytest.raises(RuntimeError, match="worker lost"), dask.config.set(num_workers=1):
         _build(pain_dataset, ALEKernel(), path)
-    monkeypatch.setattr(coll_mod, "_write_shard", real)
+    monkeypatch.setattr(build_mod, "_write_shard", real)
     assert zarr.open_group(path, mode="r").attrs["complete"] is False
     markers = sorted(int(p.stem) for p in (path / coll_mod._PROGRESS).glob("*.done"))
     assert 3 not in markers and set(markers) == set(written)

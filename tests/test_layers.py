@@ -25,8 +25,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "daskmeta"
 LAYERS = {
     0: {"exceptions", "_version", "_stats", "_labels", "_rows", "_docs", "space", "cluster",
         "config"},
-    1: {"dataset", "io", "results", "storage"},
-    2: {"kernels", "_combine", "_pass", "collection", "simulate"},
+    1: {"dataset", "io", "results", "storage", "_integrity"},
+    2: {"kernels", "_combine", "_pass", "collection", "_build", "_verify", "simulate"},
     3: {"estimators", "montecarlo", "correct", "decode"},
     4: {"workflows", "plotting", "reports"},
     5: {"cli", "__init__", "__main__"},
