@@ -24,7 +24,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "daskmeta"
 # layer it belongs to.
 LAYERS = {
     0: {"exceptions", "_version", "_stats", "_labels", "_rows", "_docs", "space", "cluster",
-        "config"},
+        "config", "_numba_cache"},
     1: {"dataset", "io", "results", "storage"},
     2: {"kernels", "_combine", "_pass", "collection", "simulate"},
     3: {"estimators", "montecarlo", "correct", "decode"},

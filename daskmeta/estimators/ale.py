@@ -15,7 +15,7 @@ __all__ = ["ALE"]
 _INV_STEP = 100000  # NiMARE's ALE histogram resolution: bins of 1e-5
 
 
-#: Histogram bins per parallel tile of a convolution step (sized for the L1/L2 caches).
+#: Histogram bins per tile of a convolution step (sized for the L1/L2 caches).
 _TILE_BINS = 2048
 
 
@@ -77,7 +77,7 @@ def _run_end(i, d, hi, one_minus, bin_centers, inv_step):
     return a
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def _convolve_step(ale, lo, hi, exp_bins, exp_probs, bin_centers, inv_step, out,
                    flush_below=0.0):
     """``out`` = the distribution of 1 - (1 - a)(1 - e), a ~ ``ale``, e ~ the experiment.
@@ -88,12 +88,16 @@ def _convolve_step(ale, lo, hi, exp_bins, exp_probs, bin_centers, inv_step, out,
     constant ``d``, found by bisection on the exact bin formula, is one vectorised shifted
     add. Every output bin receives the same products in the same order (experiment bins,
     then ALE bins, ascending) as in NiMARE, so the result is identical to the last bit;
-    tiles of output bins run in parallel and the tiling does not change it. Finished bins
-    below ``flush_below`` are then set to zero.
+    output bins are done in tiles that stay in cache, and the tiling does not change it.
+    Finished bins below ``flush_below`` are then set to zero.
+
+    Serial on purpose: with ``parallel=True`` it took 1.2 s more to compile (paid by every
+    first run), and its OpenMP threads competed with Dask's worker threads and any other
+    load (the 865-experiment null took 2 to 9 s instead of 0.7 s on a busy machine).
     """
     n_bins = bin_centers.shape[0]
     n_tiles = (n_bins + _TILE_BINS - 1) // _TILE_BINS
-    for tile in numba.prange(n_tiles):
+    for tile in range(n_tiles):
         o_lo = tile * _TILE_BINS
         o_hi = min(n_bins, o_lo + _TILE_BINS)
         out[o_lo:o_hi] = 0.0
@@ -125,12 +129,17 @@ def _convolve_step(ale, lo, hi, exp_bins, exp_probs, bin_centers, inv_step, out,
 _SMALLEST_NORMAL = float(np.finfo(np.float64).tiny)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _ale_null(offsets, bins, counts, n_voxels, bin_centers, inv_step, drop_subnormal):
+    # Plain loops, no slice assignment or fancy indexing: those compile numba's error
+    # formatting (seconds on every first run).
     n_bins = bin_centers.shape[0]
     recip = 1.0 / n_voxels
     ale = np.zeros(n_bins)
     out = np.zeros(n_bins)
+    exp_hist = np.zeros(n_bins)
+    exp_bins = np.zeros(n_bins, dtype=np.int64)
+    exp_probs = np.zeros(n_bins)
     started = False
     hi = 0  # ale[hi:] is zero
     for row in range(offsets.shape[0] - 1):
@@ -138,27 +147,34 @@ def _ale_null(offsets, bins, counts, n_voxels, bin_centers, inv_step, drop_subno
         top = 0
         for k in range(a, b):
             top = max(top, min(bins[k], n_bins - 1))
-        exp_hist = np.zeros(top + 1)
+        for k in range(top + 1):
+            exp_hist[k] = 0.0
         n_nonzero = 0.0
         for k in range(a, b):
             exp_hist[min(max(bins[k], 0), n_bins - 1)] += counts[k]
             n_nonzero += counts[k]
         exp_hist[0] += n_voxels - n_nonzero
-        exp_hist *= recip
+        for k in range(top + 1):
+            exp_hist[k] *= recip
         if not started:
-            ale[: top + 1] = exp_hist
+            for k in range(top + 1):
+                ale[k] = exp_hist[k]
             started = True
             hi = top + 1
         else:
-            exp_bins = np.flatnonzero(exp_hist > 0)
-            exp_probs = exp_hist[exp_bins]
+            n_exp = 0
+            for k in range(top + 1):
+                if exp_hist[k] > 0:
+                    exp_bins[n_exp] = k
+                    exp_probs[n_exp] = exp_hist[k]
+                    n_exp += 1
             lo = 0
             while lo < hi and ale[lo] == 0:
                 lo += 1
             while hi > lo and ale[hi - 1] == 0:
                 hi -= 1
-            _convolve_step(ale, lo, hi, exp_bins, exp_probs, bin_centers, inv_step, out,
-                           _SMALLEST_NORMAL if drop_subnormal else 0.0)
+            _convolve_step(ale, lo, hi, exp_bins[:n_exp], exp_probs[:n_exp], bin_centers,
+                           inv_step, out, _SMALLEST_NORMAL if drop_subnormal else 0.0)
             ale, out = out, ale
             hi = min(n_bins, hi + top + 2)  # a combined bin is at most top + 1 above its bin
     return ale
