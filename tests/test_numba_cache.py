@@ -37,11 +37,11 @@ print(json.dumps({{
 """
 
 
-def _run(site: Path, home: Path) -> dict:
+def _run(site: Path, home: Path, *args: str) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("NUMBA_", "DASKMETA_", "XDG_"))}
     env.update(PYTHONPATH=str(site), HOME=str(home))
-    command = [sys.executable, "-c", CHILD]
+    command = [sys.executable, *(args or ("-c", CHILD))]
     if os.geteuid() == 0:
         # root writes through file modes: drop that capability so the package is read-only.
         command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search",
@@ -49,6 +49,8 @@ def _run(site: Path, home: Path) -> dict:
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,
                           cwd=str(home))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    if args:
+        return {"stderr": proc.stderr}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -78,6 +80,21 @@ def test_read_only_install_caches_in_a_per_version_directory(tmp_path):
     finally:
         for path in package:
             path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def test_precompile_leaves_nothing_to_compile(tmp_path):
+    """After ``python -m daskmeta.precompile`` (on simulated data, default mask) an analysis
+    of real data with another mask compiles nothing."""
+    site, home = tmp_path / "site", tmp_path / "home"
+    shutil.copytree(Path(daskmeta.__file__).parent, site / "daskmeta",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.nb*"))
+    home.mkdir()
+    err = _run(site, home, "-m", "daskmeta.precompile")["stderr"]
+    assert "daskmeta: compiling into the package's __pycache__ directories" in err
+    assert list((site / "daskmeta").rglob("*.nbi"))
+    out = _run(site, home)
+    assert out["cache_dir"] == "None"  # a writable install caches in the package
+    assert out["misses"] == 0 and out["hits"] >= 2
 
 
 def test_writable_install_keeps_numba_default():
