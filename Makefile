@@ -12,12 +12,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# After installing, compile daskmeta's numba code once (cached), so first runs do not.
 $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
+	$(BIN)/python -m daskmeta.precompile
 	touch $@
 
 $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/python -m daskmeta.precompile
 	touch $(VENV)/.runtime $@
 
 demo: $(VENV)/.runtime

@@ -11,14 +11,21 @@ Workloads:
 Each measurement runs in a fresh process (its whole process tree sampled for resident
 memory): NiMARE's ``FWECorrector(method="montecarlo", voxel_thresh=0.001)`` with
 ``n_cores=1`` and ``2``; daskmeta's ``FWECorrector("montecarlo")`` on an embedded
-``LocalCluster`` of 1 and 2 single-threaded worker processes. Times exclude the fit and a
-warm-up run (numba compilation, worker start), and include everything else of
-``transform`` (cluster-forming threshold, observed clusters, maps).
+``LocalCluster`` of 1 and 2 cores, either as threads of one worker in the process (what the
+``daskmeta`` command uses) or as single-threaded worker processes. Times exclude the fit and
+a warm-up run (numba compilation or cache loading, worker start), include everything else
+of ``transform`` (cluster-forming threshold, observed clusters, maps), and are the median of
+``--repeats`` runs.
+
+The arithmetic bound of an iteration is its kernel-voxel updates (``work_per_iteration()`` of
+the null model: the sum over foci of their support sizes) at 1e9 updates per second per core
+(what a compiled prototype reached on this machine); the table gives the updates per second
+achieved and the share of the bound.
 
 Run::
 
-    .venv/bin/python benchmarks/montecarlo.py            # a few minutes on 2 cores
-    .venv/bin/python benchmarks/montecarlo.py --quick    # fewer iterations
+    .venv/bin/python benchmarks/montecarlo.py            # ~10 minutes on 2 cores
+    .venv/bin/python benchmarks/montecarlo.py --quick    # fewer iterations, one repeat
 """
 
 from __future__ import annotations
@@ -110,17 +117,17 @@ def _cpu_snapshot():
 
 
 def _timed(run, repeats):
-    """Best wall time of ``repeats`` runs, and the other processes' share of the machine."""
+    """Median wall time of ``repeats`` runs, and the other processes' share of the machine."""
     import psutil
 
-    best, other = float("inf"), []
+    times, other = [], []
     for _ in range(repeats):
         t0, b0, c0 = _cpu_snapshot()
         out = run()
         t1, b1, c1 = _cpu_snapshot()
-        best = min(best, t1 - t0)
+        times.append(t1 - t0)
         other.append(max(0.0, (b1 - b0) - (c1 - c0)) / ((t1 - t0) * psutil.cpu_count()))
-    return best, float(np.mean(other)), out
+    return float(np.median(times)), float(np.mean(other)), out
 
 
 def _run_nimare(workload, n_cores, n_iters, warmup, repeats):
@@ -137,30 +144,33 @@ def _run_nimare(workload, n_cores, n_iters, warmup, repeats):
     return {"seconds": seconds, "n_iters": n_iters, "other_load": other}
 
 
-def _run_daskmeta(workload, n_workers, n_iters, warmup, batch_size, repeats):
+def _run_daskmeta(workload, n_cores, mode, n_iters, warmup, batch_size, repeats):
     from distributed import Client, LocalCluster
 
-    from daskmeta import nulls
+    from daskmeta import montecarlo
     from daskmeta.correct import FWECorrector
     from daskmeta.estimators import ALE
 
     ds, _, kwargs = WORKLOADS[workload]()
     est = ALE(mask=MASK, **kwargs)
     res = est.fit(ds)  # on the local threaded scheduler, before the cluster starts
-    work = nulls.montecarlo_spec(est).work_per_iteration()
+    model = est._null_model()
     threshold = FWECorrector("montecarlo")._cluster_threshold(res, est)
-    spec = nulls.montecarlo_spec(est, threshold)
-    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+    summary = montecarlo.ClusterMaxima(threshold)
+    processes = mode == "processes"
+    with LocalCluster(n_workers=n_cores if processes else 1,
+                      threads_per_worker=1 if processes else n_cores, processes=processes,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         # Warm every worker (numba cache, lookup tables), then the client's code paths.
-        client.run(nulls.run_batch, spec, 0, 0, 1)
-        FWECorrector("montecarlo", n_iters=warmup, batch_size=max(1, warmup // n_workers),
+        client.run(montecarlo.run_batch, model, summary, 0, 0, 1)
+        FWECorrector("montecarlo", n_iters=warmup, batch_size=max(1, warmup // n_cores),
                      seed=0, progress=False).transform(res)
         seconds, other, out = _timed(
             lambda: FWECorrector("montecarlo", n_iters=n_iters, batch_size=batch_size, seed=1,
                                  progress=False).transform(res), repeats)
     return {"seconds": seconds, "n_iters": out.attrs["fwe_montecarlo_n_iters_run"],
-            "work": work, "n_foci": int(len(est.plan_.focus_row)), "other_load": other}
+            "work": model.work_per_iteration(), "n_foci": model.n_foci,
+            "other_load": other}
 
 
 def _child(argv):
@@ -170,8 +180,8 @@ def _child(argv):
         out = _run_nimare(spec["workload"], spec["cores"], spec["n_iters"], spec["warmup"],
                           spec["repeats"])
     else:
-        out = _run_daskmeta(spec["workload"], spec["cores"], spec["n_iters"], spec["warmup"],
-                            spec["batch_size"], spec["repeats"])
+        out = _run_daskmeta(spec["workload"], spec["cores"], spec["mode"], spec["n_iters"],
+                            spec["warmup"], spec["batch_size"], spec["repeats"])
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -226,20 +236,28 @@ def _measure(spec: dict) -> dict:
     return res
 
 
+#: Kernel-voxel updates per second per core of a compiled prototype on this machine.
+BOUND_UPDATES_PER_S = 1e9
+MODES = ("threads", "processes")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations, one repeat")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="timed runs per measurement; the best is reported (default 2)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs per measurement; the median is reported (default 3)")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS),
                         choices=list(WORKLOADS))
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
+                        help="daskmeta's workers: threads of one worker, or processes")
+    parser.add_argument("--no-nimare", action="store_true", help="daskmeta only")
     args = parser.parse_args(argv)
     q = 0.25 if args.quick else 1.0
     repeats = 1 if args.quick else max(1, args.repeats)
     plans = {
         # (NiMARE iterations, daskmeta iterations, daskmeta batch size)
-        "pain21": (int(250 * q), int(3000 * q), 100),
-        "ns-pain865": (max(2, int(6 * q)), max(4, int(30 * q)), max(1, int(5 * q))),
+        "pain21": (int(250 * q), int(4000 * q), 100),
+        "ns-pain865": (max(2, int(6 * q)), max(4, int(40 * q)), max(1, int(5 * q))),
     }
     import psutil
 
@@ -252,47 +270,64 @@ def main(argv=None):
         n_nimare, n_ours, batch = plans[workload]
         res = {}
         for cores in (1, 2):
-            print(f"[{workload}] NiMARE n_cores={cores}: {n_nimare} iterations ...", flush=True)
-            res["nimare", cores] = _measure({"program": "nimare", "workload": workload,
-                                             "cores": cores, "n_iters": n_nimare,
-                                             "warmup": 2, "repeats": repeats})
-            print(f"[{workload}] daskmeta {cores} worker(s): {n_ours} iterations ...",
-                  flush=True)
-            res["daskmeta", cores] = _measure({"program": "daskmeta", "workload": workload,
-                                               "cores": cores, "n_iters": n_ours,
-                                               "warmup": 2 * cores, "batch_size": batch,
-                                               "repeats": repeats})
+            if not args.no_nimare:
+                print(f"[{workload}] NiMARE n_cores={cores}: {n_nimare} iterations ...",
+                      flush=True)
+                res["nimare", cores] = _measure({"program": "nimare", "workload": workload,
+                                                 "cores": cores, "n_iters": n_nimare,
+                                                 "warmup": 2, "repeats": repeats})
+            for mode in args.modes:
+                print(f"[{workload}] daskmeta {cores} {mode}: {n_ours} iterations ...",
+                      flush=True)
+                res[mode, cores] = _measure({"program": "daskmeta", "workload": workload,
+                                             "cores": cores, "mode": mode, "n_iters": n_ours,
+                                             "warmup": 2 * cores, "batch_size": batch,
+                                             "repeats": repeats})
         rows.append((workload, res))
 
     print()
-    head = (f"{'workload':<11} {'cores':>5} {'NiMARE ms/it':>12} {'daskmeta ms/it':>14} "
-            f"{'ratio':>6} {'NiMARE RSS':>10} {'dm RSS tree':>11} {'dm RSS/worker':>13} "
-            f"{'updates/it':>11} {'Mupd/s':>7} {'other load':>10}")
+    head = (f"{'workload':<11} {'cores':>5} {'daskmeta':<9} {'NiMARE ms/it':>12} "
+            f"{'dm ms/it':>9} {'ratio':>6} {'NiMARE RSS':>10} {'dm RSS':>8} "
+            f"{'dm RSS/proc':>11} {'updates/it':>10} {'bound ms/it':>11} {'Mupd/s':>7} "
+            f"{'of bound':>8} {'other load':>10}")
     print(head)
     print("-" * len(head))
     for workload, res in rows:
         for cores in (1, 2):
-            n, d = res["nimare", cores], res["daskmeta", cores]
-            print(f"{workload:<11} {cores:>5} {n['ms_per_iter']:>12.1f} "
-                  f"{d['ms_per_iter']:>14.2f} {n['ms_per_iter'] / d['ms_per_iter']:>5.1f}x "
-                  f"{n['peak_tree_mib']:>8.0f}Mi {d['peak_tree_mib']:>9.0f}Mi "
-                  f"{d['peak_child_mib']:>11.0f}Mi {d['work']:>11.3g} "
-                  f"{d['work'] / d['ms_per_iter'] / 1e3:>7.0f} "
-                  f"{100 * n['other_load']:>4.0f}%/{100 * d['other_load']:>3.0f}%")
-        d1, d2 = res["daskmeta", 1], res["daskmeta", 2]
-        n1, n2 = res["nimare", 1], res["nimare", 2]
-        print(f"{'':<11} speed-up 1 -> 2: daskmeta "
-              f"{d1['ms_per_iter'] / d2['ms_per_iter']:.2f}x, NiMARE "
-              f"{n1['ms_per_iter'] / n2['ms_per_iter']:.2f}x; "
-              f"{d1['n_foci']} foci, iterations NiMARE {n1['n_iters']} / daskmeta "
-              f"{d1['n_iters']}")
+            n = res.get(("nimare", cores))
+            for mode in args.modes:
+                d = res[mode, cores]
+                bound_ms = 1e3 * d["work"] / (BOUND_UPDATES_PER_S * cores)
+                rate = d["work"] / d["ms_per_iter"] / 1e3
+                nim = (f"{n['ms_per_iter']:>12.1f}" if n else f"{'-':>12}")
+                ratio = (f"{n['ms_per_iter'] / d['ms_per_iter']:>5.1f}x" if n else f"{'-':>6}")
+                nrss = f"{n['peak_tree_mib']:>8.0f}Mi" if n else f"{'-':>10}"
+                load = (f"{100 * n['other_load']:>4.0f}%/" if n else "    -/") + \
+                    f"{100 * d['other_load']:>3.0f}%"
+                print(f"{workload:<11} {cores:>5} {mode:<9} {nim} {d['ms_per_iter']:>9.2f} "
+                      f"{ratio} {nrss} {d['peak_tree_mib']:>6.0f}Mi "
+                      f"{d['peak_child_mib']:>9.0f}Mi {d['work']:>10.3g} {bound_ms:>11.2f} "
+                      f"{rate:>7.0f} {100 * bound_ms / d['ms_per_iter']:>7.0f}% {load:>10}")
+        for mode in args.modes:
+            d1, d2 = res[mode, 1], res[mode, 2]
+            line = (f"{'':<11} speed-up 1 -> 2 cores: daskmeta ({mode}) "
+                    f"{d1['ms_per_iter'] / d2['ms_per_iter']:.2f}x")
+            if ("nimare", 1) in res:
+                n1, n2 = res["nimare", 1], res["nimare", 2]
+                line += f", NiMARE {n1['ms_per_iter'] / n2['ms_per_iter']:.2f}x"
+            print(line)
+        d1 = res[args.modes[0], 1]
+        counts = f"daskmeta {d1['n_iters']}"
+        if ("nimare", 1) in res:
+            counts = f"NiMARE {res['nimare', 1]['n_iters']} / " + counts
+        print(f"{'':<11} {d1['n_foci']} foci; iterations {counts}")
     print("\nupdates/it: kernel support voxels visited per iteration (sum over foci of the "
-          "support size), the arithmetic bound of one iteration;\nMupd/s: achieved millions "
-          "of voxel updates per second (all workers). RSS: peak resident memory of the "
-          "measuring process tree; dm RSS/worker: the largest single worker or nanny process.\n"
-          "other load: share of the machine's CPU used by other processes while NiMARE / "
-          "daskmeta were timed (the machine may be shared); times are the best of the "
-          "repeats.")
+          "support size); bound ms/it: those updates at 1e9 per second per core; Mupd/s: "
+          "achieved\nmillions of updates per second (all cores); of bound: bound time / "
+          "achieved time. RSS: peak resident memory of the measuring process tree; RSS/proc: "
+          "the\nlargest single worker or nanny process (0 with threads). other load: share of "
+          "the machine's CPU used by other processes while NiMARE / daskmeta were timed\n(the "
+          f"machine may be shared). Times are medians of {repeats} run(s).")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,13 @@ so a fit never builds the experiments x voxels MA matrix.
 How it stays fast: kernel supports are cut into runs along the grid's last axis, and a
 padded lookup volume cuts each run into segments of consecutive in-mask voxels, so every
 update is a contiguous loop with no bounds check. An experiment with several foci gathers,
-per voxel, the rank of its largest MA value (among all distinct values of all supports) in an
-int32 scratch vector touched only at its supports, then adds ``f`` of that value once and
-resets the touched segments. Nothing voxel-sized is allocated per experiment.
+per voxel, its largest MA value in a scratch vector touched only at its supports (as
+``sign * f`` when ``f`` is monotone, one vectorised minimum; else as the value's rank among
+all distinct values, which the value histograms need too), records the touched segments,
+then adds ``f`` of that value once per voxel and resets them. The volume is visited in
+slabs of a few planes, every experiment in order within a slab, so the sums and scratch
+being updated stay in the core's cache whatever the number of experiments. Nothing
+voxel-sized is allocated per experiment.
 
 The order of additions is the experiments' order, per voxel, so a sum equals NiMARE's
 ``sum(f(MA), axis=0)`` in float64 bit for bit.
@@ -57,11 +61,16 @@ def _segments_of_lines(lut3, seg3):
                     seg3[i, j, k] = -run_out
 
 
+#: Planes (along the grid's first axis) of one slab. :func:`combine` works slab by slab, so
+#: the part of the sums and scratch it updates stays in the core's own cache.
+SLAB_PLANES = 4
+
+
 @numba.njit(cache=True, nogil=True)
-def combine(focus_base, row_start, row_kernel, r_start, r_delta, r_len, r_val0, k_val, k_rank,
-            rank_val, lut, seg, add_mode, sel_indptr, sel_indices, sel_data, acc, best, addv,
-            rec_pos, rec_len, want_hist, hist_inv_step, k_bin, rank_bin, k_ma, rank_ma, hist,
-            row_max):
+def combine(focus_base, row_start, row_kernel, r_start, plane_runs, r_delta, r_len, r_val0,
+            k_val, k_sval, k_rank, rank_val, lut, seg, plane, add_mode, sign, sel_indptr,
+            sel_indices, sel_data, acc, best, fscr, rec_pos, rec_len, want_hist,
+            hist_inv_step, k_bin, rank_bin, k_ma, rank_ma, hist, row_max):
     """Add ``w * f(MA)`` of every experiment into the sums of the selections holding it.
 
     Parameters
@@ -69,39 +78,65 @@ def combine(focus_base, row_start, row_kernel, r_start, r_delta, r_len, r_val0, 
     focus_base : int64
         Padded-volume address of each focus (foci of experiment ``e`` are
         ``row_start[e]:row_start[e + 1]``, using support ``row_kernel[e]``).
-    r_start, r_delta, r_len, r_val0, k_val, k_rank, rank_val, lut, seg
+    r_start, plane_runs, r_delta, r_len, r_val0, k_val, k_sval, k_rank, rank_val, lut, seg,
+    plane
         The supports as runs (see :class:`CombineContext`).
     add_mode : bool
         Foci of an experiment add (KDA) instead of taking the maximum.
+    sign : float
+        :attr:`CombineContext.sign`: with ``f`` monotone (``sign != 0``) and no histograms,
+        the maximum of an experiment's foci is gathered as the minimum of ``sign * f``.
     sel_indptr, sel_indices, sel_data
         Selection x experiment weights in CSC form: experiment ``e`` is in selections
         ``sel_indices[sel_indptr[e]:sel_indptr[e + 1]]`` with those weights.
     acc : (n_selections, n_voxels) float64
         The sums, added into.
-    best, addv, rec_pos, rec_len
+    best, fscr, rec_pos, rec_len
         Scratch (zeros): int32 and float64 over voxels, and records of touched segments.
     want_hist : bool
         Also count each experiment's non-zero MA values into ``hist[e, bin]`` (bins from
         ``k_bin`` / ``rank_bin``; in add mode, of the sums on the grid of ``hist_inv_step``)
-        and its maximum into ``row_max[e]``.
+        and its maximum into ``row_max[e]`` (zeros on entry).
     """
     n_rows = row_start.shape[0] - 1
-    for e in range(n_rows):
-        f0 = row_start[e]
-        f1 = row_start[e + 1]
-        p0 = sel_indptr[e]
-        p1 = sel_indptr[e + 1]
-        if f1 == f0 or (p1 == p0 and not want_hist):
-            continue
-        kk = row_kernel[e]
-        q0 = r_start[kk]
-        q1 = r_start[kk + 1]
-        if f1 - f0 == 1 or (add_mode and not want_hist):
+    n_foci = focus_base.shape[0]
+    reach = (plane_runs.shape[1] - 2) // 2
+    mono = sign != 0.0 and not add_mode and not want_hist
+    # Each focus's plane, and the planes the foci reach.
+    fplane = np.empty(n_foci, dtype=np.int64)
+    first = np.int64(0)
+    last = np.int64(0)
+    for f in range(n_foci):
+        fplane[f] = focus_base[f] // plane
+        if f == 0 or fplane[f] - reach < first:
+            first = fplane[f] - reach
+        if f == 0 or fplane[f] + reach + 1 > last:
+            last = fplane[f] + reach + 1
+    # Slab by slab, every experiment in order: per voxel the additions are in the
+    # experiments' order whatever the slabs.
+    for s0 in range(first, last, SLAB_PLANES):
+        s1 = s0 + SLAB_PLANES
+        for e in range(n_rows):
+            f0 = row_start[e]
+            f1 = row_start[e + 1]
+            p0 = sel_indptr[e]
+            p1 = sel_indptr[e + 1]
+            if f1 == f0 or (p1 == p0 and not want_hist):
+                continue
+            kk = row_kernel[e]
             # One focus (no overlaps to combine), or sums: add the support values directly.
+            # Otherwise gather each voxel's largest value (its rank, or sign * f, or the sum
+            # in add mode) in scratch and add it once per touched segment.
+            direct = f1 - f0 == 1 or (add_mode and not want_hist)
             top = np.float32(0)
+            nrec = 0
             for f in range(f0, f1):
+                d_lo = max(s0 - fplane[f], -reach)
+                d_hi = min(s1 - fplane[f], reach + 1)
+                if d_lo >= d_hi:
+                    continue
                 b = focus_base[f]
-                for r in range(q0, q1):
+                for r in range(plane_runs[kk, d_lo + reach], plane_runs[kk, d_hi + reach]):
                     p = b + r_delta[r]
                     end = p + r_len[r]
                     v = r_val0[r]
@@ -114,88 +149,80 @@ def combine(focus_base, row_start, row_kernel, r_start, r_delta, r_len, r_val0, 
                             # loops vectorise.
                             c0 = np.uint64(lut[p])
                             v0 = np.uint64(v)
-                            for q in range(p0, p1):
-                                target = acc[sel_indices[q]]
-                                w = sel_data[q]
-                                for t in range(np.uint64(n)):
-                                    target[c0 + t] += w * k_val[v0 + t]
-                            if want_hist:
-                                for t in range(np.uint64(n)):
-                                    hist[e, k_bin[v0 + t]] += 1
-                                    top = max(top, k_ma[v0 + t])
+                            if direct:
+                                for q in range(p0, p1):
+                                    target = acc[sel_indices[q]]
+                                    w = sel_data[q]
+                                    for t in range(np.uint64(n)):
+                                        target[c0 + t] += w * k_val[v0 + t]
+                                if want_hist:
+                                    for t in range(np.uint64(n)):
+                                        hist[e, k_bin[v0 + t]] += 1
+                                        top = max(top, k_ma[v0 + t])
+                            else:
+                                if mono:
+                                    for t in range(np.uint64(n)):
+                                        x = k_sval[v0 + t]
+                                        y = fscr[c0 + t]
+                                        fscr[c0 + t] = x if x < y else y
+                                elif add_mode:
+                                    for t in range(np.uint64(n)):
+                                        fscr[c0 + t] += k_val[v0 + t]
+                                else:
+                                    for t in range(np.uint64(n)):
+                                        best[c0 + t] = max(best[c0 + t], k_rank[v0 + t])
+                                rec_pos[nrec] = c0
+                                rec_len[nrec] = n
+                                nrec += 1
                             p += n
                             v += n
                         else:
                             p -= n
                             v -= n
+            # A voxel covered by two records is reset after the first, so the second adds
+            # zero: each voxel counts once, bit for bit.
+            for i in range(nrec):
+                c0 = np.uint64(rec_pos[i])
+                n = np.uint64(rec_len[i])
+                if mono:
+                    for q in range(p0, p1):
+                        target = acc[sel_indices[q]]
+                        # sign * (sign * f) == f and (w * sign) * (sign * f) == w * f exactly.
+                        ws = sel_data[q] * sign
+                        for t in range(n):
+                            target[c0 + t] += ws * fscr[c0 + t]
+                    for t in range(n):
+                        fscr[c0 + t] = 0.0
+                elif add_mode:
+                    for q in range(p0, p1):
+                        target = acc[sel_indices[q]]
+                        w = sel_data[q]
+                        for t in range(n):
+                            target[c0 + t] += w * fscr[c0 + t]
+                    if want_hist:
+                        for t in range(n):
+                            a = fscr[c0 + t]
+                            if a != 0.0:
+                                hist[e, _nearest_bin(a, hist_inv_step)] += 1
+                                top = max(top, np.float32(a))
+                    for t in range(n):
+                        fscr[c0 + t] = 0.0
+                else:
+                    for q in range(p0, p1):
+                        target = acc[sel_indices[q]]
+                        w = sel_data[q]
+                        for t in range(n):
+                            target[c0 + t] += w * rank_val[best[c0 + t]]
+                    if want_hist:
+                        for t in range(n):
+                            k = best[c0 + t]
+                            if k > 0:
+                                hist[e, rank_bin[k]] += 1
+                                top = max(top, rank_ma[k])
+                    for t in range(n):
+                        best[c0 + t] = 0
             if want_hist:
-                row_max[e] = top
-            continue
-        # Gather each voxel's largest rank (or the sum, in add mode), then add it once.
-        nrec = 0
-        for f in range(f0, f1):
-            b = focus_base[f]
-            for r in range(q0, q1):
-                p = b + r_delta[r]
-                end = p + r_len[r]
-                v = r_val0[r]
-                while p < end:
-                    n = seg[p]
-                    if n > 0:
-                        if n > end - p:
-                            n = end - p
-                        c0 = np.uint64(lut[p])
-                        v0 = np.uint64(v)
-                        if add_mode:
-                            for t in range(np.uint64(n)):
-                                addv[c0 + t] += k_val[v0 + t]
-                        else:
-                            for t in range(np.uint64(n)):
-                                best[c0 + t] = max(best[c0 + t], k_rank[v0 + t])
-                        rec_pos[nrec] = c0
-                        rec_len[nrec] = n
-                        nrec += 1
-                        p += n
-                        v += n
-                    else:
-                        p -= n
-                        v -= n
-        top = np.float32(0)
-        # A voxel covered by two records is reset after the first, so the second adds
-        # rank_val[0] == 0 (or 0.0): each voxel counts once, bit for bit.
-        for i in range(nrec):
-            c0 = np.uint64(rec_pos[i])
-            n = np.uint64(rec_len[i])
-            if add_mode:
-                for q in range(p0, p1):
-                    target = acc[sel_indices[q]]
-                    w = sel_data[q]
-                    for t in range(n):
-                        target[c0 + t] += w * addv[c0 + t]
-                if want_hist:
-                    for t in range(n):
-                        a = addv[c0 + t]
-                        if a != 0.0:
-                            hist[e, _nearest_bin(a, hist_inv_step)] += 1
-                            top = max(top, np.float32(a))
-                for t in range(n):
-                    addv[c0 + t] = 0.0
-            else:
-                for q in range(p0, p1):
-                    target = acc[sel_indices[q]]
-                    w = sel_data[q]
-                    for t in range(n):
-                        target[c0 + t] += w * rank_val[best[c0 + t]]
-                if want_hist:
-                    for t in range(n):
-                        k = best[c0 + t]
-                        if k > 0:
-                            hist[e, rank_bin[k]] += 1
-                            top = max(top, rank_ma[k])
-                for t in range(n):
-                    best[c0 + t] = 0
-        if want_hist:
-            row_max[e] = top
+                row_max[e] = max(row_max[e], top)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -228,9 +255,16 @@ class CombineContext:
     seg : int32 over the padded volume: signed run lengths along the last axis
     voxel_base : int64 padded address of each in-mask voxel
     r_start : int64: the runs of support ``s`` are ``r_start[s]:r_start[s + 1]``
+    plane_runs : int64 ``(n_supports, 2 * reach + 2)``: the runs of support ``s`` on the
+        planes ``d`` to ``d' - 1`` away from its focus along the first axis are
+        ``plane_runs[s, d + reach]:plane_runs[s, d' + reach]`` (runs are in (i, j, k) order)
     r_delta, r_len, r_val0 : int64 per run: address offset of its first voxel, its length,
         the index of its first value in ``k_val``
     k_val : float64 ``f`` of each support value, in run order
+    sign : float: 1.0 if ``f`` never increases with the MA value (ALE's ``log1p(-MA)``), -1.0
+        if it never decreases (the identity), else 0.0: then the largest MA value of a voxel
+        has the smallest ``sign * f``
+    k_sval : float64 ``sign * k_val``
     k_ma : float32 MA value of each support value, in run order
     k_rank : int32 rank of each support value among all distinct values (1 = smallest)
     rank_val : float64 ``f`` of each rank's MA value; ``rank_val[0] = 0``
@@ -245,10 +279,13 @@ class CombineContext:
     seg: np.ndarray
     voxel_base: np.ndarray
     r_start: np.ndarray
+    plane_runs: np.ndarray
     r_delta: np.ndarray
     r_len: np.ndarray
     r_val0: np.ndarray
     k_val: np.ndarray
+    sign: float
+    k_sval: np.ndarray
     k_ma: np.ndarray
     k_rank: np.ndarray
     rank_val: np.ndarray
@@ -257,6 +294,11 @@ class CombineContext:
     pad: int
     pshape: tuple
     seg_per_support: np.ndarray
+
+    @property
+    def plane(self) -> int:
+        """Address distance between planes of the padded volume along the first axis."""
+        return int(self.pshape[1] * self.pshape[2])
 
     def focus_base(self, focus_ijk) -> np.ndarray:
         """Padded-volume addresses of foci given as voxel indices on the grid."""
@@ -279,11 +321,61 @@ class CombineContext:
         return max(1, int(np.max(n_foci * self.seg_per_support[np.asarray(row_kernel)])))
 
     def scratch(self, n_voxels: int, row_start, row_kernel):
-        """Fresh scratch arrays (``best``, ``addv``, ``rec_pos``, ``rec_len``) of
+        """Fresh scratch arrays (``best``, ``fscr``, ``rec_pos``, ``rec_len``) of
         :func:`combine` for these experiments."""
         n_rec = self.max_records(row_start, row_kernel)
         return (np.zeros(n_voxels, dtype=np.int32), np.zeros(n_voxels, dtype=np.float64),
                 np.zeros(n_rec, dtype=np.int64), np.zeros(n_rec, dtype=np.int64))
+
+    def run(self, focus_base, row_start, row_kernel, add_mode, sel, acc, scratch,
+            hist_args=None) -> None:
+        """:func:`combine` with these tables. Fits and Monte Carlo nulls call it alike, so
+        its one compiled specialisation serves both.
+
+        Parameters
+        ----------
+        focus_base, row_start, row_kernel : int64 arrays
+        add_mode : bool
+        sel : tuple
+            ``(indptr, indices, data)`` of the selection x experiment weights in CSC form
+            (int64, int64, float64).
+        acc : (n_selections, n_voxels) float64
+        scratch : tuple
+            From :meth:`scratch`.
+        hist_args : tuple, optional
+            ``(hist_inv_step, k_bin, rank_bin, hist, row_max)`` to count value histograms.
+        """
+        if hist_args is None:
+            want, inv_step, k_bin, rank_bin, hist, row_max = (False, 0.0, _NO_BINS, _NO_BINS,
+                                                              _NO_HIST, _NO_MAX)
+        else:
+            want = True
+            inv_step, k_bin, rank_bin, hist, row_max = hist_args
+        best, fscr, rec_pos, rec_len = scratch
+        combine(_own(focus_base, np.int64), _own(row_start, np.int64),
+                _own(row_kernel, np.int64), self.r_start, self.plane_runs, self.r_delta,
+                self.r_len, self.r_val0, self.k_val, self.k_sval, self.k_rank, self.rank_val,
+                self.lut, self.seg, self.plane, bool(add_mode), float(self.sign),
+                _own(sel[0], np.int64), _own(sel[1], np.int64), _own(sel[2], np.float64),
+                acc, best, fscr, rec_pos, rec_len, want, float(inv_step), k_bin, rank_bin,
+                self.k_ma, self.rank_ma, hist, row_max)
+
+
+#: Placeholders for the histogram arguments of :func:`combine` when none are counted (they
+#: are never written then).
+_NO_BINS = np.zeros(1, dtype=np.int64)
+_NO_HIST = np.zeros((1, 1), dtype=np.int32)
+_NO_MAX = np.zeros(1, dtype=np.float32)
+
+
+def _own(a, dtype) -> np.ndarray:
+    """``a`` as a writeable C-contiguous array of ``dtype`` (copied only if it is not one):
+    numba compiles a separate specialisation for read-only arrays, which unpickled arrays
+    can be."""
+    a = np.asarray(a)
+    if a.dtype != dtype or not a.flags.c_contiguous or not a.flags.writeable:
+        a = np.array(a, dtype=dtype, order="C")
+    return a
 
 
 def _support_runs(offsets: np.ndarray):
@@ -319,12 +411,26 @@ def support_reach(k_offsets) -> int:
     return int(np.abs(k_offsets).max()) if k_offsets.size else 0
 
 
+def _monotone_sign(rank_val: np.ndarray) -> float:
+    """1.0 if ``f`` of the ranks (``rank_val``, from ``f(0) = 0`` up) never increases, -1.0
+    if it never decreases, 0.0 otherwise (or if a value is not finite)."""
+    if not np.all(np.isfinite(rank_val)):
+        return 0.0
+    step = np.diff(rank_val)
+    if np.all(step <= 0):
+        return 1.0
+    if np.all(step >= 0):
+        return -1.0
+    return 0.0
+
+
 def _build_context(mask, k_start, k_offsets, k_values, func, extra_pad: int = 0
                    ) -> CombineContext:
     shape = mask.shape
     nonzero = k_values != 0  # zeros in a support add nothing and are not MA values
     # Foci lie up to extra_pad voxels off the grid: the padding holds their whole supports.
-    pad = max(1, support_reach(k_offsets) + int(extra_pad))
+    reach = support_reach(k_offsets)
+    pad = max(1, reach + int(extra_pad))
     pshape = tuple(int(s) + 2 * pad for s in shape)
     n_voxels = int(mask.sum())
     lut = np.full(pshape, -1, dtype=np.int32)
@@ -337,7 +443,7 @@ def _build_context(mask, k_start, k_offsets, k_values, func, extra_pad: int = 0
     sy, sz = pshape[1], pshape[2]
     ijk = np.argwhere(mask).astype(np.int64) + pad
     voxel_base = (ijk[:, 0] * sy + ijk[:, 1]) * sz + ijk[:, 2]
-    r_start, r_delta, r_len, r_val0, ma_vals = [0], [], [], [], []
+    r_start, r_delta, r_len, r_val0, ma_vals, r_di = [0], [], [], [], [], []
     n_vals = 0
     for s in range(len(k_start) - 1):
         a, b = int(k_start[s]), int(k_start[s + 1])
@@ -346,6 +452,7 @@ def _build_context(mask, k_start, k_offsets, k_values, func, extra_pad: int = 0
         order, starts, lengths = _support_runs(off)
         first = off[order][starts].astype(np.int64)
         r_delta.append((first[:, 0] * sy + first[:, 1]) * sz + first[:, 2])
+        r_di.append(first[:, 0])
         r_len.append(lengths)
         r_val0.append(starts + n_vals)
         ma_vals.append(k_values[a:b][keep][order])
@@ -358,15 +465,23 @@ def _build_context(mask, k_start, k_offsets, k_values, func, extra_pad: int = 0
     k_ma = cat(ma_vals, np.float32)
     uniq, inverse = np.unique(k_ma, return_inverse=True)
     r_len_all = cat(r_len, np.int64)
+    # Runs of each support by plane offset (runs are sorted by (i, j, k)).
+    planes = np.arange(-reach, reach + 2)
+    plane_runs = np.zeros((len(r_di), 2 * reach + 2), dtype=np.int64)
+    for s, di in enumerate(r_di):
+        plane_runs[s] = r_start[s] + np.searchsorted(di, planes, side="left")
+    k_val = np.ascontiguousarray(elementwise_values(func, k_ma))
+    rank_val = np.ascontiguousarray(np.concatenate([[0.0], elementwise_values(func, uniq)]))
+    sign = _monotone_sign(rank_val)
     # A run of n voxels holds at most ceil(n / 2) in-mask segments.
     seg_per_support = np.asarray([int(np.sum((ln + 1) // 2)) for ln in r_len], dtype=np.int64)
     return CombineContext(
         lut=lut, seg=seg, voxel_base=np.ascontiguousarray(voxel_base),
-        r_start=np.asarray(r_start, dtype=np.int64), r_delta=cat(r_delta, np.int64),
-        r_len=r_len_all, r_val0=cat(r_val0, np.int64),
-        k_val=np.ascontiguousarray(elementwise_values(func, k_ma)), k_ma=k_ma,
+        r_start=np.asarray(r_start, dtype=np.int64), plane_runs=plane_runs,
+        r_delta=cat(r_delta, np.int64), r_len=r_len_all, r_val0=cat(r_val0, np.int64),
+        k_val=k_val, sign=sign, k_sval=np.ascontiguousarray(sign * k_val), k_ma=k_ma,
         k_rank=np.ascontiguousarray(inverse.reshape(-1) + 1, dtype=np.int32),
-        rank_val=np.ascontiguousarray(np.concatenate([[0.0], elementwise_values(func, uniq)])),
+        rank_val=rank_val,
         rank_ma=np.concatenate([[np.float32(0)], uniq]).astype(np.float32),
         nb_delta=np.array([sy * sz, -sy * sz, sz, -sz, 1, -1], dtype=np.int64),
         pad=pad, pshape=pshape, seg_per_support=seg_per_support,
@@ -446,9 +561,7 @@ def run_combine(ctx: CombineContext, focus_base, row_start, row_kernel, add_mode
     if acc is None:
         acc = np.zeros((w.shape[0], n_voxels), dtype=acc_dtype)
     want = hist_inv_step is not None
-    k_bin = rank_bin = np.zeros(1, dtype=np.int64)
-    hist = np.zeros((1, 1), dtype=np.int32)
-    row_max = np.zeros(max(n_rows, 1), dtype=np.float32)
+    hist_args = None
     if want:
         k_bin, rank_bin, width = ctx.bins(hist_inv_step)
         if add_mode:
@@ -456,18 +569,14 @@ def run_combine(ctx: CombineContext, focus_base, row_start, row_kernel, add_mode
             n_max = float(np.diff(np.asarray(row_start)).max(initial=0))
             width = max(width, int(value_bins([float(ctx.k_ma.max(initial=0)) * n_max],
                                               hist_inv_step)[0]) + 1)
-        hist = np.zeros((n_rows, width), dtype=np.int32)
-    best, addv, rec_pos, rec_len = ctx.scratch(n_voxels, row_start, row_kernel)
-    combine(np.ascontiguousarray(focus_base, dtype=np.int64),
-            np.ascontiguousarray(row_start, dtype=np.int64),
-            np.ascontiguousarray(row_kernel, dtype=np.int64), ctx.r_start, ctx.r_delta,
-            ctx.r_len, ctx.r_val0, ctx.k_val, ctx.k_rank, ctx.rank_val, ctx.lut, ctx.seg,
-            bool(add_mode), w.indptr.astype(np.int64), w.indices.astype(np.int64),
-            w.data.astype(np.float64), acc, best, addv, rec_pos, rec_len, want,
-            float(hist_inv_step or 0.0), k_bin, rank_bin, ctx.k_ma, ctx.rank_ma, hist, row_max)
+        hist_args = (float(hist_inv_step), k_bin, rank_bin,
+                     np.zeros((n_rows, width), dtype=np.int32),
+                     np.zeros(max(n_rows, 1), dtype=np.float32))
+    ctx.run(focus_base, row_start, row_kernel, add_mode, (w.indptr, w.indices, w.data), acc,
+            ctx.scratch(n_voxels, row_start, row_kernel), hist_args)
     if not want:
         return acc, None, None
-    return acc, hist, row_max[:n_rows]
+    return acc, hist_args[3], hist_args[4][:n_rows]
 
 
 def identity(block):

@@ -55,8 +55,9 @@ def _add_cluster_options(p):
                    help="address of a running Dask scheduler (tcp://host:port); default: "
                         "$DASK_SCHEDULER_ADDRESS, else an embedded local cluster")
     g.add_argument("--workers", type=int, metavar="N",
-                   help="worker processes of the embedded local cluster (default: cores, <= 4; "
-                        f"at most {_WORKERS_PER_CORE} per core)")
+                   help="run the embedded local cluster as N worker processes (default: one "
+                        "worker in this process with a thread per core, <= 4; at most "
+                        f"{_WORKERS_PER_CORE} per core)")
 
 
 def _add_space_option(p):
@@ -223,8 +224,29 @@ def _run_fetch(args) -> None:
     print(path)
 
 
-def _run_cbma(args) -> None:
+def _client(args):
+    """The Client of an analysis command: ``--scheduler`` or ``$DASK_SCHEDULER_ADDRESS``, else
+    an embedded cluster of ``--workers`` processes, else of one worker in this process with a
+    thread per core."""
+    import os
+
     from daskmeta.cluster import get_client
+
+    if args.workers is None and not (args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+        return get_client(processes=False)
+    return get_client(args.scheduler, n_workers=args.workers)
+
+
+def _describe(client) -> str:
+    info = client.scheduler_info()
+    workers = info.get("workers", {})
+    threads = sum(int(w.get("nthreads", 0)) for w in workers.values())
+    where = ("in this process" if str(info.get("address", "")).startswith("inproc")
+             else info.get("address", "?"))
+    return f"{where}, {len(workers)} worker(s), {threads} thread(s)"
+
+
+def _run_cbma(args) -> None:
     from daskmeta.workflows import input_provenance, prepare_cbma
 
     t0 = time.perf_counter()
@@ -243,9 +265,8 @@ def _run_cbma(args) -> None:
         figures=not args.no_figures,
         provenance={**input_provenance(args.input), "command_line": args.command_line},
     )
-    client = get_client(args.scheduler, n_workers=args.workers)
-    _log(f"Dask: {client.scheduler_info().get('address', '?')} with "
-         f"{len(client.scheduler_info().get('workers', {}))} workers")
+    client = _client(args)
+    _log(f"Dask: {_describe(client)}")
     out = job.run(log=_log)
     _report(out, args.out, t0)
 
@@ -466,7 +487,6 @@ def _report(out, out_dir, t0) -> None:
 
 def _run_demo(args) -> None:
     from daskmeta import simulate
-    from daskmeta.cluster import get_client
     from daskmeta.results import atomic_write
     from daskmeta.space import resolve_space
     from daskmeta.workflows import run_cbma
@@ -483,8 +503,8 @@ def _run_demo(args) -> None:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "simulated_dataset.zip", sim.dataset.save)
-    client = get_client(args.scheduler, n_workers=args.workers)
-    _log(f"Dask: local cluster with {len(client.scheduler_info().get('workers', {}))} workers")
+    client = _client(args)
+    _log(f"Dask: {_describe(client)}")
     out = run_cbma("ale", sim.dataset, out_dir, mask=space, fwe="montecarlo",
                    n_iters=args.n_iters, seed=args.seed, log=_log,
                    provenance={"command_line": args.command_line})

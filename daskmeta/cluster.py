@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import warnings
 
 import dask
 
@@ -32,27 +33,35 @@ def active_client():
 
 
 def get_client(address: str | None = None, n_workers: int | None = None,
-               threads_per_worker: int = 1, memory_limit: str | None = None,
-               timeout: str = "10s", **kwargs):
+               threads_per_worker: int | None = None, memory_limit: str | None = None,
+               timeout: str = "10s", processes: bool = True, **kwargs):
     """Return a distributed Client.
 
     In order: ``address`` (a scheduler such as ``tcp://127.0.0.1:8786``), else the
     ``DASK_SCHEDULER_ADDRESS`` environment variable, else an already active Client, else a new
-    embedded :class:`distributed.LocalCluster` of ``n_workers`` processes (default: the
-    number of cores, at most 4), closed when the interpreter exits.
+    embedded :class:`distributed.LocalCluster`, closed when the interpreter exits: of
+    ``n_workers`` single-threaded worker processes (default: the number of cores, at most 4),
+    or with ``processes=False`` of one worker in this process with a thread per core (no
+    process to start, and compiled code loaded or compiled once: daskmeta's compiled loops
+    release the GIL, so threads scale like processes).
 
     Parameters
     ----------
     address : str, optional
         Scheduler address.
     n_workers : int, optional
-        Worker processes for an embedded cluster.
-    threads_per_worker : int
-        Threads per worker of an embedded cluster.
+        Workers of an embedded cluster (default: cores, at most 4, with ``processes``;
+        one without).
+    threads_per_worker : int, optional
+        Threads per worker of an embedded cluster (default: 1 with ``processes``; the
+        number of cores, at most 4, without).
     memory_limit : str, optional
         Memory limit per worker of an embedded cluster (e.g. ``"2GiB"``).
     timeout : str
         How long to try to reach a scheduler by address.
+    processes : bool
+        Whether an embedded cluster's workers are processes (True) or threads of this
+        process (False).
     **kwargs
         Passed to :class:`distributed.LocalCluster`.
 
@@ -74,16 +83,23 @@ def get_client(address: str | None = None, n_workers: int | None = None,
     client = active_client()
     if client is not None:
         return client
+    cores = max(1, min(4, os.cpu_count() or 1))
     if n_workers is None:
-        n_workers = max(1, min(4, os.cpu_count() or 1))
-    cluster = LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=threads_per_worker,
-        processes=True,
-        memory_limit=memory_limit or "auto",
-        dashboard_address=None,
-        **kwargs,
-    )
+        n_workers = cores if processes else 1
+    if threads_per_worker is None:
+        threads_per_worker = 1 if processes else cores
+    with warnings.catch_warnings():
+        # Without a dashboard the scheduler still serves its health page, on port 8787 if
+        # free, else on another port with a warning that means nothing to the user.
+        warnings.filterwarnings("ignore", message="Port 8787 is already in use")
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=processes,
+            memory_limit=memory_limit or "auto",
+            dashboard_address=None,
+            **kwargs,
+        )
     client = Client(cluster)
     _OWNED.append(client)
     return client

@@ -42,6 +42,29 @@ def test_demo_writes_maps_table_figures(tmp_path, capsys):
     assert prov["fwe_montecarlo_n_iters"] == 300 and prov["estimator"] == "ALE"
 
 
+def test_default_cluster_is_threads_in_this_process(tmp_path, capsys):
+    """Without --workers the embedded cluster is one worker in this process with a thread per
+    core (<= 4); --workers N starts N processes; the seeded maps are the same."""
+    argv = ["ale", str(TESTDATA / "test_pain_dataset.json"), "--mask", str(NIMARE_MASK),
+            "--n-iters", "200", "--seed", "3", "--no-figures"]
+    assert main(argv + ["--out", str(tmp_path / "threads")]) == 0
+    err = capsys.readouterr().err
+    cores = max(1, min(4, os.cpu_count() or 1))
+    assert f"Dask: in this process, 1 worker(s), {cores} thread(s)" in err
+    assert main(argv + ["--out", str(tmp_path / "procs"), "--workers", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "Dask: tcp://127.0.0.1:" in err and ", 2 worker(s), 2 thread(s)" in err
+    names = sorted(p.name for p in (tmp_path / "threads").glob("*.nii.gz"))
+    assert "z_desc-size_level-cluster_corr-FWE_method-montecarlo.nii.gz" in names
+    assert names == sorted(p.name for p in (tmp_path / "procs").glob("*.nii.gz"))
+    for name in names:
+        np.testing.assert_array_equal(nib.load(tmp_path / "threads" / name).get_fdata(),
+                                      nib.load(tmp_path / "procs" / name).get_fdata(), name)
+    assert main(argv + ["--out", str(tmp_path / "x"), "--workers", "0"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "--workers must be a positive integer; got 0")
+
+
 def test_ale_on_sleuth_file_bonferroni(tmp_path, capsys):
     out = tmp_path / "res"
     code = main(["ale", str(TESTDATA / "test_sleuth_file.txt"), "--out", str(out),

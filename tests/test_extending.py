@@ -128,6 +128,36 @@ def test_outside_estimator_montecarlo(pain, nimare_space):
         cres.get_map("z_level-voxel_corr-FWE_method-montecarlo", "array"))
 
 
+class ConeBump(ConeSum):
+    """Cone maps through a non-monotone ``f`` (rising to 1/8 at 1/4, then falling)."""
+
+    def _block_values(self, block):
+        return block - 2 * block * block
+
+
+@pytest.mark.parametrize(("cls", "sign"), [(ConeSum, -1.0), (ConeBump, 0.0)])
+def test_null_statistic_of_any_f_equals_the_dense_sum(cls, sign, pain, nimare_space):
+    """The null's combine gathers an experiment's largest value as the minimum of
+    ``sign * f`` when ``f`` is monotone, and by rank otherwise: both give the fitted map,
+    which is the sum over experiments (in order) of ``f`` of the dense MA rows."""
+    est = cls(mask=nimare_space, kernel__r=6.0)
+    res = est.fit(pain)
+    model = res.estimator._null_model()
+    assert model.context().sign == sign
+    dataset = pain.slice(res.estimator.dataset_.ids)
+    ma = _dense_ma(ConeKernel(r=6.0), dataset, nimare_space)
+    want = est._block_values(ma).astype(np.float64).sum(axis=0).astype(np.float32)
+    np.testing.assert_array_equal(res.get_map("stat", "array"), want)
+    np.testing.assert_array_equal(model.statistic_at(res.estimator.plan_.focus_ijk), want)
+    # Random foci: the null's statistic against the dense sum of their cone maps.
+    ijk = nimare_space.voxel_ijk[np.random.default_rng(5).integers(0, nimare_space.n_voxels,
+                                                                   size=model.n_foci)]
+    ma = _dense_ma(ConeKernel(r=6.0), dataset, nimare_space, focus_ijk=ijk)
+    np.testing.assert_array_equal(
+        model.statistic_at(ijk),
+        est._block_values(ma).astype(np.float64).sum(axis=0).astype(np.float32))
+
+
 def test_base_rate_sampler_draws_from_the_map(pain, nimare_space):
     res = MKDADensity(mask=nimare_space).fit(pain)
     weights = np.zeros(nimare_space.n_voxels)

@@ -24,11 +24,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "daskmeta"
 # layer it belongs to.
 LAYERS = {
     0: {"exceptions", "_version", "_stats", "_labels", "_rows", "_docs", "space", "cluster",
-        "config"},
+        "config", "_numba_cache"},
     1: {"dataset", "io", "results", "storage", "_integrity"},
     2: {"kernels", "_combine", "_pass", "collection", "_build", "_verify", "simulate"},
     3: {"estimators", "montecarlo", "correct", "decode"},
-    4: {"workflows", "plotting", "reports"},
+    4: {"workflows", "plotting", "reports", "precompile"},
     5: {"cli", "__init__", "__main__"},
 }
 LAYER_OF = {name: level for level, names in LAYERS.items() for name in names}

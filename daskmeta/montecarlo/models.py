@@ -20,12 +20,13 @@ own ``draw`` and ``statistic``; other summaries are :class:`Summary` subclasses.
 from __future__ import annotations
 
 import math
+import threading
 
 import dask
 import numpy as np
 from scipy import ndimage
 
-from daskmeta._combine import combine, combine_context
+from daskmeta._combine import _own, combine_context
 from daskmeta.exceptions import DaskmetaError
 from daskmeta.montecarlo._compiled import STAT_ALE, STAT_IDENTITY, summarize
 
@@ -35,6 +36,8 @@ __all__ = ["BaseRateFoci", "ClusterMaxima", "FociNull", "MaxStatistic", "NullMod
 #: Slack on the ALE log-domain pre-test; candidates are then checked exactly in float32.
 _LOG_SLACK = 1e-7
 _FACES = ndimage.generate_binary_structure(3, 1)
+#: Each thread's last iteration workspace (:meth:`FociNull._take_workspace`).
+_WORKSPACES = threading.local()
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,25 +312,42 @@ class FociNull(NullModel):
             return STAT_ALE if self.stat == "ale" else STAT_IDENTITY
         return None
 
-    def _workspace(self, ctx):
+    def _take_workspace(self, ctx) -> dict:
+        """Zeroed scratch of an iteration: this thread's last one if it was this model's (a
+        batch of 1 ms iterations should not spend its time zeroing fresh pages). Return it
+        with :meth:`_give_back` once its sums are zero again; a batch that fails keeps it."""
+        ws = getattr(_WORKSPACES, "ws", None)
+        _WORKSPACES.ws = None
+        if ws is not None and ws["token"] == self.token:
+            return ws
         n = self.n_voxels
-        best, addv, rec_pos, rec_len = ctx.scratch(n, self.row_start, self.row_kernel)
-        return {"acc": np.zeros((1, n)), "best": best, "addv": addv, "rec_pos": rec_pos,
-                "rec_len": rec_len, "mark": np.zeros(n, dtype=np.int64),
-                "visited": np.zeros(n, dtype=np.int64), "sval": np.zeros(n, dtype=np.float32),
-                "supra": np.zeros(n, dtype=np.int32), "stack": np.zeros(n, dtype=np.int32),
-                "itag": 0, "sel": (np.arange(self.n_experiments + 1, dtype=np.int64),
-                                   np.zeros(self.n_experiments, dtype=np.int64),
-                                   self.weights)}
+        return {"token": self.token, "acc": np.zeros((1, n)),
+                "scratch": ctx.scratch(n, self.row_start, self.row_kernel),
+                "mark": np.zeros(n, dtype=np.int64), "visited": np.zeros(n, dtype=np.int64),
+                "sval": np.zeros(n, dtype=np.float32), "supra": np.zeros(n, dtype=np.int32),
+                "stack": np.zeros(n, dtype=np.int32), "itag": 0,
+                "row_start": _own(self.row_start, np.int64),
+                "row_kernel": _own(self.row_kernel, np.int64),
+                "sel": (np.arange(self.n_experiments + 1, dtype=np.int64),
+                        np.zeros(self.n_experiments, dtype=np.int64),
+                        _own(self.weights, np.float64))}
+
+    @staticmethod
+    def _give_back(ws: dict) -> None:
+        _WORKSPACES.ws = ws
 
     def _combine(self, ctx, ws, focus_base):
-        indptr, indices, data = ws["sel"]
-        empty_i, empty_f = np.zeros(1, np.int64), np.zeros(1, np.float32)
-        combine(focus_base, self.row_start, self.row_kernel, ctx.r_start, ctx.r_delta,
-                ctx.r_len, ctx.r_val0, ctx.k_val, ctx.k_rank, ctx.rank_val, ctx.lut, ctx.seg,
-                self.add_mode, indptr, indices, data, ws["acc"], ws["best"], ws["addv"],
-                ws["rec_pos"], ws["rec_len"], False, 0.0, empty_i, empty_i, ctx.k_ma,
-                ctx.rank_ma, np.zeros((1, 1), np.int32), empty_f)
+        ctx.run(focus_base, ws["row_start"], ws["row_kernel"], self.add_mode, ws["sel"],
+                ws["acc"], ws["scratch"])
+
+    def _statistic_of_base(self, focus_base) -> np.ndarray:
+        ctx = self.context()
+        ws = self._take_workspace(ctx)
+        self._combine(ctx, ws, focus_base)
+        stat = self._stat_of(ws["acc"][0])
+        ws["acc"][0] = 0.0
+        self._give_back(ws)
+        return stat
 
     def _stat_of(self, acc) -> np.ndarray:
         if self.stat == "ale":
@@ -340,25 +360,24 @@ class FociNull(NullModel):
         return self.sampler.draw(rng, self.n_foci, self.n_voxels)
 
     def statistic(self, drawn) -> np.ndarray:
-        ctx = self.context()
-        ws = self._workspace(ctx)
-        self._combine(ctx, ws, ctx.voxel_base[np.asarray(drawn)])
-        return self._stat_of(ws["acc"][0])
+        return self._statistic_of_base(self.context().voxel_base[np.asarray(drawn)])
 
     def run_batch(self, summary, rng, n_iters, fixed_base=None):
         """Run ``n_iters`` iterations (with ``fixed_base``, foci at those padded addresses
         instead of drawn ones: for checking)."""
         kind = self._compiled_kind(summary)
         ctx = self.context()
-        ws = self._workspace(ctx)
+        ws = self._take_workspace(ctx)
         acc = ws["acc"]
         out = summary.start(n_iters, self.n_voxels)
         if kind is None:
             for i in range(n_iters):
                 self._combine(ctx, ws, ctx.voxel_base[self.draw(rng)] if fixed_base is None
                               else fixed_base)
-                summary.record(out, i, self._stat_of(acc[0]), self.geometry)
+                stat = self._stat_of(acc[0])
                 acc[0] = 0.0
+                summary.record(out, i, stat, self.geometry)
+            self._give_back(ws)
             return out
         clusters = isinstance(summary, ClusterMaxima)
         thr = summary.threshold if clusters else np.inf
@@ -375,6 +394,7 @@ class FociNull(NullModel):
             if clusters:
                 out["max_size"][i] = n
                 out["max_mass"][i] = m
+        self._give_back(ws)  # summarize zeroed the sums
         return out
 
     # -- checking ---------------------------------------------------------------------------
@@ -389,10 +409,7 @@ class FociNull(NullModel):
     def statistic_at(self, focus_ijk) -> np.ndarray:
         """The null's statistic with the foci at ``focus_ijk`` (voxel indices on the grid, in
         the plan's focus order): with the fit's own foci it is the fitted ``stat`` map."""
-        ctx = self.context()
-        ws = self._workspace(ctx)
-        self._combine(ctx, ws, self._fixed_base(ctx, focus_ijk))
-        return self._stat_of(ws["acc"][0])
+        return self._statistic_of_base(self._fixed_base(self.context(), focus_ijk))
 
     def summary_at(self, summary: Summary, focus_ijk) -> dict:
         """One iteration's summary with the foci at ``focus_ijk`` (the compiled path for the

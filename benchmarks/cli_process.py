@@ -1,0 +1,214 @@
+"""Whole runs as users time them: the ``daskmeta`` command against a NiMARE script, from
+process start to exit.
+
+1. ``daskmeta ale test_pain_dataset.json --mask <NiMARE's mask> --out TMP --fwe montecarlo
+   --n-iters 2000 --seed 1`` (21 pain studies; maps, cluster tables and figures written)
+   against a NiMARE 0.22.1 script doing ``ALE().fit`` and ``FWECorrector(method=
+   "montecarlo", n_iters=2000, n_cores=2, voxel_thresh=0.001)`` on the same inputs and mask,
+   then ``save_maps`` (``--nimare-no-save`` leaves that out), as a whole process. daskmeta is
+   run
+
+   * warm: its compiled code already cached (a run before the timed ones);
+   * first run after a fresh install: the package copied without ``__pycache__`` into a new
+     directory (an empty numba cache) for every run;
+   * first run after ``python -m daskmeta.precompile`` (what ``make demo`` / ``make test``
+     installs do): a fresh copy, precompiled (not timed), then timed.
+
+2. ``daskmeta demo --out TMP``: its first run on a fresh copy, and its second run.
+
+Every run is a fresh process, timed from start to exit, its process tree sampled for peak
+resident memory; the table gives medians over ``--repeats`` runs and ratios. The package
+under test is this checkout's (``PYTHONPATH``), run by this interpreter's ``daskmeta``
+script.
+
+Usage::
+
+    .venv/bin/python benchmarks/cli_process.py               # about 5 minutes on 2 cores
+    .venv/bin/python benchmarks/cli_process.py --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DATA = HERE.parents[1] / "shared" / "data"
+TESTDATA = DATA / "nimare-testdata"
+MASK = TESTDATA / "MNI152_2x2x2_brainmask.nii.gz"
+PAIN = TESTDATA / "test_pain_dataset.json"
+N_ITERS = 2000
+
+NIMARE_SCRIPT = """
+import sys, warnings, logging
+warnings.filterwarnings("ignore")
+logging.getLogger("nimare").setLevel(logging.ERROR)
+from nimare.correct import FWECorrector
+from nimare.dataset import Dataset
+from nimare.meta.cbma import ALE
+
+mask, source, out, n_iters, save = sys.argv[1:6]
+dset = Dataset(source, mask=mask)
+res = ALE(mask=mask).fit(dset)
+res = FWECorrector(method="montecarlo", n_iters=int(n_iters), n_cores=2,
+                   voxel_thresh=0.001).transform(res)
+if save == "1":
+    res.save_maps(output_dir=out)
+"""
+
+
+def _daskmeta_script() -> str:
+    script = Path(sys.executable).with_name("daskmeta")
+    if not script.exists():
+        raise SystemExit(f"no daskmeta script next to {sys.executable}; install the package")
+    return str(script)
+
+
+def timed_process(command, env=None, cwd=None) -> dict:
+    """Run ``command`` to exit; wall seconds and peak RSS (MiB) of its process tree."""
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    peak = [0]
+    stop = threading.Event()
+
+    def sample():
+        try:
+            root = psutil.Process(proc.pid)
+        except psutil.Error:
+            return
+        while not stop.is_set():
+            total = 0
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                break
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak[0] = max(peak[0], total)
+            stop.wait(0.02)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - t0
+    stop.set()
+    thread.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{command[:3]} failed ({proc.returncode}):\n{err[-3000:]}")
+    return {"seconds": seconds, "rss_mib": peak[0] / 2**20, "stderr": err}
+
+
+def fresh_copy(root: Path) -> Path:
+    """This checkout's package copied without compiled caches into ``root/site``."""
+    site = root / "site"
+    shutil.copytree(REPO / "daskmeta", site / "daskmeta",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.nb*"))
+    return site
+
+
+def _env(site: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "DASKMETA_"))}
+    env["PYTHONPATH"] = str(site)
+    env.setdefault("TQDM_DISABLE", "1")
+    return env
+
+
+def ale_command(out: Path) -> list[str]:
+    return [_daskmeta_script(), "ale", str(PAIN), "--mask", str(MASK), "--out", str(out),
+            "--fwe", "montecarlo", "--n-iters", str(N_ITERS), "--seed", "1"]
+
+
+def run_all(repeats: int, nimare: bool, nimare_save: bool, log) -> dict:
+    results: dict[str, list] = {}
+
+    def add(name, rec):
+        results.setdefault(name, []).append(rec)
+        log(f"  {name}: {rec['seconds']:.2f} s, {rec['rss_mib']:.0f} MiB")
+
+    with tempfile.TemporaryDirectory(prefix="daskmeta-cli-bench-") as tmp:
+        tmp = Path(tmp)
+        warm_env = _env(REPO)
+        log("warming daskmeta's cache (not timed)")
+        timed_process(ale_command(tmp / "warmup"), env=warm_env)
+        for r in range(repeats):
+            log(f"repeat {r + 1} of {repeats}")
+            if nimare:
+                script = tmp / "nimare_ale.py"
+                script.write_text(NIMARE_SCRIPT)
+                add("nimare", timed_process(
+                    [sys.executable, str(script), str(MASK), str(PAIN), str(tmp / f"n{r}"),
+                     str(N_ITERS), "1" if nimare_save else "0"], env=_env(REPO)))
+            add("warm", timed_process(ale_command(tmp / f"w{r}"), env=warm_env))
+            site = fresh_copy(tmp / f"first{r}")
+            add("first", timed_process(ale_command(tmp / f"f{r}"), env=_env(site)))
+            site = fresh_copy(tmp / f"pre{r}")
+            timed_process([sys.executable, "-m", "daskmeta.precompile"], env=_env(site))
+            add("precompiled", timed_process(ale_command(tmp / f"p{r}"), env=_env(site)))
+            site = fresh_copy(tmp / f"demo{r}")
+            demo = [_daskmeta_script(), "demo", "--out", str(tmp / f"d{r}")]
+            add("demo first", timed_process(demo, env=_env(site)))
+            add("demo second", timed_process(demo, env=_env(site)))
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each; medians are reported (default 3)")
+    parser.add_argument("--no-nimare", action="store_true", help="daskmeta only")
+    parser.add_argument("--nimare-no-save", action="store_true",
+                        help="the NiMARE script does not save its maps")
+    args = parser.parse_args(argv)
+    import psutil
+
+    busy = psutil.cpu_percent(interval=2.0)
+    print(f"{psutil.cpu_count()} CPUs; {busy:.0f}% busy before the benchmark"
+          + (" -- other work is running, timings will suffer" if busy > 15 else ""),
+          flush=True)
+    results = run_all(max(1, args.repeats), not args.no_nimare, not args.nimare_no_save,
+                      log=lambda m: print(m, flush=True))
+    med = {k: float(np.median([r["seconds"] for r in v])) for k, v in results.items()}
+    rss = {k: float(np.median([r["rss_mib"] for r in v])) for k, v in results.items()}
+    print()
+    print(f"{'run':<34} {'median s':>9} {'peak RSS':>9} {'vs NiMARE':>10}")
+    labels = {
+        "nimare": "NiMARE fit + FWE (n_cores=2)" + ("" if not args.nimare_no_save
+                                                     else ", no save"),
+        "warm": "daskmeta ale, warm",
+        "first": "daskmeta ale, first run (empty cache)",
+        "precompiled": "daskmeta ale, first after precompile",
+        "demo first": "daskmeta demo, first run",
+        "demo second": "daskmeta demo, second run",
+    }
+    for key, label in labels.items():
+        if key not in med:
+            continue
+        ratio = ""
+        if "nimare" in med and key in ("warm", "first", "precompiled"):
+            ratio = f"{med['nimare'] / med[key]:>9.2f}x"
+        print(f"{label:<34} {med[key]:>9.2f} {rss[key]:>7.0f}Mi {ratio:>10}")
+    if "demo first" in med:
+        print(f"demo: first run / second run = {med['demo first'] / med['demo second']:.2f}")
+    print(f"\nmedians of {args.repeats} run(s); each run a fresh process timed from start to "
+          "exit; peak RSS of its process tree.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Compile daskmeta's numba code ahead of time: ``python -m daskmeta.precompile``.
+
+daskmeta's loops are compiled by numba on first use and cached (see
+:mod:`daskmeta._numba_cache` for where), so only the first run of each analysis pays for
+compilation. Running this module once after installing (``make demo`` and ``make test`` do;
+a Dockerfile can add ``RUN python -m daskmeta.precompile`` after ``pip install``) makes that
+first run fast too: it runs tiny analyses that go through every compiled function with the
+argument types real runs use (fits of ALE, MKDA and KDA from a dataset, their Monte Carlo
+nulls, and collections: build, fit from the store), on a simulated dataset, without a Dask
+cluster, writing nothing but the cache (and a temporary store, deleted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+__all__ = ["main", "precompile"]
+
+
+def precompile(log=None) -> float:
+    """Compile (or load from the cache) every compiled function of daskmeta's analyses.
+
+    Parameters
+    ----------
+    log : callable, optional
+        Receives a line per step.
+
+    Returns
+    -------
+    float
+        Seconds taken.
+    """
+    import dask
+
+    from daskmeta import simulate
+    from daskmeta.collection import Collection
+    from daskmeta.correct import FWECorrector
+    from daskmeta.estimators import ALE, KDA, MKDADensity
+    from daskmeta.exceptions import DaskmetaWarning
+    from daskmeta.kernels import ALEKernel, MKDAKernel
+
+    log = log or (lambda msg: None)
+    t0 = time.perf_counter()
+    sim = simulate.coordinates(n_experiments=6, seed=0)
+    dataset = sim.dataset
+    with dask.config.set(scheduler="synchronous"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DaskmetaWarning)
+        for cls in (ALE, MKDADensity, KDA):
+            t = time.perf_counter()
+            res = cls().fit(dataset)
+            FWECorrector("montecarlo", n_iters=2, seed=0, progress=False).transform(res)
+            log(f"{cls.__name__}: fit and Monte Carlo ({time.perf_counter() - t:.1f} s)")
+        with tempfile.TemporaryDirectory(prefix="daskmeta-precompile-") as tmp:
+            for name, kernel, cls in (("ale", ALEKernel(sample_size=20), ALE),
+                                      ("mkda", MKDAKernel(), MKDADensity)):
+                t = time.perf_counter()
+                coll = Collection.build(dataset, kernel, Path(tmp) / f"{name}.zarr")
+                cls(kernel_transformer=kernel).fit(coll, select=dataset.ids[:4])
+                log(f"{cls.__name__}: collection build and fit ({time.perf_counter() - t:.1f} s)")
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    """Entry point of ``python -m daskmeta.precompile``."""
+    parser = argparse.ArgumentParser(prog="python -m daskmeta.precompile",
+                                     description=__doc__.split("\n\n")[0])
+    parser.parse_args(argv)
+    from daskmeta import _numba_cache
+
+    where = _numba_cache.cache_dir() or "the package's __pycache__ directories"
+    print(f"daskmeta: compiling into {where}", file=sys.stderr, flush=True)
+    seconds = precompile(log=lambda msg: print(f"daskmeta:   {msg}", file=sys.stderr,
+                                               flush=True))
+    print(f"daskmeta: compiled in {seconds:.1f} s", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
