@@ -17,7 +17,7 @@ from pathlib import Path
 from daskmeta._version import __version__
 from daskmeta.exceptions import DaskmetaError, DaskmetaWarning
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
 
 
 def _log(msg: str) -> None:
@@ -364,5 +364,28 @@ def main(argv=None) -> int:
     return 0
 
 
+def run() -> None:
+    """Entry point of the ``daskmeta`` command and ``python -m daskmeta``: :func:`main`, then
+    exit without tearing the interpreter down.
+
+    Python's own shutdown frees every module and object one by one, about a second after an
+    analysis (numba, pandas, scikit-learn and matplotlib through nilearn's figures) that the
+    command's user would wait for. Everything the command writes is closed, and the clients
+    and clusters it started are closed, by the time :func:`main` returns; the output streams
+    and logging handlers are flushed here.
+    """
+    code = main()
+    import logging
+    import os
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more to say
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
