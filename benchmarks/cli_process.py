@@ -18,8 +18,9 @@ process start to exit.
 
 Every run is a fresh process, timed from start to exit, its process tree sampled for peak
 resident memory; the table gives medians over ``--repeats`` runs and ratios. The package
-under test is this checkout's (``PYTHONPATH``), run by this interpreter's ``daskmeta``
-script.
+under test is this checkout's (``PYTHONPATH``), run as the ``daskmeta`` command that
+``pip install`` makes of this checkout's ``pyproject.toml`` (same entry point, this
+interpreter).
 
 Usage::
 
@@ -67,10 +68,19 @@ if save == "1":
 """
 
 
-def _daskmeta_script() -> str:
-    script = Path(sys.executable).with_name("daskmeta")
-    if not script.exists():
-        raise SystemExit(f"no daskmeta script next to {sys.executable}; install the package")
+def console_script(directory: Path) -> str:
+    """The ``daskmeta`` command as pip installs it from this checkout's ``pyproject.toml``
+    (the entry point named there, run by this interpreter), written into ``directory``: the
+    command of this checkout even when the environment's own script was installed from
+    another one."""
+    import tomllib
+
+    entry = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, func = entry["daskmeta"].partition(":")
+    script = directory / "daskmeta"
+    script.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {func}\n"
+                      f"if __name__ == '__main__':\n    sys.exit({func}())\n")
+    script.chmod(0o755)
     return str(script)
 
 
@@ -129,8 +139,8 @@ def _env(site: Path) -> dict:
     return env
 
 
-def ale_command(out: Path) -> list[str]:
-    return [_daskmeta_script(), "ale", str(PAIN), "--mask", str(MASK), "--out", str(out),
+def ale_command(script: str, out: Path) -> list[str]:
+    return [script, "ale", str(PAIN), "--mask", str(MASK), "--out", str(out),
             "--fwe", "montecarlo", "--n-iters", str(N_ITERS), "--seed", "1"]
 
 
@@ -143,25 +153,31 @@ def run_all(repeats: int, nimare: bool, nimare_save: bool, log) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="daskmeta-cli-bench-") as tmp:
         tmp = Path(tmp)
+        script = console_script(tmp)
         warm_env = _env(REPO)
         log("warming daskmeta's cache (not timed)")
-        timed_process(ale_command(tmp / "warmup"), env=warm_env)
+        timed_process(ale_command(script, tmp / "warmup"), env=warm_env)
         for r in range(repeats):
             log(f"repeat {r + 1} of {repeats}")
             if nimare:
-                script = tmp / "nimare_ale.py"
-                script.write_text(NIMARE_SCRIPT)
+                nimare_script = tmp / "nimare_ale.py"
+                nimare_script.write_text(NIMARE_SCRIPT)
                 add("nimare", timed_process(
-                    [sys.executable, str(script), str(MASK), str(PAIN), str(tmp / f"n{r}"),
-                     str(N_ITERS), "1" if nimare_save else "0"], env=_env(REPO)))
-            add("warm", timed_process(ale_command(tmp / f"w{r}"), env=warm_env))
+                    [sys.executable, str(nimare_script), str(MASK), str(PAIN),
+                     str(tmp / f"n{r}"), str(N_ITERS), "1" if nimare_save else "0"],
+                    env=_env(REPO)))
+            add("warm", timed_process(ale_command(script, tmp / f"w{r}"), env=warm_env))
             site = fresh_copy(tmp / f"first{r}")
-            add("first", timed_process(ale_command(tmp / f"f{r}"), env=_env(site)))
+            add("first", timed_process(ale_command(script, tmp / f"f{r}"), env=_env(site)))
             site = fresh_copy(tmp / f"pre{r}")
-            timed_process([sys.executable, "-m", "daskmeta.precompile"], env=_env(site))
-            add("precompiled", timed_process(ale_command(tmp / f"p{r}"), env=_env(site)))
+            # Not from this checkout's directory: "-m" puts the working directory first on
+            # sys.path, which would compile this checkout instead of the copy.
+            timed_process([sys.executable, "-m", "daskmeta.precompile"], env=_env(site),
+                          cwd=str(tmp))
+            add("precompiled",
+                timed_process(ale_command(script, tmp / f"p{r}"), env=_env(site)))
             site = fresh_copy(tmp / f"demo{r}")
-            demo = [_daskmeta_script(), "demo", "--out", str(tmp / f"d{r}")]
+            demo = [script, "demo", "--out", str(tmp / f"d{r}")]
             add("demo first", timed_process(demo, env=_env(site)))
             add("demo second", timed_process(demo, env=_env(site)))
     return results
@@ -186,7 +202,7 @@ def main(argv=None) -> int:
     med = {k: float(np.median([r["seconds"] for r in v])) for k, v in results.items()}
     rss = {k: float(np.median([r["rss_mib"] for r in v])) for k, v in results.items()}
     print()
-    print(f"{'run':<34} {'median s':>9} {'peak RSS':>9} {'vs NiMARE':>10}")
+    print(f"{'run':<38} {'median s':>9} {'peak RSS':>9} {'vs NiMARE':>10}")
     labels = {
         "nimare": "NiMARE fit + FWE (n_cores=2)" + ("" if not args.nimare_no_save
                                                      else ", no save"),
@@ -202,7 +218,7 @@ def main(argv=None) -> int:
         ratio = ""
         if "nimare" in med and key in ("warm", "first", "precompiled"):
             ratio = f"{med['nimare'] / med[key]:>9.2f}x"
-        print(f"{label:<34} {med[key]:>9.2f} {rss[key]:>7.0f}Mi {ratio:>10}")
+        print(f"{label:<38} {med[key]:>9.2f} {rss[key]:>7.0f}Mi {ratio:>10}")
     if "demo first" in med:
         print(f"demo: first run / second run = {med['demo first'] / med['demo second']:.2f}")
     print(f"\nmedians of {args.repeats} run(s); each run a fresh process timed from start to "

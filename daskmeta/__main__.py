@@ -1,8 +1,6 @@
 """``python -m daskmeta``: the command line."""
 
-import sys
-
-from daskmeta.cli import main
+from daskmeta.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -124,12 +124,48 @@ def combine(focus_base, row_start, row_kernel, r_start, plane_runs, r_delta, r_l
             if f1 == f0 or (p1 == p0 and not want_hist):
                 continue
             kk = row_kernel[e]
-            # One focus (no overlaps to combine), or sums: add the support values directly.
-            # Otherwise gather each voxel's largest value (its rank, or sign * f, or the sum
-            # in add mode) in scratch and add it once per touched segment.
-            direct = f1 - f0 == 1 or (add_mode and not want_hist)
             top = np.float32(0)
             nrec = 0
+            if f1 - f0 == 1 or (add_mode and not want_hist):
+                # One focus (no overlaps to combine), or sums: add the support values.
+                for f in range(f0, f1):
+                    d_lo = max(s0 - fplane[f], -reach)
+                    d_hi = min(s1 - fplane[f], reach + 1)
+                    if d_lo >= d_hi:
+                        continue
+                    b = focus_base[f]
+                    for r in range(plane_runs[kk, d_lo + reach], plane_runs[kk, d_hi + reach]):
+                        p = b + r_delta[r]
+                        end = p + r_len[r]
+                        v = r_val0[r]
+                        while p < end:
+                            n = seg[p]
+                            if n > 0:
+                                if n > end - p:
+                                    n = end - p
+                                # Unsigned indices: no negative-index wraparound test, so
+                                # the loops vectorise.
+                                c0 = np.uint64(lut[p])
+                                v0 = np.uint64(v)
+                                for q in range(p0, p1):
+                                    target = acc[sel_indices[q]]
+                                    w = sel_data[q]
+                                    for t in range(np.uint64(n)):
+                                        target[c0 + t] += w * k_val[v0 + t]
+                                if want_hist:
+                                    for t in range(np.uint64(n)):
+                                        hist[e, k_bin[v0 + t]] += 1
+                                        top = max(top, k_ma[v0 + t])
+                                p += n
+                                v += n
+                            else:
+                                p -= n
+                                v -= n
+                if want_hist:
+                    row_max[e] = max(row_max[e], top)
+                continue
+            # Gather each voxel's largest value (as sign * f, or its rank; the sum in add
+            # mode) in scratch, recording the touched segments, then add it once.
             for f in range(f0, f1):
                 d_lo = max(s0 - fplane[f], -reach)
                 d_hi = min(s1 - fplane[f], reach + 1)
@@ -145,49 +181,46 @@ def combine(focus_base, row_start, row_kernel, r_start, plane_runs, r_delta, r_l
                         if n > 0:
                             if n > end - p:
                                 n = end - p
-                            # Unsigned indices: no negative-index wraparound test, so the
-                            # loops vectorise.
                             c0 = np.uint64(lut[p])
                             v0 = np.uint64(v)
-                            if direct:
-                                for q in range(p0, p1):
-                                    target = acc[sel_indices[q]]
-                                    w = sel_data[q]
-                                    for t in range(np.uint64(n)):
-                                        target[c0 + t] += w * k_val[v0 + t]
-                                if want_hist:
-                                    for t in range(np.uint64(n)):
-                                        hist[e, k_bin[v0 + t]] += 1
-                                        top = max(top, k_ma[v0 + t])
+                            if mono:
+                                for t in range(np.uint64(n)):
+                                    x = k_sval[v0 + t]
+                                    y = fscr[c0 + t]
+                                    fscr[c0 + t] = x if x < y else y
+                            elif add_mode:
+                                for t in range(np.uint64(n)):
+                                    fscr[c0 + t] += k_val[v0 + t]
                             else:
-                                if mono:
-                                    for t in range(np.uint64(n)):
-                                        x = k_sval[v0 + t]
-                                        y = fscr[c0 + t]
-                                        fscr[c0 + t] = x if x < y else y
-                                elif add_mode:
-                                    for t in range(np.uint64(n)):
-                                        fscr[c0 + t] += k_val[v0 + t]
-                                else:
-                                    for t in range(np.uint64(n)):
-                                        best[c0 + t] = max(best[c0 + t], k_rank[v0 + t])
-                                rec_pos[nrec] = c0
-                                rec_len[nrec] = n
-                                nrec += 1
+                                for t in range(np.uint64(n)):
+                                    best[c0 + t] = max(best[c0 + t], k_rank[v0 + t])
+                            rec_pos[nrec] = c0
+                            rec_len[nrec] = n
+                            nrec += 1
                             p += n
                             v += n
                         else:
                             p -= n
                             v -= n
             # A voxel covered by two records is reset after the first, so the second adds
-            # zero: each voxel counts once, bit for bit.
+            # zero: each voxel counts once, bit for bit. sign * (sign * f) == f and
+            # (w * sign) * (sign * f) == w * f exactly.
+            if mono and p1 - p0 == 1:
+                # One selection (a Monte Carlo null): add and reset in one sweep.
+                target = acc[sel_indices[p0]]
+                ws = sel_data[p0] * sign
+                for i in range(nrec):
+                    c0 = np.uint64(rec_pos[i])
+                    for t in range(np.uint64(rec_len[i])):
+                        target[c0 + t] += ws * fscr[c0 + t]
+                        fscr[c0 + t] = 0.0
+                nrec = 0
             for i in range(nrec):
                 c0 = np.uint64(rec_pos[i])
                 n = np.uint64(rec_len[i])
                 if mono:
                     for q in range(p0, p1):
                         target = acc[sel_indices[q]]
-                        # sign * (sign * f) == f and (w * sign) * (sign * f) == w * f exactly.
                         ws = sel_data[q] * sign
                         for t in range(n):
                             target[c0 + t] += ws * fscr[c0 + t]

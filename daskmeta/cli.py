@@ -19,7 +19,7 @@ from pathlib import Path
 from daskmeta._version import __version__
 from daskmeta.exceptions import DaskmetaError, DaskmetaWarning
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -570,5 +570,28 @@ def _one_line(exc: BaseException, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def run() -> None:
+    """Entry point of the ``daskmeta`` command and ``python -m daskmeta``: :func:`main`, then
+    exit without tearing the interpreter down.
+
+    Python's own shutdown frees every module and object one by one, about a second after an
+    analysis (numba, pandas, scikit-learn and matplotlib through nilearn's figures) that the
+    command's user would wait for. Everything the command writes is closed, and the clients
+    and clusters it started are closed, by the time :func:`main` returns; the output streams
+    and logging handlers are flushed here.
+    """
+    code = main()
+    import logging
+    import os
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more to say
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -131,6 +131,23 @@ def test_warnings_are_one_line(tmp_path):
     assert not any(".py:" in line for line in err)
 
 
+def test_command_exits_with_its_status_after_writing_everything(tmp_path):
+    """``python -m daskmeta`` (as the ``daskmeta`` script) ends the process itself once the
+    command is done: its status, its printed output and its files are all there."""
+    out = tmp_path / "o"
+    proc = _run_cli("-m", "daskmeta", "mkda", str(TESTDATA / "test_pain_dataset.json"),
+                    "--out", str(out), "--fwe", "none", "--mask", str(NIMARE_MASK))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == str(out.resolve())
+    assert nib.load(out / "z.nii.gz").get_fdata().max() > 3
+    assert pd.read_csv(out / "clusters.tsv", sep="\t")["map"].eq("z").any()
+    assert (out / "z.png").stat().st_size > 10_000
+    proc = _run_cli("-m", "daskmeta", "ale", str(tmp_path / "missing.txt"), "--out",
+                    str(tmp_path / "x"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("daskmeta: error: ")
+
+
 def test_other_warnings_name_their_category():
     script = ("import sys, warnings\n"
               "from daskmeta import cli\n"
