@@ -68,8 +68,8 @@ SLAB_PLANES = 4
 
 @numba.njit(cache=True, nogil=True)
 def combine(focus_base, row_start, row_kernel, r_start, plane_runs, r_delta, r_len, r_val0,
-            k_val, k_sval, k_rank, rank_val, lut, seg, plane, add_mode, sign, sel_indptr,
-            sel_indices, sel_data, acc, best, fscr, rec_pos, rec_len, want_hist,
+            k_val, k_sval, k_rank, rank_val, lut, seg, plane, plane_start, add_mode, sign,
+            sel_indptr, sel_indices, sel_data, acc, best, fscr, rec_pos, rec_len, want_hist,
             hist_inv_step, k_bin, rank_bin, k_ma, rank_ma, hist, row_max):
     """Add ``w * f(MA)`` of every experiment into the sums of the selections holding it.
 
@@ -79,8 +79,8 @@ def combine(focus_base, row_start, row_kernel, r_start, plane_runs, r_delta, r_l
         Padded-volume address of each focus (foci of experiment ``e`` are
         ``row_start[e]:row_start[e + 1]``, using support ``row_kernel[e]``).
     r_start, plane_runs, r_delta, r_len, r_val0, k_val, k_sval, k_rank, rank_val, lut, seg,
-    plane
-        The supports as runs (see :class:`CombineContext`).
+    plane, plane_start
+        The supports as runs and the volume (see :class:`CombineContext`).
     add_mode : bool
         Foci of an experiment add (KDA) instead of taking the maximum.
     sign : float
@@ -92,7 +92,8 @@ def combine(focus_base, row_start, row_kernel, r_start, plane_runs, r_delta, r_l
     acc : (n_selections, n_voxels) float64
         The sums, added into.
     best, fscr, rec_pos, rec_len
-        Scratch (zeros): int32 and float64 over voxels, and records of touched segments.
+        Scratch (zeros): int32 and float64 over the in-mask voxels of one slab
+        (:attr:`CombineContext.slab_voxels`), and records of touched segments.
     want_hist : bool
         Also count each experiment's non-zero MA values into ``hist[e, bin]`` (bins from
         ``k_bin`` / ``rank_bin``; in add mode, of the sums on the grid of ``hist_inv_step``)
@@ -113,9 +114,12 @@ def combine(focus_base, row_start, row_kernel, r_start, plane_runs, r_delta, r_l
         if f == 0 or fplane[f] + reach + 1 > last:
             last = fplane[f] + reach + 1
     # Slab by slab, every experiment in order: per voxel the additions are in the
-    # experiments' order whatever the slabs.
+    # experiments' order whatever the slabs. The scratch holds one slab's voxels (in-mask
+    # indices are plane by plane), so it stays in the core's cache too.
+    n_planes = plane_start.shape[0] - 1
     for s0 in range(first, last, SLAB_PLANES):
         s1 = s0 + SLAB_PLANES
+        slab0 = np.uint64(plane_start[min(max(s0, 0), n_planes)])
         for e in range(n_rows):
             f0 = row_start[e]
             f1 = row_start[e + 1]
@@ -183,17 +187,18 @@ def combine(focus_base, row_start, row_kernel, r_start, plane_runs, r_delta, r_l
                                 n = end - p
                             c0 = np.uint64(lut[p])
                             v0 = np.uint64(v)
+                            l0 = c0 - slab0
                             if mono:
                                 for t in range(np.uint64(n)):
                                     x = k_sval[v0 + t]
-                                    y = fscr[c0 + t]
-                                    fscr[c0 + t] = x if x < y else y
+                                    y = fscr[l0 + t]
+                                    fscr[l0 + t] = x if x < y else y
                             elif add_mode:
                                 for t in range(np.uint64(n)):
-                                    fscr[c0 + t] += k_val[v0 + t]
+                                    fscr[l0 + t] += k_val[v0 + t]
                             else:
                                 for t in range(np.uint64(n)):
-                                    best[c0 + t] = max(best[c0 + t], k_rank[v0 + t])
+                                    best[l0 + t] = max(best[l0 + t], k_rank[v0 + t])
                             rec_pos[nrec] = c0
                             rec_len[nrec] = n
                             nrec += 1
@@ -211,49 +216,51 @@ def combine(focus_base, row_start, row_kernel, r_start, plane_runs, r_delta, r_l
                 ws = sel_data[p0] * sign
                 for i in range(nrec):
                     c0 = np.uint64(rec_pos[i])
+                    l0 = c0 - slab0
                     for t in range(np.uint64(rec_len[i])):
-                        target[c0 + t] += ws * fscr[c0 + t]
-                        fscr[c0 + t] = 0.0
+                        target[c0 + t] += ws * fscr[l0 + t]
+                        fscr[l0 + t] = 0.0
                 nrec = 0
             for i in range(nrec):
                 c0 = np.uint64(rec_pos[i])
+                l0 = c0 - slab0
                 n = np.uint64(rec_len[i])
                 if mono:
                     for q in range(p0, p1):
                         target = acc[sel_indices[q]]
                         ws = sel_data[q] * sign
                         for t in range(n):
-                            target[c0 + t] += ws * fscr[c0 + t]
+                            target[c0 + t] += ws * fscr[l0 + t]
                     for t in range(n):
-                        fscr[c0 + t] = 0.0
+                        fscr[l0 + t] = 0.0
                 elif add_mode:
                     for q in range(p0, p1):
                         target = acc[sel_indices[q]]
                         w = sel_data[q]
                         for t in range(n):
-                            target[c0 + t] += w * fscr[c0 + t]
+                            target[c0 + t] += w * fscr[l0 + t]
                     if want_hist:
                         for t in range(n):
-                            a = fscr[c0 + t]
+                            a = fscr[l0 + t]
                             if a != 0.0:
                                 hist[e, _nearest_bin(a, hist_inv_step)] += 1
                                 top = max(top, np.float32(a))
                     for t in range(n):
-                        fscr[c0 + t] = 0.0
+                        fscr[l0 + t] = 0.0
                 else:
                     for q in range(p0, p1):
                         target = acc[sel_indices[q]]
                         w = sel_data[q]
                         for t in range(n):
-                            target[c0 + t] += w * rank_val[best[c0 + t]]
+                            target[c0 + t] += w * rank_val[best[l0 + t]]
                     if want_hist:
                         for t in range(n):
-                            k = best[c0 + t]
+                            k = best[l0 + t]
                             if k > 0:
                                 hist[e, rank_bin[k]] += 1
                                 top = max(top, rank_ma[k])
                     for t in range(n):
-                        best[c0 + t] = 0
+                        best[l0 + t] = 0
             if want_hist:
                 row_max[e] = max(row_max[e], top)
 
@@ -288,6 +295,9 @@ class CombineContext:
     seg : int32 over the padded volume: signed run lengths along the last axis
     voxel_base : int64 padded address of each in-mask voxel
     r_start : int64: the runs of support ``s`` are ``r_start[s]:r_start[s + 1]``
+    plane_start : int64 over the padded volume's planes (+ 1): in-mask voxels before each
+        plane (in-mask indices run plane by plane)
+    slab_voxels : int: most in-mask voxels in :data:`SLAB_PLANES` consecutive planes
     plane_runs : int64 ``(n_supports, 2 * reach + 2)``: the runs of support ``s`` on the
         planes ``d`` to ``d' - 1`` away from its focus along the first axis are
         ``plane_runs[s, d + reach]:plane_runs[s, d' + reach]`` (runs are in (i, j, k) order)
@@ -312,6 +322,8 @@ class CombineContext:
     seg: np.ndarray
     voxel_base: np.ndarray
     r_start: np.ndarray
+    plane_start: np.ndarray
+    slab_voxels: int
     plane_runs: np.ndarray
     r_delta: np.ndarray
     r_len: np.ndarray
@@ -353,11 +365,12 @@ class CombineContext:
             return 1
         return max(1, int(np.max(n_foci * self.seg_per_support[np.asarray(row_kernel)])))
 
-    def scratch(self, n_voxels: int, row_start, row_kernel):
+    def scratch(self, row_start, row_kernel):
         """Fresh scratch arrays (``best``, ``fscr``, ``rec_pos``, ``rec_len``) of
         :func:`combine` for these experiments."""
         n_rec = self.max_records(row_start, row_kernel)
-        return (np.zeros(n_voxels, dtype=np.int32), np.zeros(n_voxels, dtype=np.float64),
+        return (np.zeros(self.slab_voxels, dtype=np.int32),
+                np.zeros(self.slab_voxels, dtype=np.float64),
                 np.zeros(n_rec, dtype=np.int64), np.zeros(n_rec, dtype=np.int64))
 
     def run(self, focus_base, row_start, row_kernel, add_mode, sel, acc, scratch,
@@ -388,7 +401,8 @@ class CombineContext:
         combine(_own(focus_base, np.int64), _own(row_start, np.int64),
                 _own(row_kernel, np.int64), self.r_start, self.plane_runs, self.r_delta,
                 self.r_len, self.r_val0, self.k_val, self.k_sval, self.k_rank, self.rank_val,
-                self.lut, self.seg, self.plane, bool(add_mode), float(self.sign),
+                self.lut, self.seg, self.plane, self.plane_start, bool(add_mode),
+                float(self.sign),
                 _own(sel[0], np.int64), _own(sel[1], np.int64), _own(sel[2], np.float64),
                 acc, best, fscr, rec_pos, rec_len, want, float(inv_step), k_bin, rank_bin,
                 self.k_ma, self.rank_ma, hist, row_max)
@@ -471,6 +485,10 @@ def _build_context(mask, k_start, k_offsets, k_values, func, extra_pad: int = 0
         n_voxels, dtype=np.int32)
     seg = np.zeros(pshape, dtype=np.int32)
     _segments_of_lines(lut, seg)
+    per_plane = (lut >= 0).reshape(pshape[0], -1).sum(axis=1)
+    plane_start = np.concatenate([[0], np.cumsum(per_plane)]).astype(np.int64)
+    slab_voxels = max(1, int(np.max(plane_start[np.minimum(np.arange(pshape[0]) + SLAB_PLANES,
+                                                            pshape[0])] - plane_start[:-1])))
     lut = lut.reshape(-1)
     seg = seg.reshape(-1)
     sy, sz = pshape[1], pshape[2]
@@ -510,7 +528,8 @@ def _build_context(mask, k_start, k_offsets, k_values, func, extra_pad: int = 0
     seg_per_support = np.asarray([int(np.sum((ln + 1) // 2)) for ln in r_len], dtype=np.int64)
     return CombineContext(
         lut=lut, seg=seg, voxel_base=np.ascontiguousarray(voxel_base),
-        r_start=np.asarray(r_start, dtype=np.int64), plane_runs=plane_runs,
+        r_start=np.asarray(r_start, dtype=np.int64), plane_start=plane_start,
+        slab_voxels=slab_voxels, plane_runs=plane_runs,
         r_delta=cat(r_delta, np.int64), r_len=r_len_all, r_val0=cat(r_val0, np.int64),
         k_val=k_val, sign=sign, k_sval=np.ascontiguousarray(sign * k_val), k_ma=k_ma,
         k_rank=np.ascontiguousarray(inverse.reshape(-1) + 1, dtype=np.int32),
@@ -606,7 +625,7 @@ def run_combine(ctx: CombineContext, focus_base, row_start, row_kernel, add_mode
                      np.zeros((n_rows, width), dtype=np.int32),
                      np.zeros(max(n_rows, 1), dtype=np.float32))
     ctx.run(focus_base, row_start, row_kernel, add_mode, (w.indptr, w.indices, w.data), acc,
-            ctx.scratch(n_voxels, row_start, row_kernel), hist_args)
+            ctx.scratch(row_start, row_kernel), hist_args)
     if not want:
         return acc, None, None
     return acc, hist_args[3], hist_args[4][:n_rows]

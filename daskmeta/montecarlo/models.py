@@ -322,7 +322,7 @@ class FociNull(NullModel):
             return ws
         n = self.n_voxels
         return {"token": self.token, "acc": np.zeros((1, n)),
-                "scratch": ctx.scratch(n, self.row_start, self.row_kernel),
+                "scratch": ctx.scratch(self.row_start, self.row_kernel),
                 "mark": np.zeros(n, dtype=np.int64), "visited": np.zeros(n, dtype=np.int64),
                 "sval": np.zeros(n, dtype=np.float32), "supra": np.zeros(n, dtype=np.int32),
                 "stack": np.zeros(n, dtype=np.int32), "itag": 0,
