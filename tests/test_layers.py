@@ -26,7 +26,7 @@ LAYERS = {
     0: {"exceptions", "_version", "_stats", "_labels", "_rows", "_docs", "space", "cluster",
         "config", "_numba_cache"},
     1: {"dataset", "io", "results", "storage", "_integrity"},
-    2: {"kernels", "_combine", "_pass", "collection", "_build", "_verify", "simulate"},
+    2: {"kernels", "_combine", "_combine_kernels", "_pass", "collection", "_build", "_verify", "simulate"},
     3: {"estimators", "montecarlo", "correct", "decode"},
     4: {"workflows", "plotting", "reports", "precompile"},
     5: {"cli", "__init__", "__main__"},
