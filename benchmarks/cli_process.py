@@ -10,7 +10,8 @@ process start to exit.
 
    * warm: its compiled code already cached (a run before the timed ones);
    * first run after a fresh install: the package copied without ``__pycache__`` into a new
-     directory (an empty numba cache) for every run;
+     directory for every run, its bytecode compiled as ``pip install`` does (an empty numba
+     cache);
    * first run after ``python -m daskmeta.precompile`` (what ``make demo`` / ``make test``
      installs do): a fresh copy, precompiled (not timed), then timed.
 
@@ -125,10 +126,14 @@ def timed_process(command, env=None, cwd=None) -> dict:
 
 
 def fresh_copy(root: Path) -> Path:
-    """This checkout's package copied without compiled caches into ``root/site``."""
+    """This checkout's package copied without compiled caches into ``root/site``, its Python
+    bytecode then compiled as ``pip install`` does (so only numba's cache is empty)."""
+    import compileall
+
     site = root / "site"
     shutil.copytree(REPO / "daskmeta", site / "daskmeta",
                     ignore=shutil.ignore_patterns("__pycache__", "*.nb*"))
+    compileall.compile_dir(str(site / "daskmeta"), quiet=1)
     return site
 
 
