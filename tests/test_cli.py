@@ -151,9 +151,10 @@ def test_command_exits_with_its_status_after_writing_everything(tmp_path):
 def test_other_warnings_name_their_category():
     script = ("import sys, warnings\n"
               "from daskmeta import cli\n"
-              "cli._run_fetch = lambda args: warnings.warn('overflow in\\nexp', RuntimeWarning)\n"
+              "from daskmeta.cli import _common, data\n"
+              "data._run_fetch = lambda args: warnings.warn('overflow in\\nexp', RuntimeWarning)\n"
               "code = cli.main(['fetch', 'neurosynth'])\n"
-              "assert warnings.formatwarning is not cli._format_warning  # restored\n"
+              "assert warnings.formatwarning is not _common._format_warning  # restored\n"
               "warnings.warn('after the run', UserWarning)\n"
               "sys.exit(code)\n")
     proc = _run_cli("-c", script)
@@ -173,7 +174,7 @@ def test_warning_format_is_restored_after_errors(monkeypatch, capsys):
         raise DaskmetaError("no network")
 
     original = warnings.formatwarning
-    monkeypatch.setattr(cli, "_run_fetch", fetch)
+    monkeypatch.setattr(cli.data, "_run_fetch", fetch)
     assert main(["fetch", "neurosynth"]) == 2
     assert seen == ["daskmeta: warning: dropped\n"]
     assert warnings.formatwarning is original

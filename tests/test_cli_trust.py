@@ -29,7 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import daskmeta
-from daskmeta.cli import MAX_N_ITERS, main
+from daskmeta.cli import main
+from daskmeta.cli._common import MAX_N_ITERS
 from daskmeta.exceptions import DatasetError
 
 NS = DATA / "neurosynth-v7"
