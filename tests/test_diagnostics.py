@@ -177,3 +177,108 @@ def test_errors(ale_result, pain_dataset):
     with pytest.warns(DaskmetaWarning, match="no clusters in 'z_desc-size.*threshold 1e"):
         empty = Jackknife(target_threshold=1e9).transform(ale_result)
     assert list(empty.tables) == [CLUST] and empty.tables[CLUST].empty
+
+
+def test_cli_diagnostics_write_tables_next_to_the_maps(tmp_path, capsys, pain_dataset):
+    from daskmeta.cli import main
+
+    out = tmp_path / "out"
+    argv = ["ale", str(PAIN_JSON), "--mask", str(NIMARE_MASK), "--n-iters", "100", "--seed",
+            "3", "--no-figures", "--out", str(out)]
+    assert main(argv + ["--diagnostics", "jackknife,focuscounter", "--diagnostics",
+                        "jackknife"]) == 0
+    target = "z_desc-mass_level-cluster_corr-FWE_method-montecarlo"
+    summary = __import__("json").loads((out / "summary.json").read_text())
+    names = [f"{target}_tab-clust"] + [
+        f"{target}_diag-{d}_tab-counts_tail-positive" for d in ("Jackknife", "FocusCounter")]
+    assert list(summary["diagnostics"]) == names
+    # The tables are the Python API's on the same result, with NiMARE's workflow settings.
+    res = FWECorrector("montecarlo", n_iters=100, seed=3, progress=False).transform(
+        ALE(mask=str(NIMARE_MASK)).fit(pain_dataset))
+    want = Jackknife(target_image=target, target_threshold=1.65,
+                     cluster_threshold=10).transform(res)
+    got = pd.read_csv(out / f"{names[1]}.tsv", sep="\t")
+    expected = want.tables[names[1]]
+    assert list(got.columns) == list(expected.columns) and len(got) == 19
+    np.testing.assert_allclose(got.iloc[:, 1:].to_numpy(float),
+                               expected.iloc[:, 1:].to_numpy(float), rtol=1e-12, atol=1e-15)
+    assert (out / "label_desc-mass_level-cluster_corr-FWE_method-montecarlo_tail-positive"
+                  ".nii.gz").is_file()
+    capsys.readouterr()
+    for extra, message in (
+            (["--diagnostics", "jackknife,nope"], "--diagnostics must be jackknife or "
+                                                  "focuscounter; got 'nope'"),
+            (["--diagnostics", "focuscounter", "--fwe", "none"], "--fwe none gives none"),
+            (["--diag-threshold", "2"], "apply to --diagnostics"),
+            (["--diagnostics", "jackknife", "--diag-threshold", "-1"],
+             "--diag-threshold must be a number >= 0"),
+            (["--diagnostics", "jackknife", "--diag-cluster-threshold", "-1"],
+             "--diag-cluster-threshold must be an integer >= 0")):
+        assert main(argv[:-1] + [str(tmp_path / "bad")] + extra) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("policy", [
+    {"resampling_policy": "leave_1_out"},
+    {"resampling_policy": "subsample", "target_n": 15, "n_resamples": 6, "random_state": 3},
+])
+def test_resampled_stability_equals_nimares_replicates(policy, ale_result):
+    """Given the same cluster-size threshold, the stability map is the mean of NiMARE's own
+    replicate supports (its ``_fit_cbma_subset_replicate``) over NiMARE's schedule."""
+    import copy
+
+    nd = pytest.importorskip("nimare.diagnostics")
+    from nimare.dataset import Dataset
+    from nimare.meta.cbma import ALE as NiMAREALE
+    from nimare.utils import _mask_img_to_bool
+
+    from daskmeta.diagnostics import ResampledStability
+
+    ours = ResampledStability(**policy)
+    got = ours.transform(ale_result)
+    threshold = ours._size_threshold(ale_result)
+    name = f"{TARGET}_diag-ResampledStability"
+    summary = got.tables[f"{name}_tab-summary"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        est = NiMAREALE().fit(Dataset(str(PAIN_JSON), mask=str(NIMARE_MASK))).estimator
+    theirs = nd.ResampledStability(**policy)
+    ma = est._collect_ma_maps()
+    full = copy.deepcopy(est)
+    full.null_distributions_ = {}
+    full._prepare_subsample_null(ma)
+    full._compute_approximate_z_values(ma)
+    ids = np.array(est.inputs_["id"])
+    subsets, target_n = theirs._resolve_subsets(len(ids))
+    mask = _mask_img_to_bool(est.masker.mask_img)
+    want = sum(theirs._fit_cbma_subset_replicate(s, ma, est, ids, threshold,
+                                                 full.null_distributions_, mask)
+               .astype(np.float64) for s in subsets) / len(subsets)
+    stability = got.get_map(name, "array")
+    assert stability.dtype == np.float32 and np.array_equal(stability, want.astype(np.float32))
+    assert 0 < (stability > 0).sum() and stability.max() == 1
+    assert summary.to_dict("records") == [{
+        "target_image": TARGET, "resampling_policy": policy["resampling_policy"],
+        "n_resamples": len(subsets), "target_n": target_n, "k": None,
+        "random_state": policy.get("random_state")}]
+
+
+def test_resampled_stability_errors(ale_result, pain_dataset):
+    from daskmeta.diagnostics import ResampledStability
+
+    with pytest.raises(DaskmetaError, match="k must be from 1 to 18 .* got 19"):
+        ResampledStability(resampling_policy="leave_k_out", k=19).transform(ale_result)
+    with pytest.raises(DaskmetaError, match="too many to enumerate"):
+        ResampledStability(target_n=10).transform(ale_result)
+    with pytest.raises(DaskmetaError, match="resampling_policy must be 'subsample'"):
+        ResampledStability(resampling_policy="bootstrap").transform(ale_result)
+    bare = ALE(mask=str(NIMARE_MASK)).fit(pain_dataset)
+    with pytest.raises(DaskmetaError, match="needs a cluster-size threshold: give "):
+        ResampledStability(resampling_policy="leave_1_out").transform(bare)
+    # A fixed threshold needs no Monte Carlo null; the subsets sum in groups of 4.
+    a = ResampledStability(resampling_policy="leave_1_out", cluster_threshold=50,
+                           group_size=4).transform(bare)
+    b = ResampledStability(resampling_policy="leave_1_out", cluster_threshold=50).transform(bare)
+    name = "z_desc-size_level-cluster_corr-FWE_method-montecarlo_diag-ResampledStability"
+    assert np.array_equal(a.get_map(name, "array"), b.get_map(name, "array"))

@@ -12,8 +12,9 @@ Each ``transform(result)`` returns a copy of the result with NiMARE's tables (in
 
 from daskmeta.diagnostics.focuscounter import FocusCounter
 from daskmeta.diagnostics.jackknife import Jackknife
+from daskmeta.diagnostics.stability import ResampledStability
 
-__all__ = ["DIAGNOSTICS", "FocusCounter", "Jackknife"]
+__all__ = ["DIAGNOSTICS", "FocusCounter", "Jackknife", "ResampledStability"]
 
 #: The diagnostics the workflows and the command line run by name (NiMARE's names).
 DIAGNOSTICS = {"jackknife": Jackknife, "focuscounter": FocusCounter}
