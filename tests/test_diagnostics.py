@@ -282,3 +282,21 @@ def test_resampled_stability_errors(ale_result, pain_dataset):
     b = ResampledStability(resampling_policy="leave_1_out", cluster_threshold=50).transform(bare)
     name = "z_desc-size_level-cluster_corr-FWE_method-montecarlo_diag-ResampledStability"
     assert np.array_equal(a.get_map(name, "array"), b.get_map(name, "array"))
+
+
+def test_worker_processes_give_the_same_tables(scheduler_and_workers, ale_result):
+    """A real scheduler and two worker processes on loopback: same tables and maps."""
+    from daskmeta.diagnostics import ResampledStability
+
+    client, _ = scheduler_and_workers
+    stability = ResampledStability(resampling_policy="leave_1_out", cluster_threshold=50,
+                                   group_size=8)
+    name = f"{TARGET}_diag-ResampledStability"
+    with client.as_current():
+        remote = Jackknife().transform(ale_result)
+        remote_stab = stability.transform(ale_result).get_map(name, "array")
+        assert client.run(lambda: __import__("daskmeta").__file__)  # the workers ran daskmeta
+    local = Jackknife().transform(ale_result)
+    counts = COUNTS.format("Jackknife")
+    pd.testing.assert_frame_equal(remote.tables[counts], local.tables[counts], atol=0, rtol=0)
+    assert np.array_equal(remote_stab, stability.transform(ale_result).get_map(name, "array"))
