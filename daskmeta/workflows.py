@@ -328,6 +328,9 @@ class CBMAJob:
         mods = ["_desc-mass", "_corr-"] if self.fwe == "montecarlo" else ["_corr-"]
         targets = [n for n in result.map_names
                    if n.startswith("z_") and all(m in n for m in mods)]
+        if not targets:
+            raise DaskmetaError(f"no corrected z map ({' and '.join(mods)}) to diagnose; "
+                                f"maps: {', '.join(result.map_names)}")
         for target in targets:
             for name in self.diagnostics:
                 diag = DIAGNOSTICS[name](target_image=target,
