@@ -75,14 +75,20 @@ def child_ours(store: str, n_iters: int, out: str) -> None:
     t0 = time.perf_counter()
     FocusCounter().transform(res)
     t["focuscounter"] = time.perf_counter() - t0
-    table = jack.tables[f"{TARGET}_diag-Jackknife_tab-counts_tail-positive"]
+    # A cluster-level z map is negative where p is 1 (clusters smaller than every null
+    # maximum): NiMARE's rule then makes two tails and one merged table; compare the
+    # positive tail.
+    name = next(t for t in jack.tables if t.startswith(f"{TARGET}_diag-Jackknife_tab-counts"))
+    table = jack.tables[name]
+    positive = [c for c in table.columns if c.startswith("PositiveTail")]
     labels = jack.get_map("label_desc-size_level-cluster_corr-FWE_method-montecarlo"
                           "_tail-positive", "array")
-    np.savez(out, labels=labels, values=table.iloc[:, 1:].to_numpy(float),
+    assert positive == [f"PositiveTail {c}" for c in range(1, labels.max() + 1)]
+    np.savez(out, labels=labels, values=table[positive].to_numpy(float),
              ids=np.asarray(table["id"], dtype=str), stat=res.get_map("stat", "array"),
              target=res.get_map(TARGET, "array"))
-    print(json.dumps({**t, "n": int(res.attrs["n_experiments"]),
-                      "n_clusters": int(table.shape[1] - 1)}))
+    print(json.dumps({**t, "n": int(res.attrs["n_experiments"]), "table": name,
+                      "n_clusters": int(table.shape[1] - 1), "n_positive": len(positive)}))
 
 
 def child_nimare(ours_npz: str, n_folds: int) -> None:
@@ -146,7 +152,8 @@ def main(argv=None):
     r = run_measured(me + ["ours", str(store), str(args.n_iters), str(npz)])
     ours = child_json(r)
     print(f"daskmeta (whole process, peak RSS {r['peak'] / GiB:.2f} GiB): "
-          f"{ours['n']} experiments, {ours['n_clusters']} clusters; fit from the store "
+          f"{ours['n']} experiments, {ours['n_clusters']} clusters ({ours['n_positive']} "
+          f"positive) in {ours['table']}; fit from the store "
           f"{ours['fit']:.1f} s, Monte Carlo FWE ({args.n_iters} iterations) {ours['fwe']:.1f} "
           f"s, Jackknife {ours['jackknife']:.1f} s (again {ours['jackknife_again']:.1f} s), "
           f"FocusCounter {ours['focuscounter']:.1f} s")
