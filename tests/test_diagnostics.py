@@ -121,6 +121,14 @@ def test_from_a_collection_equals_from_the_dataset(pain_dataset, tmp_path):
         assert list(a.tables[name]["id"]) == ids
         pd.testing.assert_frame_equal(a.tables[name], b.tables[name], atol=1e-12, rtol=0)
         jack.setdefault("store", a)
+    from daskmeta.diagnostics import ResampledStability
+
+    stability = ResampledStability(resampling_policy="leave_k_out", k=3, n_resamples=8,
+                                   random_state=0, group_size=3)
+    name = f"{TARGET}_diag-ResampledStability"
+    a, b = stability.transform(from_store), stability.transform(from_dataset)
+    assert (a.get_map(name, "array") > 0).any()
+    np.testing.assert_array_equal(a.get_map(name, "array"), b.get_map(name, "array"))
     # A pass cut into several tasks on a scheduler gives the same numbers.
     with dask.config.set(scheduler="threads"):
         from daskmeta.diagnostics import _passes
