@@ -27,7 +27,7 @@ LAYERS = {
         "config", "_numba_cache"},
     1: {"dataset", "io", "results", "storage", "_integrity"},
     2: {"kernels", "_combine", "_combine_kernels", "_pass", "collection", "_build", "_verify", "simulate"},
-    3: {"estimators", "montecarlo", "correct", "decode"},
+    3: {"estimators", "montecarlo", "correct", "decode", "diagnostics"},
     4: {"workflows", "plotting", "reports", "precompile"},
     5: {"cli", "__init__", "__main__"},
 }
