@@ -78,7 +78,8 @@ def _add_ingest_parser(sub):
     g = p.add_argument_group("Dask")
     g.add_argument("--scheduler", metavar="ADDR",
                    help="address of a running Dask scheduler (tcp://host:port; its workers "
-                        "must see PATH); default: $DASK_SCHEDULER_ADDRESS, else this process")
+                        "must see PATH); default: dask config daskmeta.scheduler-address, "
+                        "else $DASK_SCHEDULER_ADDRESS, else this process")
     g.add_argument("--workers", type=int, metavar="N",
                    help="build on an embedded local cluster of N worker processes (default: "
                         "dask's threaded scheduler in this process)")
@@ -147,7 +148,7 @@ def _run_ingest(args) -> None:
         raise DaskmetaError(f"{args.source} is a collection store; ingest reads a dataset "
                             "(Sleuth, NiMARE JSON, a foci table, Neurosynth/NeuroQuery)")
     _log(f"read {args.source}: {dataset}")
-    if args.scheduler or args.workers or os.environ.get("DASK_SCHEDULER_ADDRESS"):
+    if args.workers or config.scheduler_address(args.scheduler)[0]:
         from daskmeta.cluster import get_client
 
         client = get_client(args.scheduler, n_workers=args.workers)
