@@ -87,8 +87,13 @@ def _describe(client) -> str:
 def _read_input(path, unknown_space: str = "error"):
     """The input: a collection store (a directory with zarr.json), else a Dataset read by
     :func:`daskmeta.io.read` (``unknown_space`` goes to the NiMARE JSON reader)."""
+    from daskmeta import _fs
     from daskmeta.io import read
 
+    if _fs.is_remote(path):  # only collection stores live on object storage
+        from daskmeta.collection import Collection
+
+        return Collection.open(path)
     p = Path(path)
     if p.is_dir() and (p / "zarr.json").is_file():
         from daskmeta.collection import Collection
