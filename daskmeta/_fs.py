@@ -111,7 +111,15 @@ class RemotePath:
 
         # No listing cache: a store's files change under a reader (a rebuild), and a reader
         # must see it. fsspec keeps one instance per set of arguments.
-        return fsspec.filesystem(self.protocol, use_listings_cache=False, **self.options)
+        try:
+            return fsspec.filesystem(self.protocol, use_listings_cache=False, **self.options)
+        except (ImportError, ValueError) as exc:
+            from daskmeta.exceptions import DaskmetaError
+
+            extra = " (pip install 'daskmeta[s3]', which installs s3fs)" \
+                if self.protocol in ("s3", "s3a") else ""
+            raise DaskmetaError(f"{self}: cannot reach {self.protocol}:// stores: "
+                                f"{' '.join(str(exc).split())}{extra}") from None
 
     def exists(self) -> bool:
         return self.fs.exists(self.path)

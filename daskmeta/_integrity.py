@@ -49,9 +49,12 @@ running"), unless its lease has expired -- a killed build stops renewing it -- a
 it over with a PUT conditional on the ETag it read, so of two builds that race for an expired
 lock exactly one wins. Guarantees: two live builds never both hold the lock, provided the
 machines' clocks agree to well within the lease and a build is never stalled longer than the
-lease (a build that finds at renewal time that its lease was taken over stops with an error
-before it completes the store; shards it wrote meanwhile are rewritten by their own build's
-generation check). A killed build's store can be resumed once its lease expires. The lock is
+lease. Should a build stall that long anyway, the build that takes its lease over resumes
+the same store: both then write the same bytes (same dataset, kernel and generation) to the
+shards they share, and the stalled build, finding at its next renewal that its lease is gone,
+stops with an error before it writes the manifest or marks the store complete; a takeover
+with ``overwrite`` makes a new generation, which the stalled build's tasks refuse to write
+into. A killed build's store can be resumed once its lease expires. The lock is
 deleted when the build ends. Needs an S3 server with conditional writes (AWS since 2024,
 MinIO, moto); other fsspec protocols build without a lock, with a warning.
 """

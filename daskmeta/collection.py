@@ -199,6 +199,9 @@ class Collection:
         from daskmeta.space import resolve_space
 
         path = _fs.as_location(store)
+        if isinstance(path, _fs.RemotePath) and "/" not in path.path:
+            raise DaskmetaError(f"{path}: a store needs a name inside the bucket, e.g. "
+                                f"{path}/neurosynth-mkda.zarr")
         space = resolve_space(mask)
         if not (isinstance(rows_per_shard, int | np.integer) and rows_per_shard > 0):
             raise DaskmetaError(f"rows_per_shard must be a positive integer; got "
