@@ -48,6 +48,8 @@ def read_root(path: Path) -> dict:
             raise ValueError("not the metadata of a Zarr group")
     except FileNotFoundError:
         raise DaskmetaError(f"{path} is not a daskmeta collection store (no zarr.json)") from None
+    except DaskmetaError:  # an object store that cannot be reached
+        raise
     except (OSError, ValueError, AttributeError) as exc:
         raise DaskmetaError(f"{file}: not valid Zarr metadata ({exc})") from None
     return attrs

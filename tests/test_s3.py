@@ -169,6 +169,10 @@ def test_ingest_killed_midway_then_resumed_on_s3_equals_local(s3, subset, local_
     assert resumed.attrs["complete"] is True and resumed.n_experiments == N_STUDIES
     assert _markers(store) == 0
     assert verify(store) == []
+    check = subprocess.run([sys.executable, "-m", "daskmeta.cli", "verify", store],
+                           env=_env(s3), capture_output=True, text=True, timeout=300,
+                           check=False)
+    assert check.returncode == 0 and "checked in" in check.stderr, check.stderr[-2000:]
     assert resumed.attrs["dataset_fingerprint"] == local_mkda.attrs["dataset_fingerprint"]
     for array in ("ma", "ma_max", "ma_hist"):
         a, b = resumed.data[array].values, local_mkda.data[array].values
@@ -223,13 +227,19 @@ def test_a_second_build_is_refused_while_the_lease_is_held(s3, subset):
     assert built.n_experiments == 8 and verify(store) == []
 
 
-def test_bad_s3_store_errors_are_one_line(s3, capsys):
+def test_bad_s3_store_errors_are_one_line(s3, capsys, tmp_path):
     from daskmeta.cli import main
 
-    assert main(["mkda", f"s3://{BUCKET}/nothing.zarr", "--out", "unused"]) == 2
+    assert main(["mkda", f"s3://{BUCKET}/nothing.zarr", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"daskmeta: error: s3://{BUCKET}/nothing.zarr is not a daskmeta "
                           "collection store (no zarr.json)"), err
+    assert main(["ingest", str(DATA / "nimare-testdata" / "test_pain_dataset.json"),
+                 "--kernel", "mkda", "--store", f"s3://{BUCKET}", "--mask", MASK]) == 2
+    assert (f"daskmeta: error: s3://{BUCKET}: a store needs a name inside the bucket, e.g. "
+            f"s3://{BUCKET}/neurosynth-mkda.zarr") in capsys.readouterr().err
+    with pytest.raises(DaskmetaError, match=r"^gcsx://b/x.zarr/zarr.json: cannot reach gcsx:// stores: Protocol not known"):
+        Collection.open("gcsx://b/x.zarr")
 
 
 def test_fit_from_s3_on_dask_workers_equals_local(s3, subset, local_mkda, scheduler_and_workers):
