@@ -108,13 +108,16 @@ def local_cluster(directory: Path, n_workers: int = 2, threads: int = 1,
     Yields ``(scheduler address, scheduler file, worker processes)``; stops the cluster (its
     script, by its process id, which stops each of its processes) at the end."""
     import os
+    import signal
 
     directory.mkdir(parents=True, exist_ok=True)
+    started = []
     log = open(directory / "cluster.log", "w")  # noqa: SIM115 (closed below)
     env = {**os.environ, "PYTHON": sys.executable, **(extra_env or {})}
     proc = subprocess.Popen(["bash", str(LOCAL_CLUSTER), "--workers", str(n_workers),
                              "--threads", str(threads), "--memory-limit", memory_limit,
-                             "--host", "127.0.0.1", "--port", "0", "--dir", str(directory)],
+                             "--host", "127.0.0.1", "--port", "0", "--dir", str(directory),
+                             "--grace", "5"],
                             stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     try:
         address = proc.stdout.readline().strip()
@@ -125,6 +128,7 @@ def local_cluster(directory: Path, n_workers: int = 2, threads: int = 1,
                                + (directory / "scheduler.log").read_text())
         workers = [ClusterProcess(int((directory / f"worker-{k}.pid").read_text()))
                    for k in range(n_workers)]
+        started = [ClusterProcess(int((directory / "scheduler.pid").read_text())), *workers]
         yield address, directory / "scheduler.json", workers
     finally:
         if proc.poll() is None:
@@ -136,6 +140,11 @@ def local_cluster(directory: Path, n_workers: int = 2, threads: int = 1,
             proc.wait(timeout=15)
         proc.stdout.close()
         log.close()
+        # The script stops what it started; should it have been killed itself, its
+        # processes are stopped here, by their ids.
+        for process in started:
+            if process.running():
+                os.kill(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture

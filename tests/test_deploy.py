@@ -324,7 +324,7 @@ def test_gateway_cluster_runs_a_monte_carlo_like_the_local_scheduler(pain_fit,
     client_config = yaml.safe_load((DEPLOY / "gateway" / "gateway.yaml").read_text())
     assert client_config["gateway"]["auth"]["type"] == "basic"
     with _gateway_server(tmp_path, "s3cret") as port:
-        settings = launch_flatten(client_config)
+        settings = _flatten(client_config)
         settings.update({"gateway.address": f"http://127.0.0.1:{port}",
                          "gateway.proxy-address": f"gateway://127.0.0.1:{port}",
                          "gateway.auth.kwargs.password": "s3cret"})
@@ -356,12 +356,12 @@ def test_gateway_cluster_runs_a_monte_carlo_like_the_local_scheduler(pain_fit,
     _assert_same_correction(remote, corrected_locally)
 
 
-def launch_flatten(config: dict, prefix: str = "") -> dict:
+def _flatten(config: dict, prefix: str = "") -> dict:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (dask.config.set then changes only those)."""
     out = {}
     for key, value in config.items():
         if isinstance(value, dict) and value:
-            out.update(launch_flatten(value, f"{prefix}{key}."))
+            out.update(_flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -391,6 +391,7 @@ def test_local_cluster_script_refuses_bad_options(tmp_path):
     script = str(DEPLOY / "local" / "cluster.sh")
     for args, message in ((["--workers", "0"], "--workers must be at least 1"),
                           (["--workers", "two"], "two is not a whole number"),
+                          (["--grace", "-1"], "-1 is not a whole number"),
                           (["--threads"], "--threads needs a value"),
                           (["--frobnicate"], "unknown option --frobnicate")):
         proc = subprocess.run(["bash", script, "--dir", str(tmp_path), *args],
