@@ -44,8 +44,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def ingest(store: str, kernel: str) -> dict:
-    cmd = [sys.executable, "-m", "daskmeta.cli", "ingest", str(NEUROSYNTH), "--kernel",
+def ingest(store: str, kernel: str, source=NEUROSYNTH) -> dict:
+    cmd = [sys.executable, "-m", "daskmeta.cli", "ingest", str(source), "--kernel",
            kernel, "--store", store, "--mask", str(MASK), "--overwrite"]
     if kernel == "ale":
         cmd += ["--sample-size", "20"]
@@ -90,6 +90,8 @@ def same_rows(local: str, remote: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ale", action="store_true", help="also the ALE store (~1.8 GB)")
+    parser.add_argument("--studies", type=int, default=None,
+                        help="only the first N Neurosynth studies (a light run)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -120,12 +122,19 @@ def main() -> None:
                 time.sleep(0.2)
         _fs.as_location(f"s3://{BUCKET}/x").fs.call_s3("create_bucket", Bucket=BUCKET)
         with tempfile.TemporaryDirectory(prefix="daskmeta-s3-bench-") as work:
+            source = NEUROSYNTH
+            if args.studies:
+                from daskmeta.io import read
+
+                ns = read(NEUROSYNTH)
+                source = ns.slice(ns.ids[:args.studies]).save(Path(work) / "subset.zip")
+                print(f"the first {args.studies} Neurosynth studies", flush=True)
             kernels = ["mkda"] + (["ale"] if args.ale else [])
             for kernel in kernels:
                 local = str(Path(work) / f"ns-{kernel}.zarr")
                 remote = f"s3://{BUCKET}/ns-{kernel}.zarr"
                 for where, store in (("local disk", local), ("S3 (moto, loopback)", remote)):
-                    r = ingest(store, kernel)
+                    r = ingest(store, kernel, source)
                     print(f"ingest Neurosynth {kernel} to {where}: {r['wall']:.1f} s, peak "
                           f"RSS {r['peak'] / 2**20:.0f} MiB", flush=True)
                 print(f"  same rows: {same_rows(local, remote)}", flush=True)
