@@ -168,6 +168,14 @@ def input_provenance(path) -> dict:
         ``input_path`` (absolute), ``input_sha256`` and ``input_sha256_of`` (what was
         hashed).
     """
+    from daskmeta import _fs
+
+    if _fs.is_remote(path):  # a collection store on object storage
+        location = _fs.as_location(path)
+        return {"input_path": str(location),
+                "input_sha256": hashlib.sha256((location / "zarr.json").read_bytes()
+                                               ).hexdigest(),
+                "input_sha256_of": "the collection store's zarr.json (its provenance)"}
     p = Path(path).resolve()
     out = {"input_path": str(p)}
     if p.is_file():

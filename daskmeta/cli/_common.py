@@ -44,6 +44,7 @@ def _add_cluster_options(p):
     g = p.add_argument_group("Dask")
     g.add_argument("--scheduler", metavar="ADDR",
                    help="address of a running Dask scheduler (tcp://host:port); default: "
+                        "dask config daskmeta.scheduler-address, else "
                         "$DASK_SCHEDULER_ADDRESS, else an embedded local cluster")
     g.add_argument("--workers", type=int, metavar="N",
                    help="run the embedded local cluster as N worker processes (default: one "
@@ -61,14 +62,13 @@ def _add_space_option(p):
 
 
 def _client(args):
-    """The Client of an analysis command: ``--scheduler`` or ``$DASK_SCHEDULER_ADDRESS``, else
-    an embedded cluster of ``--workers`` processes, else of one worker in this process with a
-    thread per core."""
-    import os
-
+    """The Client of an analysis command: ``--scheduler``, ``daskmeta.scheduler-address`` or
+    ``$DASK_SCHEDULER_ADDRESS``, else an embedded cluster of ``--workers`` processes, else of
+    one worker in this process with a thread per core."""
     from daskmeta.cluster import get_client
+    from daskmeta.config import scheduler_address
 
-    if args.workers is None and not (args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+    if args.workers is None and not scheduler_address(args.scheduler)[0]:
         return get_client(processes=False)
     return get_client(args.scheduler, n_workers=args.workers)
 
@@ -87,8 +87,13 @@ def _describe(client) -> str:
 def _read_input(path, unknown_space: str = "error"):
     """The input: a collection store (a directory with zarr.json), else a Dataset read by
     :func:`daskmeta.io.read` (``unknown_space`` goes to the NiMARE JSON reader)."""
+    from daskmeta import _fs
     from daskmeta.io import read
 
+    if _fs.is_remote(path):  # only collection stores live on object storage
+        from daskmeta.collection import Collection
+
+        return Collection.open(path)
     p = Path(path)
     if p.is_dir() and (p / "zarr.json").is_file():
         from daskmeta.collection import Collection
@@ -157,12 +162,11 @@ def _check_scheduler(address, option: str) -> None:
 
 
 def _check_dask_options(args) -> None:
-    import os
+    from daskmeta.config import scheduler_address
 
     _check_workers(args)
-    _check_scheduler(args.scheduler, "--scheduler")
-    if not args.scheduler:
-        _check_scheduler(os.environ.get("DASK_SCHEDULER_ADDRESS"), "DASK_SCHEDULER_ADDRESS")
+    address, source = scheduler_address(args.scheduler)
+    _check_scheduler(address, source)
 
 
 

@@ -58,7 +58,9 @@ def _add_ingest_parser(sub):
     p.add_argument("--kernel", required=True, choices=["mkda", "kda", "ale"],
                    help="MKDA (binary spheres), KDA (sphere counts) or ALE (Gaussians)")
     p.add_argument("--store", required=True, metavar="PATH",
-                   help="the Zarr store (a directory, created), e.g. neurosynth-mkda.zarr")
+                   help="the Zarr store (a directory, created), e.g. neurosynth-mkda.zarr, or "
+                        "an object-store URL such as s3://bucket/neurosynth-mkda.zarr (see "
+                        "the daskmeta.s3 settings: `daskmeta config`)")
     p.add_argument("--radius", type=float, default=None,
                    help="sphere radius in mm for mkda/kda (default 10)")
     p.add_argument("--sample-size", type=float, default=None,
@@ -78,7 +80,8 @@ def _add_ingest_parser(sub):
     g = p.add_argument_group("Dask")
     g.add_argument("--scheduler", metavar="ADDR",
                    help="address of a running Dask scheduler (tcp://host:port; its workers "
-                        "must see PATH); default: $DASK_SCHEDULER_ADDRESS, else this process")
+                        "must see PATH); default: dask config daskmeta.scheduler-address, "
+                        "else $DASK_SCHEDULER_ADDRESS, else this process")
     g.add_argument("--workers", type=int, metavar="N",
                    help="build on an embedded local cluster of N worker processes (default: "
                         "dask's threaded scheduler in this process)")
@@ -147,7 +150,7 @@ def _run_ingest(args) -> None:
         raise DaskmetaError(f"{args.source} is a collection store; ingest reads a dataset "
                             "(Sleuth, NiMARE JSON, a foci table, Neurosynth/NeuroQuery)")
     _log(f"read {args.source}: {dataset}")
-    if args.scheduler or args.workers or os.environ.get("DASK_SCHEDULER_ADDRESS"):
+    if args.workers or config.scheduler_address(args.scheduler)[0]:
         from daskmeta.cluster import get_client
 
         client = get_client(args.scheduler, n_workers=args.workers)
@@ -159,21 +162,23 @@ def _run_ingest(args) -> None:
         configured = dask.config.get("scheduler", None)
         where = "threaded scheduler" if configured is None else f"scheduler {configured!r}"
         _log(f"Dask: {where} in this process ({os.cpu_count()} cores)")
-    store = Path(args.store)
+    from daskmeta import _fs
+
+    store = _fs.as_location(args.store)
     _log(f"building {store} with {kernel!r}")
     collection = Collection.build(
         dataset, kernel, store, mask=args.mask,
         mask_margin=DEFAULT_MASK_MARGIN if args.mask_margin is None else args.mask_margin,
         rows_per_shard=rows_per_shard,
         sources=_ingest_sources(args.source), progress=True, overwrite=args.overwrite)
-    size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
+    size = sum(_fs.sizes(store).values())
     attrs = collection.attrs
     _log(f"{collection.n_experiments} experiments ({attrs['n_foci']} foci) x "
          f"{collection.space.n_voxels} voxels, {attrs['dtype']}, "
          f"{attrs.get('rows_per_shard') or attrs.get('rows_per_chunk')} experiments per "
          f"shard; {size / 2**20:.1f} MiB on disk; done in "
          f"{time.perf_counter() - t0:.1f} s")
-    print(store.resolve())
+    print(store.resolve())  # the absolute path, or the URL
 
 
 
@@ -186,7 +191,8 @@ def _add_verify_parser(sub):
                     "attributes, its Dataset file's fingerprint, its mask and completeness. "
                     "Prints one line per problem (exit status 2), or that the store is sound "
                     "(exit status 0).")
-    p.add_argument("store", metavar="STORE", help="the collection store (a directory)")
+    p.add_argument("store", metavar="STORE",
+                   help="the collection store (a directory, or an s3:// URL)")
     return p
 
 
