@@ -13,6 +13,7 @@ from daskmeta import config  # isort: skip
 from daskmeta import cluster, correct, estimators, io, simulate
 from daskmeta._version import __version__
 from daskmeta.collection import Collection
+from daskmeta.conjunction import conjunction
 from daskmeta.dataset import Dataset
 from daskmeta.exceptions import DaskmetaError, DaskmetaWarning, DatasetError, ParseError
 from daskmeta.results import MetaResult
@@ -25,6 +26,7 @@ __all__ = [
     "Collection",
     "cluster",
     "config",
+    "conjunction",
     "correct",
     "estimators",
     "io",
