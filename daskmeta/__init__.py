@@ -16,6 +16,7 @@ from daskmeta.collection import Collection
 from daskmeta.conjunction import conjunction
 from daskmeta.dataset import Dataset
 from daskmeta.exceptions import DaskmetaError, DaskmetaWarning, DatasetError, ParseError
+from daskmeta.macm import macm
 from daskmeta.results import MetaResult
 from daskmeta.space import Space, mni2tal, tal2mni
 
@@ -30,6 +31,7 @@ __all__ = [
     "correct",
     "estimators",
     "io",
+    "macm",
     "simulate",
     "DaskmetaError",
     "DaskmetaWarning",

@@ -149,3 +149,41 @@ def test_scale_errors(pain_dataset):
     with pytest.warns(DaskmetaWarning, match="1 of 2 base-rate coordinates lie outside"):
         SCALE(xyz=np.array([[0.0, 0, 0], [500, 0, 0]]), n_iters=2,
               mask=str(NIMARE_MASK)).fit(pain_dataset)
+
+
+def test_cli_scale(tmp_path, capsys, pain_dataset):
+    from conftest import NIMARE_MASK as MASK
+
+    from daskmeta.cli import main
+
+    out = tmp_path / "scale"
+    base = tmp_path / "base.csv"
+    foci = pain_dataset.foci[["id", "x", "y", "z"]]
+    foci.to_csv(base, index=False)
+    argv = ["scale", str(PAIN_JSON), "--base-rate", str(base), "--mask", str(MASK),
+            "--n-iters", "30", "--seed", "5", "--fwe", "montecarlo", "--out", str(out)]
+    with pytest.warns(DaskmetaWarning, match="base-rate coordinates lie outside the mask"):
+        assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1] == str(out.resolve())
+    import json
+
+    import nibabel as nib
+
+    with pytest.warns(DaskmetaWarning):
+        expect = SCALE(xyz=pain_dataset, n_iters=30, random_state=5,
+                       mask=str(MASK)).fit(pain_dataset)
+    for name in ("stat", "z", "logp"):
+        img = nib.load(out / f"{name}.nii.gz")
+        np.testing.assert_allclose(np.asarray(img.dataobj)[expect.space.mask],
+                                   expect.get_map(name, "array"), atol=1e-6)
+    assert (out / "z_level-voxel_corr-FWE_method-montecarlo.nii.gz").is_file()
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["scale_seed"] == 5 and prov["estimator"] == "SCALE"
+    assert prov["base_rate_path"] == str(base.resolve())
+    assert main(["scale", str(PAIN_JSON), "--base-rate", str(tmp_path / "none.txt"),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "none.txt" in capsys.readouterr().err
+    assert main(["scale", str(PAIN_JSON), "--base-rate", str(base), "--n-iters", "0",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--n-iters must be an integer from 1" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Commands over results and seeds: ``conjunction``, ``scale``, ``macm``."""
+"""Commands over results, base rates and seeds: ``conjunction``, ``scale``, ``macm``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ import time
 from pathlib import Path
 
 from daskmeta.cli._common import (
+    MAX_N_ITERS,
+    _add_cluster_options,
+    _add_space_option,
     _bad,
     _check_out,
+    _client,
+    _describe,
     _log,
+    _read_input,
+    _report,
 )
 from daskmeta.exceptions import DaskmetaError
 
@@ -32,6 +39,76 @@ def add_parsers(sub) -> None:
     c.add_argument("--out", required=True, metavar="DIR", help="output folder")
     c.add_argument("--prefix", default=None, help="prefix of every output file name")
     c.set_defaults(handler=_run_conjunction)
+
+    s = sub.add_parser(
+        "scale", help="SCALE: ALE against the base rate of a database's foci",
+        description="Specific coactivation likelihood estimation (Langner et al., 2014; "
+                    "NiMARE's SCALE): the ALE map of INPUT, each voxel's p-value the share of "
+                    "null ALE maps, foci drawn from the base rate, that reach it there.")
+    s.add_argument("input", help="the experiments (any input of the ale command, or an ALE "
+                                 "collection store)")
+    s.add_argument("--base-rate", required=True, metavar="SOURCE",
+                   help="the base rate: every focus of SOURCE (a Neurosynth/NeuroQuery "
+                        "directory, a collection store, or any readable input)")
+    s.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    s.add_argument("--n-iters", type=int, default=5000,
+                   help=f"null iterations (5000, NiMARE's; 1 to {MAX_N_ITERS:,})")
+    s.add_argument("--seed", type=int, default=None, help="seed of the null (0 to 2**63 - 1)")
+    s.add_argument("--fwe", choices=["none", "montecarlo"], default="none",
+                   help="voxel-level Monte Carlo FWE against the same base-rate null, with "
+                        "--n-iters iterations (default none)")
+    _add_fit_options(s, kernels=("ale",))
+    s.set_defaults(handler=_run_scale)
+
+    m = sub.add_parser(
+        "macm", help="meta-analytic coactivation modelling from a seed",
+        description="The experiments of SOURCE with a focus inside the seed (--roi or "
+                    "--sphere) are meta-analysed and corrected; prints how many the seed "
+                    "selected. A focus is in an ROI if its nearest voxel of the ROI image "
+                    "is non-zero (the ROI is not resampled).")
+    m.add_argument("input", metavar="SOURCE",
+                   help="the database: a Neurosynth/NeuroQuery directory, a collection store, "
+                        "or any input of the analysis commands")
+    seed = m.add_mutually_exclusive_group(required=True)
+    seed.add_argument("--roi", metavar="IMG", help="seed ROI image (non-zero voxels)")
+    seed.add_argument("--sphere", metavar="X,Y,Z,R",
+                      help="seed sphere: centre in mm and radius in mm, e.g. 24,-2,-20,6")
+    m.add_argument("--estimator", choices=["ale", "mkda", "kda"], default="ale",
+                   help="meta-analysis of the selection (ale)")
+    m.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    g = m.add_argument_group("correction")
+    g.add_argument("--fwe", choices=["montecarlo", "bonferroni", "none"], default="montecarlo",
+                   help="family-wise error correction (default: montecarlo)")
+    g.add_argument("--n-iters", type=int, default=10000,
+                   help=f"Monte Carlo iterations (10000; 1 to {MAX_N_ITERS:,})")
+    g.add_argument("--voxel-thresh", type=float, default=0.001,
+                   help="cluster-forming p threshold (0.001; 0 < p < 1)")
+    g.add_argument("--seed", type=int, default=None, help="Monte Carlo seed (0 to 2**63 - 1)")
+    _add_fit_options(m, kernels=("ale", "mkda"), select=False)
+    m.add_argument("--no-figures", action="store_true", help="do not write PNG figures")
+    m.set_defaults(handler=_run_macm)
+
+
+def _add_fit_options(p, kernels, select=True) -> None:
+    p.add_argument("--mask", metavar="IMG", help="mask image (default: MNI152 2 mm brain mask)")
+    if "ale" in kernels:
+        p.add_argument("--fwhm", type=float, help="ALE: fixed kernel FWHM in mm (0 < F <= 100)")
+        p.add_argument("--sample-size", type=float,
+                       help="ALE: fixed sample size for every experiment's kernel (needed for "
+                            "databases without sample sizes, e.g. Neurosynth)")
+    if "mkda" in kernels:
+        p.add_argument("--radius", type=float, default=None,
+                       help="MKDA/KDA: sphere radius in mm (10; 0 < R <= 100)")
+    if select:
+        p.add_argument("--select", metavar="EXPR",
+                       help="label expression selecting the experiments of INPUT")
+        p.add_argument("--label-threshold", type=float, default=0.001,
+                       help="label weight threshold of --select (0.001)")
+    p.add_argument("--prefix", default=None,
+                   help="prefix of every output file name (letters, digits, '_', '.', '+', "
+                        "'=', '-'; no path separators)")
+    _add_space_option(p)
+    _add_cluster_options(p)
 
 
 # -- conjunction --------------------------------------------------------------------------------
@@ -122,3 +199,119 @@ def _run_conjunction(args) -> None:
     _log(f"conjunction of {len(files)} maps ({args.map}) in {time.perf_counter() - t0:.1f} s; "
          f"2 files written to {out.resolve()}")
     print(out.resolve())
+
+
+# -- scale ---------------------------------------------------------------------------------------
+def _check_fit_options(args) -> None:
+    from daskmeta.cli.cbma import _check_cbma_options
+
+    if getattr(args, "voxel_thresh", None) is None:
+        args.voxel_thresh = 0.001
+    _check_cbma_options(args, getattr(args, "label_threshold", 0.001))
+
+
+def _run_scale(args) -> None:
+    import pandas as pd
+
+    from daskmeta.correct import FWECorrector
+    from daskmeta.estimators import SCALE
+    from daskmeta.results import atomic_write, output_path
+    from daskmeta.workflows import input_provenance
+
+    t0 = time.perf_counter()
+    _check_fit_options(args)
+    data = _read_input(args.input, args.unknown_space)
+    _log(f"read {args.input}: {data}")
+    base = _read_input(args.base_rate, args.unknown_space)
+    _log(f"base rate {args.base_rate}: {base}")
+    kwargs = {}
+    if args.fwhm is not None:
+        kwargs["kernel__fwhm"] = args.fwhm
+    if args.sample_size is not None:
+        kwargs["kernel__sample_size"] = args.sample_size
+    est = SCALE(xyz=base, n_iters=args.n_iters, random_state=args.seed, mask=args.mask,
+                **kwargs)
+    est._validate_params()
+    client = _client(args)
+    _log(f"Dask: {_describe(client)}")
+    _log(f"SCALE: {args.n_iters} iterations against the base rate of {args.base_rate}")
+    result = est.fit(data, select=args.select, label_threshold=args.label_threshold)
+    tables = {"z": None}
+    if args.fwe == "montecarlo":
+        _log(f"voxel-level Monte Carlo FWE: {args.n_iters} iterations")
+        result = FWECorrector("montecarlo", n_iters=args.n_iters, vfwe_only=True,
+                              seed=result.attrs["scale_seed"]).transform(result)
+        tables["z_level-voxel_corr-FWE_method-montecarlo"] = None
+    result.attrs.update({**input_provenance(args.input), "command_line": args.command_line,
+                         "base_rate_path": str(Path(args.base_rate).resolve())})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = args.prefix or ""
+    paths = result.save_maps(out, prefix=prefix)
+    for name in tables:
+        tables[name] = (result.get_table(name, threshold=3.09) if name == "z"
+                        else result.get_table(name, alpha=0.05, peak_map="z"))
+    rows = [t.assign(map=n)[["map", *t.columns]] for n, t in tables.items()]
+    clusters = pd.concat(rows, ignore_index=True)
+    name = f"{prefix}_clusters.tsv" if prefix else "clusters.tsv"
+    path = output_path(out, name)
+    atomic_write(path, lambda tmp: clusters.to_csv(tmp, sep="\t", index=False,
+                                                   float_format="%.6g"))
+    paths.append(path)
+    prov = output_path(out, f"{prefix}_provenance.json" if prefix else "provenance.json")
+    paths.append(result.save_provenance(prov))
+    _report({"tables": tables, "paths": paths}, out, t0)
+
+
+def _is_collection(data) -> bool:
+    from daskmeta.collection import Collection
+
+    return isinstance(data, Collection)
+
+
+# -- macm ----------------------------------------------------------------------------------------
+def _parse_sphere(text: str):
+    import math
+
+    parts = text.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 4 or not all(math.isfinite(v) for v in values) or values[3] <= 0:
+        raise _bad("--sphere", text, "X,Y,Z,R: a centre in mm and a positive radius in mm")
+    return (tuple(values[:3]), values[3])
+
+
+def _run_macm(args) -> None:
+    from daskmeta.macm import _source_parts, seed_studies
+    from daskmeta.space import resolve_space
+    from daskmeta.workflows import input_provenance, prepare_cbma
+
+    t0 = time.perf_counter()
+    _check_fit_options(args)
+    seed = _parse_sphere(args.sphere) if args.sphere is not None else args.roi
+    if args.roi is not None and not Path(args.roi).is_file():
+        raise _bad("--roi", args.roi, "an existing image file")
+    data = _read_input(args.input, args.unknown_space)
+    _log(f"read {args.input}: {data}")
+    if _is_collection(data):
+        dataset, space = _source_parts(data, None)
+    else:
+        dataset, space = data, resolve_space(args.mask)
+    ids, what = seed_studies(dataset, seed, space)
+    _log(f"the seed ({what}) selected {len(ids)} studies")
+    job = prepare_cbma(
+        args.estimator, data, args.out, mask=args.mask,
+        fwhm=getattr(args, "fwhm", None), sample_size=getattr(args, "sample_size", None),
+        r=getattr(args, "radius", None), fwe=args.fwe, n_iters=args.n_iters,
+        voxel_thresh=args.voxel_thresh, seed=args.seed, prefix=args.prefix or "",
+        select=ids, figures=not args.no_figures,
+        provenance={**input_provenance(args.input), "command_line": args.command_line,
+                    "macm_seed": what, "macm_n_selected": len(ids), "macm_ids": ids},
+    )
+    client = _client(args)
+    _log(f"Dask: {_describe(client)}")
+    out = job.run(log=_log)
+    print(f"{len(ids)} studies selected by the seed")
+    _report(out, args.out, t0)
