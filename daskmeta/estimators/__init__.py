@@ -7,11 +7,12 @@ follows), :class:`CBMAEstimator` (a kernel, one selection) and
 """
 
 from daskmeta.estimators.ale import ALE
+from daskmeta.estimators.balanced import BalancedALESubtraction
 from daskmeta.estimators.base import Estimator
 from daskmeta.estimators.cbma import CBMAEstimator
 from daskmeta.estimators.mkda import KDA, MKDADensity
 from daskmeta.estimators.pairwise import PairwiseCBMAEstimator
 from daskmeta.estimators.scale import SCALE
 
-__all__ = ["ALE", "CBMAEstimator", "Estimator", "KDA", "MKDADensity", "PairwiseCBMAEstimator",
+__all__ = ["ALE", "BalancedALESubtraction", "CBMAEstimator", "Estimator", "KDA", "MKDADensity", "PairwiseCBMAEstimator",
            "SCALE"]
