@@ -111,10 +111,9 @@ _CACHE_LOCK = threading.Lock()
 def _log_rows(plan, rows, prior, focus_ijk=None):
     """``log(1 - MA)`` (float64, prior voxels) of ``rows`` of ``plan``, with the foci at
     ``focus_ijk`` if given; the real rows are kept per process (tasks share them)."""
-    from dataclasses import replace
 
     if focus_ijk is not None:
-        return _log_of(replace(plan, focus_ijk=focus_ijk), rows, prior)
+        return _log_of(_moved(plan, focus_ijk), rows, prior)
     key = (plan.token, rows.tobytes(), prior.tobytes())
     with _CACHE_LOCK:
         if key in _CACHE:
@@ -124,6 +123,15 @@ def _log_rows(plan, rows, prior, focus_ijk=None):
         _CACHE.clear()  # one group at a time is enough
         _CACHE[key] = out
     return out
+
+
+def _moved(plan, focus_ijk):
+    """``plan`` with its foci at ``focus_ijk`` (same supports: their token is kept)."""
+    from dataclasses import replace
+
+    moved = replace(plan, focus_ijk=focus_ijk)
+    moved.__dict__["_support_token"] = plan.support_token
+    return moved
 
 
 def _ma_rows(plan, rows):
@@ -175,8 +183,9 @@ def _cluster_z(z, space_mask, voxel_thresh, size_threshold=None):
         return np.zeros_like(z), 0
     sizes = np.bincount(labels[labels > 0])
     if size_threshold is not None:
-        keep = np.flatnonzero(sizes > size_threshold)
-        vol = vol * np.isin(labels, keep)
+        keep = sizes > size_threshold
+        keep[0] = False
+        vol = vol * keep[labels]
     return vol[space_mask], int(sizes.max())
 
 
@@ -196,10 +205,10 @@ def _group_task(job, kind, items):
     if kind == "null":
         sizes = []
         for subset, ijk in items:
-            sub = rows[subset]
-            logs = _log_rows(plan, sub, prior, ijk)
-            ale = next(_ale_of_subsets(logs, np.arange(len(sub))[None, :]))[0]
-            sums = _random_summaries(plan, sub, ijk)
+            ma = _ma_rows(_moved(plan, ijk), rows[subset])
+            sums = ALE()._row_summaries(ma)
+            ale = (1.0 - np.exp(np.log1p(-ma).sum(axis=0, dtype=np.float64))).astype(
+                np.float32)
             _, size = _cluster_z(_z_of(ale, sums, n_vox), space_mask, job["voxel_thresh"])
             sizes.append(size)
         return np.asarray(sizes, dtype=np.int64)
@@ -213,12 +222,6 @@ def _group_task(job, kind, items):
             kept, _ = _cluster_z(z, space_mask, job["voxel_thresh"], job["size_threshold"])
             counts += kept > 0
     return counts
-
-
-def _random_summaries(plan, rows, ijk):
-    from dataclasses import replace
-
-    return ALE()._row_summaries(_ma_rows(replace(plan, focus_ijk=ijk), rows))
 
 
 def _null_task(job, items):
