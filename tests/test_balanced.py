@@ -119,3 +119,40 @@ def test_errors(pain_dataset, halves):
         BalancedALESubtraction(n_subsamples=0).fit(a, b)
     with pytest.raises(DatasetError, match="share"):
         BalancedALESubtraction().fit(a, a)
+
+
+def test_cli_balanced_subtraction(tmp_path, capsys, pain_dataset, halves):
+    import json
+
+    import nibabel as nib
+
+    from daskmeta.cli import main
+
+    paths = []
+    for name, ids in zip("ab", halves, strict=True):
+        path = tmp_path / f"{name}.zip"
+        pain_dataset.slice(ids).save(path)
+        paths.append(str(path))
+    out = tmp_path / "bal"
+    opts = ["--n-subsamples", "6", "--difference-iterations", "3", "--n-iters", "5",
+            "--seed", "4", "--mask-coverage", "brain", "--mask", str(NIMARE_MASK)]
+    assert main(["balanced-subtraction", *paths, "--out", str(out), *opts]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out.resolve())
+    expect = BalancedALESubtraction(n_subsamples=6, difference_iterations=3, n_iters=5,
+                                    random_state=4, mask_coverage="brain",
+                                    mask=str(NIMARE_MASK)).fit(
+        pain_dataset.slice(halves[0]), pain_dataset.slice(halves[1]))
+    for name in expect.map_names:
+        img = nib.load(out / f"{name}.nii.gz")
+        np.testing.assert_allclose(np.asarray(img.dataobj)[expect.space.mask],
+                                   expect.get_map(name, "array"), atol=1e-7, err_msg=name)
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["balanced_seed"] == 4 and prov["estimator"] == "BalancedALESubtraction"
+    assert main(["balanced-subtraction", paths[0], "--out", str(tmp_path / "x"), *opts]) == 2
+    assert "needs two inputs A B, or one collection store" in capsys.readouterr().err
+    assert main(["balanced-subtraction", *paths, "--out", str(tmp_path / "x"),
+                 "--n-subsamples", "0"]) == 2
+    assert "--n-subsamples must be an integer from 1" in capsys.readouterr().err
+    assert main(["balanced-subtraction", paths[0], paths[0], "--out", str(tmp_path / "x"),
+                 *opts]) == 2
+    assert "share" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Commands over results, base rates and seeds: ``conjunction``, ``scale``, ``macm``."""
+"""Commands over results, base rates, seeds and balanced groups: ``conjunction``, ``scale``,
+``macm``, ``balanced-subtraction``."""
 
 from __future__ import annotations
 
@@ -87,6 +88,36 @@ def add_parsers(sub) -> None:
     _add_fit_options(m, kernels=("ale", "mkda"), select=False)
     m.add_argument("--no-figures", action="store_true", help="do not write PNG figures")
     m.set_defaults(handler=_run_macm)
+
+    b = sub.add_parser(
+        "balanced-subtraction", help="balanced ALE subtraction of two groups (NiMARE 0.22's)",
+        description="Balanced ALE subtraction (Frahm et al.; NiMARE's BalancedALESubtraction): "
+                    "both groups subsampled to the same size, the mean difference of their "
+                    "ALE maps against a null of random foci (or permuted labels), and each "
+                    "group's probability of surviving cluster-level thresholding. A and B "
+                    "are two inputs, or A is an ALE collection store and --select / "
+                    "--select2 name the groups.")
+    b.add_argument("inputs", nargs="+", metavar="A [B]", help="the two groups (or a store)")
+    b.add_argument("--select2", metavar="EXPR",
+                   help="with a store: the second group (label expression)")
+    b.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    b.add_argument("--target-n", type=int, default=None,
+                   help="experiments per subsample (default: the smaller group's size)")
+    b.add_argument("--n-subsamples", type=int, default=2500,
+                   help="subsamples per group of the probability maps (2500)")
+    b.add_argument("--difference-iterations", type=int, default=1000,
+                   help="subsample pairs averaged in the difference (1000)")
+    b.add_argument("--n-iters", type=int, default=1000, help="null iterations (1000)")
+    b.add_argument("--voxel-thresh", type=float, default=0.001,
+                   help="cluster-forming p of the probability maps (0.001)")
+    b.add_argument("--null-method", choices=["random-foci", "label-permutation"],
+                   default="random-foci", help="null of the difference (random-foci)")
+    b.add_argument("--mask-coverage", choices=["gm", "brain"], default="gm",
+                   help="prior: grey matter (p > 0.1) in the mask, or the whole mask (gm)")
+    b.add_argument("--alpha", type=float, default=0.05, help="FWE level (0.05)")
+    b.add_argument("--seed", type=int, default=None, help="seed (0 to 2**32 - 2)")
+    _add_fit_options(b, kernels=("ale",))
+    b.set_defaults(handler=_run_balanced)
 
 
 def _add_fit_options(p, kernels, select=True) -> None:
@@ -315,3 +346,69 @@ def _run_macm(args) -> None:
     out = job.run(log=_log)
     print(f"{len(ids)} studies selected by the seed")
     _report(out, args.out, t0)
+
+
+# -- balanced-subtraction --------------------------------------------------------------------------
+def _run_balanced(args) -> None:
+    from daskmeta.estimators import BalancedALESubtraction
+    from daskmeta.results import output_path
+    from daskmeta.workflows import input_provenance
+
+    t0 = time.perf_counter()
+    _check_fit_options(args)
+    for option in ("n_subsamples", "difference_iterations"):
+        value = getattr(args, option)
+        if value < 1 or value > MAX_N_ITERS:
+            raise _bad(f"--{option.replace('_', '-')}", value,
+                       f"an integer from 1 to {MAX_N_ITERS:,}")
+    if args.target_n is not None and args.target_n < 1:
+        raise _bad("--target-n", args.target_n, "a positive integer")
+    if not 0 < args.alpha < 1:
+        raise _bad("--alpha", args.alpha, "a number strictly between 0 and 1")
+    if args.seed is not None and args.seed > 2**32 - 2:
+        raise _bad("--seed", args.seed, "an integer from 0 to 2**32 - 2")
+    if len(args.inputs) > 2:
+        raise DaskmetaError(f"balanced-subtraction takes two inputs (or one store); got "
+                            f"{len(args.inputs)}")
+    data = [_read_input(p, args.unknown_space) for p in args.inputs]
+    for path, d in zip(args.inputs, data, strict=True):
+        _log(f"read {path}: {d}")
+    kwargs = {}
+    if args.fwhm is not None:
+        kwargs["kernel__fwhm"] = args.fwhm
+    if args.sample_size is not None:
+        kwargs["kernel__sample_size"] = args.sample_size
+    est = BalancedALESubtraction(
+        target_n=args.target_n, n_subsamples=args.n_subsamples,
+        difference_iterations=args.difference_iterations, n_iters=args.n_iters,
+        voxel_thresh=args.voxel_thresh, null_method=args.null_method,
+        mask_coverage=args.mask_coverage, alpha=args.alpha, random_state=args.seed,
+        mask=args.mask, **kwargs)
+    est._validate_params()
+    if len(data) == 1:
+        if not _is_collection(data[0]) or args.select is None:
+            raise DaskmetaError("balanced-subtraction needs two inputs A B, or one "
+                                "collection store with --select (and --select2)")
+        fit_args = dict(data=data[0], select=args.select, select2=args.select2,
+                        label_threshold=args.label_threshold)
+    else:
+        if args.select is not None or args.select2 is not None:
+            raise DaskmetaError("--select/--select2 apply to one collection store, not to two "
+                                "inputs")
+        fit_args = dict(data=data[0], data2=data[1])
+    client = _client(args)
+    _log(f"Dask: {_describe(client)}")
+    _log(f"balanced subtraction: {args.n_subsamples} subsamples, {args.difference_iterations} "
+         f"difference iterations, {args.n_iters} null iterations ({args.null_method})")
+    result = est.fit(**fit_args)
+    result.attrs.update({"input_paths": [str(Path(p).resolve()) for p in args.inputs],
+                         "inputs": [input_provenance(p) for p in args.inputs],
+                         "command_line": args.command_line})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = args.prefix or ""
+    paths = result.save_maps(out, prefix=prefix)
+    prov = output_path(out, f"{prefix}_provenance.json" if prefix else "provenance.json")
+    paths.append(result.save_provenance(prov))
+    _log(f"target_n {result.attrs['balanced_target_n']}, seed {result.attrs['balanced_seed']}")
+    _report({"tables": {}, "paths": paths}, out, t0)
