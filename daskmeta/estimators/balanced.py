@@ -379,6 +379,8 @@ class BalancedALESubtraction(PairwiseCBMAEstimator, ALE):
         maps = _difference_maps(observed, min_null, max_null, self.alpha, int(self.n_iters))
         maps.update({"stat_desc-conjunction": np.minimum(prob1, prob2).astype(np.float32),
                      "prob_desc-group1": prob1, "prob_desc-group2": prob2})
+        with _CACHE_LOCK:
+            _CACHE.clear()  # the groups' log(1 - MA) rows: not kept after the fit
         nulls = {"values_desc-balancedMinNull_corr-none": min_null,
                  "values_desc-balancedMaxNull_corr-none": max_null}
         return maps, nulls
@@ -429,8 +431,8 @@ def _full(space, vector):
 
 def _pairs(rng, n1, n2, target_n, d):
     """``d`` pairs of subsets, drawn as NiMARE draws them (alternating groups)."""
-    idx1 = np.empty((d, target_n), dtype=np.int64)
-    idx2 = np.empty((d, target_n), dtype=np.int64)
+    idx1 = np.empty((d, target_n), dtype=np.int32)
+    idx2 = np.empty((d, target_n), dtype=np.int32)
     for i in range(d):
         idx1[i] = rng.choice(n1, size=target_n, replace=False)
         idx2[i] = rng.choice(n2, size=target_n, replace=False)
