@@ -113,3 +113,13 @@ def test_cli_conjunction(tmp_path, halves, capsys):
     assert main(["conjunction", dirs[0], "--out", str(tmp_path / "y")]) == 2
     assert "two or more result folders; got 1" in capsys.readouterr().err
     assert main(["conjunction", dirs[0], str(NIMARE_MASK), "--out", str(tmp_path / "y")]) == 0
+
+
+def test_help_of_the_new_commands():
+    from daskmeta.cli import build_parser
+
+    choices = build_parser()._subparsers._group_actions[0].choices
+    for name, words in (("conjunction", "--map"), ("scale", "--base-rate"),
+                        ("macm", "--sphere"), ("balanced-subtraction", "--n-subsamples")):
+        text = choices[name].format_help()
+        assert f"usage: daskmeta {name}" in text and words in text
