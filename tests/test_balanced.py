@@ -88,7 +88,7 @@ def test_workers_and_collection_give_the_same_maps(tmp_path, pain_dataset, halve
     with dask.config.set(scheduler="synchronous"):
         one = est.fit(a, b)
     with distributed.Client(processes=False, n_workers=2, threads_per_worker=1,
-                            dashboard_address=None):
+                            dashboard_address=":0"):
         two = est.fit(a, b)
     coll = Collection.build(pain_dataset, ALEKernel(), tmp_path / "pain-ale.zarr",
                             mask=nimare_space)

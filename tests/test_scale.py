@@ -73,7 +73,7 @@ def test_scale_is_seeded_and_independent_of_workers(scale_result, pain_dataset, 
         with dask.config.set(scheduler="synchronous"):
             sync = est.fit(pain_dataset)
         with distributed.Client(processes=False, n_workers=2, threads_per_worker=1,
-                                dashboard_address=None) as client:
+                                dashboard_address=":0") as client:
             assert len(client.scheduler_info()["workers"]) == 2
             two = est.fit(pain_dataset)
         other = SCALE(xyz=base_xyz, n_iters=N_ITERS, random_state=4, batch_size=30,
