@@ -187,3 +187,11 @@ def test_cli_scale(tmp_path, capsys, pain_dataset):
     assert main(["scale", str(PAIN_JSON), "--base-rate", str(base), "--n-iters", "0",
                  "--out", str(tmp_path / "x")]) == 2
     assert "--n-iters must be an integer from 1" in capsys.readouterr().err
+
+
+def test_fit_many_is_refused():
+    from daskmeta.estimators import BalancedALESubtraction
+
+    for est in (SCALE(xyz=np.zeros((2, 3))), BalancedALESubtraction()):
+        with pytest.raises(DaskmetaError, match=r"fit_many is not available; call fit once"):
+            est.fit_many(None, ["a"])

@@ -408,6 +408,11 @@ class BalancedALESubtraction(PairwiseCBMAEstimator, ALE):
         counts = sum(_run(_group_task_prob, job, _chunks(subsets, _BLOCK)))
         return (counts / len(subsets)).astype(np.float32)
 
+    def fit_many(self, *args, **kwargs):
+        """Not available: each BalancedALESubtraction fit runs its own null; call ``fit`` per selection."""
+        raise DaskmetaError(f"{type(self).__name__}.fit_many is not available; call fit once "
+                            "per selection")
+
     def describe(self) -> dict:
         out = super().describe()
         out.update({"balanced_seed": getattr(self, "seed_", None),

@@ -179,6 +179,11 @@ class SCALE(ALE):
         return super()._null_model(sampler if sampler is not None
                                    else BaseRateFoci(self.base_rate_))
 
+    def fit_many(self, *args, **kwargs):
+        """Not available: each SCALE fit runs its own null; call ``fit`` per selection."""
+        raise DaskmetaError(f"{type(self).__name__}.fit_many is not available; call fit once "
+                            "per selection")
+
     def describe(self) -> dict:
         out = super().describe()
         out.pop("xyz", None)
