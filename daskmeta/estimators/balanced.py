@@ -155,21 +155,28 @@ def _log_of(plan, rows, prior):
 
 
 def _ale_of_subsets(logs, subsets):
-    """ALE maps (rows) of subsets (rows of indices into ``logs``), blocks of one product."""
+    """ALE maps (rows) of subsets (rows of indices into ``logs``), blocks of one product,
+    in ``logs``' precision."""
     n = logs.shape[0]
     for a in range(0, len(subsets), _BLOCK):
         block = subsets[a:a + _BLOCK]
-        w = np.zeros((len(block), n))
+        w = np.zeros((len(block), n), dtype=logs.dtype)
         w[np.repeat(np.arange(len(block)), block.shape[1]), block.ravel()] = 1.0
-        yield (1.0 - np.exp(w @ logs)).astype(np.float32)
+        s = w @ logs
+        np.exp(s, out=s)
+        yield (1.0 - s).astype(np.float32, copy=False)
 
 
 def _mean_difference(logs1, logs2, idx1, idx2):
-    """Sum over pairs of ``ALE(logs1[idx1[d]]) - ALE(logs2[idx2[d]])``."""
+    """Sum over pairs of ``ALE(logs1[idx1[d]]) - ALE(logs2[idx2[d]])``: float32 products and
+    exponentials (NiMARE's precision), float64 sums."""
+    logs1 = logs1.astype(np.float32, copy=False)
+    logs2 = logs2.astype(np.float32, copy=False)
     total = np.zeros(logs1.shape[1], dtype=np.float64)
     for a1, a2 in zip(_ale_of_subsets(logs1, idx1), _ale_of_subsets(logs2, idx2),
                       strict=True):
-        total += (a1 - a2).sum(axis=0, dtype=np.float64)
+        total += a1.sum(axis=0, dtype=np.float64)
+        total -= a2.sum(axis=0, dtype=np.float64)
     return total
 
 
