@@ -28,7 +28,7 @@ LAYERS = {
     1: {"dataset", "io", "results", "storage", "_integrity"},
     2: {"kernels", "_combine", "_combine_kernels", "_pass", "collection", "_build", "_verify", "simulate"},
     3: {"estimators", "montecarlo", "correct", "decode", "diagnostics"},
-    4: {"workflows", "plotting", "reports", "precompile"},
+    4: {"workflows", "plotting", "reports", "precompile", "conjunction", "macm"},
     5: {"cli", "__init__", "__main__"},
 }
 LAYER_OF = {name: level for level, names in LAYERS.items() for name in names}
