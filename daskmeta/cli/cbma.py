@@ -154,19 +154,22 @@ def _check_cbma_options(args, label_threshold: float) -> None:
 
 
 def _diag_options(args) -> dict:
+    """The diagnostics thresholds (their defaults for commands without these options)."""
     from daskmeta.workflows import DIAG_CLUSTER_THRESHOLD, DIAG_TARGET_THRESHOLD
 
-    return {"diag_threshold": (DIAG_TARGET_THRESHOLD if args.diag_threshold is None
-                               else args.diag_threshold),
-            "diag_cluster_threshold": (DIAG_CLUSTER_THRESHOLD
-                                       if args.diag_cluster_threshold is None
-                                       else args.diag_cluster_threshold)}
+    threshold = getattr(args, "diag_threshold", None)
+    cluster_threshold = getattr(args, "diag_cluster_threshold", None)
+    return {"diag_threshold": DIAG_TARGET_THRESHOLD if threshold is None else threshold,
+            "diag_cluster_threshold": (DIAG_CLUSTER_THRESHOLD if cluster_threshold is None
+                                       else cluster_threshold)}
 
 
 def _check_diagnostics(args) -> None:
     from daskmeta.diagnostics import DIAGNOSTICS
     from daskmeta.workflows import check_diagnostics
 
+    if not hasattr(args, "diagnostics"):  # a command without --diagnostics (scale, macm)
+        return
     opts = _diag_options(args)
     if not args.diagnostics and (args.diag_threshold is not None
                                  or args.diag_cluster_threshold is not None):
@@ -184,7 +187,6 @@ def _check_diagnostics(args) -> None:
                             "--fwe none gives none (use --fwe montecarlo or bonferroni)")
     check_diagnostics(args.diagnostics or (), args.fwe, **{
         "threshold": opts["diag_threshold"], "cluster_threshold": opts["diag_cluster_threshold"]})
-
 
 
 def _label_threshold(args) -> float:
