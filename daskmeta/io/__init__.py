@@ -9,10 +9,12 @@ where possible the line, for malformed input. :func:`read` guesses the format am
 :data:`FORMATS`; :func:`register_format` adds a format (see ``docs/extending.md``).
 """
 
+from daskmeta.io._neurostore_fetch import fetch_neurostore, neurostore_releases
 from daskmeta.io._registry import FORMATS, read, register_format, unregister_format
 from daskmeta.io.download import fetch
 from daskmeta.io.neurostore import read_neurostore, write_neurostore
 from daskmeta.io.neurosynth import read_neuroquery, read_neurosynth
+from daskmeta.io.neurovault import read_neurovault
 from daskmeta.io.nimads import read_nimads, write_nimads
 from daskmeta.io.nimare_json import read_nimare_json
 from daskmeta.io.sleuth import read_sleuth, write_sleuth
@@ -34,4 +36,7 @@ __all__ = [
     "write_nimads",
     "read_neurostore",
     "write_neurostore",
+    "fetch_neurostore",
+    "neurostore_releases",
+    "read_neurovault",
 ]
