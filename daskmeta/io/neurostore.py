@@ -173,6 +173,87 @@ def _aligned(frame, name, index: pd.Index, drop=_ID_COLS) -> pd.DataFrame:
     return body.reindex(range(n))
 
 
+def _read_arrow(folder: Path, manifest: dict, name: str):
+    """The needed columns of a large table as a pyarrow Table, ids and spaces
+    dictionary-encoded (no Python string per row), or None when the file is absent."""
+    pa, pq = _pyarrow()
+    fname = manifest.get("tables", {}).get(name, f"{name}.parquet")
+    path = folder / fname
+    if not path.is_file():
+        return None
+    try:
+        names = pq.read_schema(path).names
+        missing = [c for c in _REQUIRED[name] if c not in names]
+        if missing:
+            raise ParseError(f"the {name} table has no column {', '.join(map(repr, missing))} "
+                             f"(columns: {short(names, 160)})", path=str(path))
+        table = pq.read_table(path, columns=list(_REQUIRED[name]),
+                              read_dictionary=["id", "space"])
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        if isinstance(exc, ParseError):
+            raise
+        raise ParseError(f"cannot read the {name} table ({str(exc).splitlines()[0][:160]})",
+                         path=str(path)) from None
+    return table.unify_dictionaries(), str(path)
+
+
+def _codes(column, what: str, path: str):
+    """``(codes, dictionary values)`` of a dictionary-encoded text column; code -1 is null."""
+    pa, _ = _pyarrow()
+    if not pa.types.is_dictionary(column.type) or not (
+            pa.types.is_string(column.type.value_type)
+            or pa.types.is_large_string(column.type.value_type)):
+        if pa.types.is_dictionary(column.type) and pa.types.is_integer(column.type.value_type):
+            column = column.cast(pa.dictionary(pa.int32(), pa.string()))
+        elif column.null_count == len(column):
+            return np.full(len(column), -1, dtype=np.int64), np.zeros(0, dtype=object)
+        else:
+            raise ParseError(f"the coordinates table's {what} must be text; got {column.type}",
+                             path=path)
+    chunks = column.chunks
+    if not chunks:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object)
+    codes = np.concatenate([c.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+                            for c in chunks]).astype(np.int64)
+    return codes, np.asarray(chunks[0].dictionary.to_pylist(), dtype=object)
+
+
+def _foci(coords, index: pd.Index, unknown_space: str):
+    """Foci rows (analysis of each), coordinates and canonical spaces, sorted by analysis."""
+    pa, _ = _pyarrow()
+    table, path = coords
+    codes, ids = _codes(table.column("id"), "id", path)
+    if (codes < 0).any():
+        raise ParseError(f"the coordinates table has an empty id (row "
+                         f"{int(np.argmax(codes < 0)) + 1})", path=path)
+    rows = index.get_indexer(ids)[codes] if len(ids) else np.zeros(0, dtype=np.int64)
+    cols = []
+    for c in "xyz":
+        col = table.column(c)
+        if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
+            raise ParseError(f"the coordinates table's column {c!r} must be numeric; got "
+                             f"{col.type}", path=path)
+        values = col.to_numpy().astype(float) if len(col) else np.zeros(0)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ParseError(f"the coordinates table's {c} is missing or not finite in row "
+                             f"{int(np.argmax(bad)) + 1}", path=path)
+        cols.append(values)
+    xyz = np.column_stack(cols) if cols[0].size else np.zeros((0, 3))
+    s_codes, uniques = _codes(table.column("space"), "space", path)
+    try:
+        canon = np.asarray([normalize_space_name(u, where=f"{path}: space",
+                                                 unknown=unknown_space)
+                            if isinstance(u, str) and u.strip() else "UNKNOWN"
+                            for u in uniques] + ["UNKNOWN"], dtype=object)
+    except DaskmetaError as exc:
+        raise ParseError(str(exc)) from None
+    f_space = canon[s_codes]  # code -1 (null) -> the last entry, UNKNOWN
+    keep = rows >= 0
+    order = np.argsort(rows[keep], kind="stable")
+    return rows[keep][order], xyz[keep][order], f_space[keep][order]
+
+
 def read_neurostore(path, *, unknown_space: str = "error") -> Dataset:
     """Read a NeuroStore parquet studyset (a release folder) as a Dataset.
 
@@ -217,7 +298,7 @@ def read_neurostore(path, *, unknown_space: str = "error") -> Dataset:
     manifest = _manifest(folder)
     studies = _read_table(folder, manifest, "studies", True)
     analyses = _read_table(folder, manifest, "analyses", True)
-    coords = _read_table(folder, manifest, "coordinates", False)
+    coords = _read_arrow(folder, manifest, "coordinates")
 
     study_key = _ids(studies, "study_id", "studies")
     dup = pd.Index(study_key)[pd.Index(study_key).duplicated()]
@@ -240,28 +321,8 @@ def read_neurostore(path, *, unknown_space: str = "error") -> Dataset:
     n = len(a_ids)
 
     # foci, in analysis order
-    if coords is not None and len(coords):
-        rows = _rows_of(coords, "coordinates", index)
-        xyz = np.column_stack([_numeric(coords, c, "coordinates") for c in "xyz"])
-        space_raw = coords["space"]
-        if not (pd.api.types.is_string_dtype(space_raw) or space_raw.isna().all()):
-            raise ParseError(f"the coordinates table's space must be text; got "
-                             f"{space_raw.dtype}", path=coords.attrs["path"])
-        codes, uniques = pd.factorize(space_raw.to_numpy(dtype=object), use_na_sentinel=True)
-        if any(not isinstance(u, str) for u in uniques):
-            raise ParseError("the coordinates table's space must be text",
-                             path=coords.attrs["path"])
-        where = f"{coords.attrs['path']}: space"
-        try:
-            canon = np.asarray([normalize_space_name(u, where=where, unknown=unknown_space)
-                                if isinstance(u, str) and u.strip() else "UNKNOWN"
-                                for u in uniques] + ["UNKNOWN"], dtype=object)
-        except DaskmetaError as exc:
-            raise ParseError(str(exc)) from None
-        f_space = canon[codes]  # code -1 (null) -> the last entry, UNKNOWN
-        keep = rows >= 0
-        order = np.argsort(rows[keep], kind="stable")
-        rows, xyz, f_space = rows[keep][order], xyz[keep][order], f_space[keep][order]
+    if coords is not None:
+        rows, xyz, f_space = _foci(coords, index, unknown_space)
     else:
         rows, xyz, f_space = (np.zeros(0, dtype=np.int64), np.zeros((0, 3)),
                               np.zeros(0, dtype=object))
@@ -343,10 +404,13 @@ def read_neurostore(path, *, unknown_space: str = "error") -> Dataset:
         if "space" in wide.columns:
             meta["image_space"] = wide["space"].to_numpy(dtype=object)
 
-    foci = pd.DataFrame({"id": a_ids[rows], "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],
-                         "space": f_space})
-    experiments = pd.DataFrame({"id": a_ids, "study_id": a_study, "sample_size": sizes,
-                                "space": exp_space})
+    foci = pd.DataFrame({"id": pd.Series(a_ids[rows], dtype=object), "x": xyz[:, 0],
+                         "y": xyz[:, 1], "z": xyz[:, 2],
+                         "space": pd.Series(f_space, dtype=object)})
+    experiments = pd.DataFrame({"id": pd.Series(a_ids, dtype=object),
+                                "study_id": pd.Series(a_study, dtype=object),
+                                "sample_size": sizes,
+                                "space": pd.Series(exp_space, dtype=object)})
     try:
         return Dataset.from_foci(foci, experiments=experiments, labels=labels,
                                  label_names=label_names, metadata=meta, images=images,
