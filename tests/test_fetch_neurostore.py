@@ -234,6 +234,21 @@ def test_read_neurovault(vault, tmp_path):
         read_neurovault("../77", data_dir=tmp_path, url=vault.url)
 
 
+def test_cli_fetch_neurovault(vault, tmp_path, capsys):
+    assert main(["fetch", "neurovault", "77", "--data-dir", str(tmp_path), "--url",
+                 vault.url]) == 0
+    folder = Path(capsys.readouterr().out.strip())
+    assert folder == (tmp_path / "neurovault" / "collection-77").resolve()
+    assert sorted(p.name for p in folder.glob("*.nii.gz")) == [
+        f"collection-77_id-{i}_img{i}.nii.gz" for i in (1, 2, 3)]
+    assert main(["fetch", "neurovault", "x7", "--data-dir", str(tmp_path)]) == 2
+    assert "COLLECTION must be a NeuroVault collection number; got 'x7'" in \
+        capsys.readouterr().err
+    assert main(["fetch", "neurosynth", "77"]) == 2
+    assert "a collection number applies to `fetch neurovault`, not neurosynth" in \
+        capsys.readouterr().err
+
+
 def test_neurovault_truncated_image_resumed_and_corrupt_cache_refetched(vault, tmp_path):
     vault.set("truncate", only={"img1.nii.gz"})
     with pytest.raises(DaskmetaError, match=r"img1.nii.gz .*(interrupted|truncated)"):

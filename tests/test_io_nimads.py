@@ -240,6 +240,20 @@ def test_nimads_wrong_shape(tmp_path, doc, message):
         read_nimads(path)
 
 
+def test_nimads_huge_numbers_are_errors_or_ignored():
+    big = 10 ** 400  # JSON integers have no size limit; float() of this overflows
+    doc = {"studies": [{"id": "s", "analyses": [{"id": "a", "points": [
+        {"coordinates": [big, 0, 0]}]}]}]}
+    with pytest.raises(ParseError, match=r"points\[0\]: coordinates must be three finite "
+                                         r"numbers"):
+        read_nimads(doc)
+    doc = {"studies": [{"id": "s", "analyses": [{"id": "a", "weights": [big],
+                                                  "conditions": ["c"]}]}],
+           "annotations": [{"id": "n", "notes": [{"analysis": "a", "note": {"w": big}}]}]}
+    ds = read_nimads(doc)
+    assert ds.metadata["weights"].tolist() == [[1.0]] and ds.labels.nnz == 0
+
+
 def test_nimads_tolerance():
     doc = {"studies": [{"id": "s", "metadata": {"sample_sizes": ["12", 14]}, "analyses": [
         {"id": "a", "points": [{"coordinates": [1, 2, 3], "space": "TAL",

@@ -80,8 +80,11 @@ def _run_fetch(args) -> None:
     elif args.database == "neurovault":
         ds = read_neurovault(args.collection, data_dir=args.data_dir, url=args.url,
                              overwrite=args.overwrite, progress=True)
+        from daskmeta.io.download import default_data_dir
+
         _log(f"NeuroVault collection {args.collection}: {ds.n_experiments} group maps")
-        path = Path(ds.images.drop(columns="id").stack().iloc[0]).parent
+        parent = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+        path = (parent / "neurovault" / f"collection-{int(args.collection)}").resolve()
     else:
         path = fetch(args.database, data_dir=args.data_dir, url_base=args.url_base,
                      overwrite=args.overwrite, progress=True)

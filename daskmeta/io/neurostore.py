@@ -373,10 +373,9 @@ def read_neurostore(path, *, unknown_space: str = "error") -> Dataset:
         if col in ("sample_size", "sample_sizes"):
             continue
         values = ann[col]
-        if pd.api.types.is_bool_dtype(values) or values.dtype == object and \
-                pd.api.types.infer_dtype(values, skipna=True) == "boolean":
-            num = values.astype(float)
-        elif pd.api.types.is_numeric_dtype(values):
+        if values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) == "boolean":
+            num = values.map(lambda v: 1.0 if v is True else 0.0 if v is False else np.nan)
+        elif pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
             num = values.astype(float)
         else:
             continue

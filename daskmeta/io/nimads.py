@@ -33,6 +33,7 @@ from daskmeta.dataset import Dataset
 from daskmeta.exceptions import DaskmetaError, ParseError
 from daskmeta.io._common import _check_file
 from daskmeta.io._studyset import (
+    _number,
     analysis_keys,
     atomic_write_bytes,
     coerce_sample_sizes,
@@ -109,8 +110,7 @@ def _label_value(value, kind):
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, (int, float)):
-        f = float(value)
-        return f if math.isfinite(f) else None
+        return _number(value)
     if kind == "boolean" and isinstance(value, str) and value.strip().lower() in ("true",
                                                                                "false"):
         return 1.0 if value.strip().lower() == "true" else 0.0
@@ -247,8 +247,8 @@ def read_nimads(studyset, annotation=None, *, unknown_space="error", basepath=No
                 if xyz is None and all(k in point for k in "xyz"):
                     xyz = [point["x"], point["y"], point["z"]]
                 ok = (isinstance(xyz, list) and len(xyz) == 3
-                      and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                              and math.isfinite(v) for v in xyz))
+                      and all(isinstance(v, (int, float)) and _number(v) is not None
+                              for v in xyz))
                 _need(ok, f"{pwhere}: coordinates must be three finite numbers; got "
                           f"{short(xyz)}", path)
                 p_space = _point_space(point, pwhere, path, unknown_space)
@@ -280,8 +280,8 @@ def read_nimads(studyset, annotation=None, *, unknown_space="error", basepath=No
             conditions = _list_or_none(analysis.get("conditions"), where, "conditions", path)
             weights = _list_or_none(analysis.get("weights"), where, "weights", path)
             names = [c.get("name") if isinstance(c, dict) else c for c in conditions]
-            w = [float(weights[i]) if i < len(weights) and isinstance(weights[i], (int, float))
-                 and not isinstance(weights[i], bool) else 1.0 for i in range(len(names))]
+            w = [_number(weights[i]) if i < len(weights) and isinstance(weights[i], (int, float))
+                 and _number(weights[i]) is not None else 1.0 for i in range(len(names))]
 
             meta = dict(base)
             meta |= {k: v for k, v in ameta.items() if k not in _SIZE_KEYS}
