@@ -156,6 +156,11 @@ def test_neurostore_round_trip(tmp_path):
     ds = read_nimads(NIDM)
     out = write_neurostore(ds, tmp_path / "release")
     _assert_same(ds, read(out))
+    based = read_neurostore(out, basepath=tmp_path / "images")
+    assert based.images["t"].iloc[0] == str(tmp_path / "images" / ds.images["t"].iloc[0])
+    empty = read_nimads({"studies": []})
+    assert read(write_neurostore(empty, tmp_path / "empty")).n_experiments == 0
+    assert read_nimads(write_nimads(empty, tmp_path / "empty.json")).n_experiments == 0
     # NiMARE reads what daskmeta writes, with the same counts
     theirs = _studyset(out)
     assert (len(theirs.ids), theirs.store.n_points) == (ds.n_experiments, ds.n_foci)

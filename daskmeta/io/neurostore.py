@@ -132,6 +132,8 @@ def _ids(frame: pd.DataFrame, col: str, name: str) -> np.ndarray:
         return values.astype(str).to_numpy(dtype=object)
     arr = values.to_numpy(dtype=object)
     kind = pd.api.types.infer_dtype(arr, skipna=False)
+    if kind == "empty":
+        return arr
     if kind not in ("string", "integer"):
         raise ParseError(f"the {name} table's {col} must hold text ids; got {kind} values",
                          path=path)
@@ -254,7 +256,7 @@ def _foci(coords, index: pd.Index, unknown_space: str):
     return rows[keep][order], xyz[keep][order], f_space[keep][order]
 
 
-def read_neurostore(path, *, unknown_space: str = "error") -> Dataset:
+def read_neurostore(path, *, unknown_space: str = "error", basepath=None) -> Dataset:
     """Read a NeuroStore parquet studyset (a release folder) as a Dataset.
 
     Parameters
@@ -267,6 +269,8 @@ def read_neurostore(path, *, unknown_space: str = "error") -> Dataset:
         A coordinate space that is neither MNI nor Talairach: refuse the release (default),
         or warn and take those coordinates as MNI (NiMARE leaves them untransformed). An
         empty (null) space is taken as MNI and recorded as ``UNKNOWN``, as NiMARE does.
+    basepath : str or path-like, optional
+        Resolve relative image paths against this folder (default: kept as written).
 
     Returns
     -------
@@ -399,7 +403,12 @@ def read_neurostore(path, *, unknown_space: str = "error") -> Dataset:
             kind = image_type(str(col)[: -len("__source")])
             if kind is None or kind in images:
                 continue
-            images[kind] = wide[col].to_numpy(dtype=object)
+            refs = wide[col].to_numpy(dtype=object)
+            if basepath is not None:
+                refs = np.asarray([str(Path(basepath) / r) if isinstance(r, str) and r
+                                   and "://" not in r and not Path(r).is_absolute() else r
+                                   for r in refs], dtype=object)
+            images[kind] = refs
         if "space" in wide.columns:
             meta["image_space"] = wide["space"].to_numpy(dtype=object)
 

@@ -384,7 +384,7 @@ def read_nimads(studyset, annotation=None, *, unknown_space="error", basepath=No
     labels = sparse.csr_matrix((np.asarray(lvals, dtype=np.float64), (lrows, lcols)),
                                shape=(len(ids), len(label_col)))
     lengths = {len(r) for r in image_rows}
-    images = pd.DataFrame(image_rows) if lengths != {1} else None
+    images = pd.DataFrame(image_rows) if image_rows and lengths != {1} else None
     try:
         return Dataset.from_foci(foci, experiments=experiments, labels=labels,
                                  label_names=list(label_col),
