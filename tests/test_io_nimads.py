@@ -168,6 +168,21 @@ def test_neurostore_round_trip(tmp_path):
         write_neurostore(ds, out)
 
 
+def test_registry_tells_nimads_from_nimare_json(tmp_path):
+    nimare_json = {"s1": {"metadata": {"studies": [1, 2]}, "contrasts": {"c": {"coords": {
+        "space": "MNI", "x": [0], "y": [0], "z": [0]}}}}}
+    path = tmp_path / "nimare.json"
+    path.write_text(json.dumps(nimare_json))
+    assert read(path).ids == ["s1-c"]
+    nimads = tmp_path / "nimads.json"
+    nimads.write_text(json.dumps({"id": "x", "studies": [{"id": "s1", "analyses": [
+        {"id": "c", "points": [{"coordinates": [0, 0, 0], "space": "MNI"}]}]}]}))
+    assert read(nimads).ids == ["s1-c"]
+    from daskmeta.io._registry import _guess_format
+    assert (_guess_format(path).name, _guess_format(nimads).name) == ("nimare-json", "nimads")
+    assert _guess_format(PARQUET).name == "neurostore"
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 

@@ -95,12 +95,22 @@ def _classify(path: Path) -> str | None:
 
 
 # A NIMADS studyset is an object with a "studies" list; NiMARE's dataset JSON maps study ids
-# to objects holding "contrasts". Told apart from the first megabyte of the file.
+# to objects holding "contrasts".
 _NIMADS_STUDIES = re.compile(r'"studies"\s*:\s*\[')
 _NIMARE_START = re.compile(r'\s*\{\s*"(?:[^"\\]|\\.)*"\s*:\s*\{\s*"contrasts"\s*:')
 
 
 def _looks_like_nimads(path: Path) -> bool:
+    """A top-level "studies" list: parsed for files up to 32 MiB, else looked for in the
+    first megabyte."""
+    import json
+
+    if path.stat().st_size <= 32 << 20:
+        try:
+            doc = json.loads(path.read_bytes().decode("utf-8-sig"))
+        except (ValueError, RecursionError):
+            return False  # malformed: NiMARE JSON's reader reports where
+        return isinstance(doc, dict) and isinstance(doc.get("studies"), list)
     with path.open("rb") as fh:
         head = fh.read(1 << 20).decode("utf-8", errors="replace").removeprefix("\ufeff")
     return bool(_NIMADS_STUDIES.search(head)) and not _NIMARE_START.match(head)

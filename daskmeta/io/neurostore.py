@@ -140,21 +140,6 @@ def _ids(frame: pd.DataFrame, col: str, name: str) -> np.ndarray:
     return arr if kind == "string" else np.asarray([str(v) for v in arr], dtype=object)
 
 
-def _numeric(frame: pd.DataFrame, col: str, name: str) -> np.ndarray:
-    values = frame[col]
-    path = frame.attrs.get("path")
-    if not (pd.api.types.is_float_dtype(values) or pd.api.types.is_integer_dtype(values)):
-        raise ParseError(f"the {name} table's column {col!r} must be numeric; got "
-                         f"{values.dtype}", path=path)
-    out = values.to_numpy(dtype=float, na_value=np.nan)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        k = int(np.argmax(bad))
-        raise ParseError(f"the {name} table's {col} is missing or not finite in row {k + 1}",
-                         path=path)
-    return out
-
-
 def _rows_of(frame, name, index: pd.Index) -> np.ndarray:
     """Row of each record in the analyses (by ``id``), -1 for unknown analyses."""
     if frame is None or not len(frame):

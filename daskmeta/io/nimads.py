@@ -43,7 +43,7 @@ from daskmeta.io._studyset import (
 )
 from daskmeta.space import normalize_space_name
 
-__all__ = ["read_nimads", "write_nimads"]
+__all__ = ["read_nimads", "to_nimads_dict", "write_nimads"]
 
 _STUDY_FIELDS = {"name": "study_name", "authors": "authors", "publication": "journal",
                  "doi": "doi", "pmid": "pmid", "year": "year"}
