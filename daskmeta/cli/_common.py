@@ -55,8 +55,9 @@ def _add_cluster_options(p):
 def _add_space_option(p):
     p.add_argument("--unknown-space", choices=["error", "warn"], default="error",
                    help="NiMARE JSON, NIMADS and NeuroStore input: a coordinate space that "
-                        "is neither MNI nor Talairach (e.g. 'Dog') is refused (error, the default), or warned "
-                        "about and read as MNI, untransformed, as NiMARE does (warn)")
+                        "is neither MNI nor Talairach (e.g. 'Dog') is refused (error, the "
+                        "default), or warned about and read as MNI, untransformed, as NiMARE "
+                        "does (warn)")
 
 
 
