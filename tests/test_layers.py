@@ -37,8 +37,8 @@ LAYER_OF = {name: level for level, names in LAYERS.items() for name in names}
 # under the readers, the readers under the registry that dispatches to them, the registry
 # under the package's __init__. So a reader never imports the registry or daskmeta.io.
 IO_LAYERS = {
-    0: {"_common", "download"},
-    1: {"sleuth", "nimare_json", "table", "neurosynth"},
+    0: {"_common", "download", "_studyset", "_fetch", "_archive", "_neurostore_fetch"},
+    1: {"sleuth", "nimare_json", "table", "neurosynth", "nimads", "neurostore", "neurovault"},
     2: {"_registry"},
     3: {"__init__"},
 }

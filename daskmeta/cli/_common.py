@@ -55,9 +55,10 @@ def _add_cluster_options(p):
 
 def _add_space_option(p):
     p.add_argument("--unknown-space", choices=["error", "warn"], default="error",
-                   help="NiMARE JSON input: a coordinate space that is neither MNI nor "
-                        "Talairach (e.g. 'Dog') is refused (error, the default), or warned "
-                        "about and read as MNI, untransformed, as NiMARE does (warn)")
+                   help="NiMARE JSON, NIMADS and NeuroStore input: a coordinate space that "
+                        "is neither MNI nor Talairach (e.g. 'Dog') is refused (error, the "
+                        "default), or warned about and read as MNI, untransformed, as NiMARE "
+                        "does (warn)")
 
 
 
@@ -102,10 +103,10 @@ def _read_input(path, unknown_space: str = "error"):
     if unknown_space != "error" and p.exists():
         from daskmeta.io._registry import _guess_format
 
-        if _guess_format(p).name == "nimare-json":
+        if _guess_format(p).name in ("nimare-json", "nimads", "neurostore"):
             return read(p, unknown_space=unknown_space)
-        raise DaskmetaError(f"--unknown-space {unknown_space} applies to NiMARE JSON input; "
-                            f"{path} is not one")
+        raise DaskmetaError(f"--unknown-space {unknown_space} applies to NiMARE JSON, NIMADS "
+                            f"and NeuroStore input; {path} is none of them")
     return read(p)
 
 
