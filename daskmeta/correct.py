@@ -264,7 +264,10 @@ class FWECorrector:
         if getattr(est, "_fwe_montecarlo", None) is not None:
             return self._estimator_montecarlo(result, est)
         if "stat" not in result.map_names:
-            raise DaskmetaError("Monte Carlo FWE correction needs the result's 'stat' map")
+            raise DaskmetaError(
+                "Monte Carlo FWE correction needs the result's 'stat' map or an estimator with "
+                f"a Monte Carlo null of its own (as PermutedOLS); {type(est).__name__} has "
+                "neither")
         want = result.attrs.get("input_hash")
         dataset = getattr(est, "dataset_", None)
         if want is not None and dataset is not None and want != dataset.fingerprint():
