@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import crop_mask
 from scipy import stats
 
 import daskmeta
@@ -37,21 +37,7 @@ nimare_ibma = pytest.importorskip("nimare.meta.ibma")
 nimare_dataset = pytest.importorskip("nimare.dataset")
 nimare_correct = pytest.importorskip("nimare.correct")
 
-TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nimare-testdata"
-FSL_MASK = TESTDATA / "MNI152_2x2x2_brainmask.nii.gz"
 N_STUDIES = 21
-
-
-def crop_mask(lo=(16, 61, 27), size=(20, 20, 20)) -> nib.Nifti1Image:
-    """NiMARE's FSL MNI152 2 mm mask cropped to a box around the right insula site (the
-    images live on this small grid, so both programs read them without resampling)."""
-    m = nib.load(str(FSL_MASK))
-    lo = np.asarray(lo)
-    sl = tuple(slice(a, a + s) for a, s in zip(lo, size, strict=True))
-    data = np.asarray(m.dataobj)[sl].astype(np.uint8)
-    aff = m.affine.copy()
-    aff[:3, 3] = m.affine[:3, :3] @ lo + m.affine[:3, 3]
-    return nib.Nifti1Image(data, aff)
 
 
 def _poke(path, where, value):
