@@ -29,7 +29,7 @@ LAYERS = {
     2: {"kernels", "_combine", "_combine_kernels", "_pass", "collection", "_build", "_verify", "simulate",
         "imagestack"},
     3: {"estimators", "montecarlo", "correct", "decode"},
-    4: {"workflows", "plotting", "reports", "precompile"},
+    4: {"workflows", "plotting", "reports", "precompile", "diagnostics"},
     5: {"cli", "__init__", "__main__"},
 }
 LAYER_OF = {name: level for level, names in LAYERS.items() for name in names}
