@@ -34,7 +34,7 @@ from daskmeta.cluster import compute
 from daskmeta.exceptions import DaskmetaError, DatasetError, ParseError
 from daskmeta.space import Space, resolve_space
 
-__all__ = ["IMAGE_TYPES", "ImageStack", "load_masked"]
+__all__ = ["IMAGE_TYPES", "ImageStack", "load_masked", "read_image_table"]
 
 #: Image types a stack can hold (NiMARE's names).
 IMAGE_TYPES = ("z", "t", "beta", "varcope", "se", "p")
@@ -63,6 +63,9 @@ def load_masked(path, space: Space, resample: bool = True) -> np.ndarray:
     import nibabel as nib
 
     path = str(path)
+    if path.startswith(("http://", "https://", "s3://")):
+        raise ParseError("image is a URL; download it first (e.g. daskmeta fetch neurovault) "
+                         "and point the dataset at the local file", path=path)
     try:
         img = nib.load(path)
         data = np.asarray(img.dataobj, dtype=np.float32)
@@ -348,7 +351,7 @@ class ImageStack:
     @classmethod
     def build(cls, dataset, store=None, mask=None, image_types=None, resample: bool = True,
               rows_per_block: int = ROWS_PER_BLOCK, chunk_voxels: int = CHUNK_VOXELS,
-              overwrite: bool = False) -> ImageStack:
+              overwrite: bool = False, base_dir=None) -> ImageStack:
         """Read a Dataset's images into a stack (resumable).
 
         Parameters
@@ -376,6 +379,9 @@ class ImageStack:
             Rebuild an existing stack at ``store`` from scratch. Otherwise an existing
             stack of the same experiments, types and mask is completed (resumed) and one
             of anything else is refused.
+        base_dir : path, optional
+            Relative image paths are relative to this folder (e.g. the NiMARE JSON's);
+            default: the working directory.
 
         Returns
         -------
@@ -403,7 +409,8 @@ class ImageStack:
             p = {}
             for c, v in zip(cols, row[1:], strict=True):
                 if isinstance(v, str) and v:
-                    p[c] = v
+                    p[c] = (v if base_dir is None or "://" in v
+                            else str(Path(base_dir) / Path(v).expanduser()))
                 elif v is not None and not (isinstance(v, float) and np.isnan(v)):
                     raise DatasetError(f"experiment {row[0]}: image {c!r} must be a path; got "
                                        f"{type(v).__name__}")
@@ -520,3 +527,48 @@ class ImageStack:
     def __repr__(self) -> str:
         return (f"ImageStack({str(self.path)!r}, {self.n_experiments} experiments, "
                 f"{self.n_voxels} voxels, types {', '.join(self.image_types)})")
+
+
+def read_image_table(path):
+    """A Dataset of images from a table (CSV or TSV) of paths.
+
+    Columns: ``id``; optionally ``study_id`` and ``sample_size``; and one column per image
+    type (:data:`IMAGE_TYPES`) holding paths, relative ones relative to the table's folder.
+
+    Raises
+    ------
+    ParseError
+        Naming the file, for a missing ``id`` column or no image column.
+    """
+    from daskmeta.dataset import Dataset
+
+    path = Path(path)
+    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    try:
+        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise ParseError(f"cannot read the image table: {exc}", path=str(path)) from None
+    if "id" not in table.columns:
+        raise ParseError("an image table needs an 'id' column", path=str(path))
+    types = [t for t in IMAGE_TYPES if t in table.columns]
+    if not types:
+        raise ParseError(f"an image table needs a column per image type (some of "
+                         f"{', '.join(IMAGE_TYPES)}); it has {', '.join(table.columns)}",
+                         path=str(path))
+    exp = pd.DataFrame({"id": table["id"]})
+    if "study_id" in table.columns:
+        exp["study_id"] = table["study_id"]
+    if "sample_size" in table.columns:
+        sizes = pd.to_numeric(table["sample_size"].replace("", np.nan), errors="coerce")
+        bad = table["sample_size"].ne("") & sizes.isna()
+        if bad.any():
+            raise ParseError(f"sample_size must be a number; got "
+                             f"{table['sample_size'][bad].iloc[0]!r} for "
+                             f"{table['id'][bad].iloc[0]}", path=str(path))
+        exp["sample_size"] = sizes
+    images = pd.DataFrame({"id": table["id"]})
+    for t in types:
+        images[t] = [None if not v else str(path.parent / v) if not Path(v).is_absolute()
+                     else v for v in table[t]]
+    return Dataset(exp, pd.DataFrame(columns=["id", "x", "y", "z"]), images=images,
+                   name=f"images of {path.name}")
