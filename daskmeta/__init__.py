@@ -15,6 +15,7 @@ from daskmeta._version import __version__
 from daskmeta.collection import Collection
 from daskmeta.dataset import Dataset
 from daskmeta.exceptions import DaskmetaError, DaskmetaWarning, DatasetError, ParseError
+from daskmeta.imagestack import ImageStack
 from daskmeta.results import MetaResult
 from daskmeta.space import Space, mni2tal, tal2mni
 
@@ -33,6 +34,7 @@ __all__ = [
     "DaskmetaWarning",
     "Dataset",
     "DatasetError",
+    "ImageStack",
     "MetaResult",
     "ParseError",
     "Space",

@@ -30,8 +30,10 @@ __all__ = ["IBMAEstimator", "fit_bags", "liberal_bags", "usable"]
 
 #: float64 cells a block's models hold at once (about 8 bytes each, a few copies each).
 BLOCK_CELLS = 2_000_000
-#: Voxels per dask chunk of a fit (a multiple of the stack's chunks is read best).
+#: Voxels per dask chunk of a fit (a multiple of the stack's chunks is read best) ...
 VOXELS_PER_TASK = 16384
+#: ... at most as many as keep a task's float32 inputs within this many bytes.
+TASK_INPUT_BYTES = 128 * 2**20
 #: Below this NiMARE sets varcope to NaN (1 / sqrt of float32's max: masked images are float32).
 MIN_VARCOPE = 1.0 / np.sqrt(np.finfo(np.float32).max)
 #: Fewest experiments a bag needs (NiMARE's MIN_STUDY_THRESH and MIN_INDEPENDENT_UNITS).
@@ -162,7 +164,8 @@ class IBMAEstimator(Estimator):
         store : path, optional
             Where to build the stack of a Dataset's images (kept, resumable).
         voxels_per_task : int, optional
-            Voxels per task (default 16,384).
+            Voxels per task (default 16,384, fewer when the selected experiments' inputs
+            would exceed 128 MiB a task; a multiple of the stack's voxel chunks).
 
         Returns
         -------
@@ -256,7 +259,8 @@ class IBMAEstimator(Estimator):
     def _compute(self, stack, rows, voxels_per_task: int) -> dict:
         import dask.array as da
 
-        vpt = max(stack.chunk_voxels, voxels_per_task // stack.chunk_voxels
+        fits = TASK_INPUT_BYTES // (4 * len(rows) * len(self._inputs))
+        vpt = max(stack.chunk_voxels, min(voxels_per_task, fits) // stack.chunk_voxels
                   * stack.chunk_voxels)
         arrays = [stack.array(t, vpt) for t in self._inputs]
         if len(rows) != stack.n_experiments or np.any(np.diff(rows) != 1):
