@@ -464,6 +464,12 @@ class ImageStack:
             stack._tmp = weakref.finalize(stack, shutil.rmtree, tmp, True)
         return stack
 
+    def __getstate__(self):
+        # A copy in another process reads the store; it never owns a temporary one.
+        state = dict(self.__dict__)
+        state["_tmp"] = None
+        return state
+
     # -- contents ---------------------------------------------------------------------------
     @property
     def n_experiments(self) -> int:

@@ -123,8 +123,9 @@ def _read(path: str):
     if not p.exists():
         raise DaskmetaError(f"input {path!r} does not exist")
     if p.suffix.lower() in (".csv", ".tsv", ".tab") and p.is_file():
-        head = p.read_text(errors="replace").splitlines()[:1]
-        cols = {c.strip() for c in (head[0].replace("\t", ",").split(",") if head else [])}
+        with open(p, errors="replace") as f:
+            head = f.readline()
+        cols = {c.strip() for c in head.replace("\t", ",").split(",")}
         if not {"x", "y", "z"} <= cols:
             return read_image_table(p), None
     return read(p), p.parent.resolve()

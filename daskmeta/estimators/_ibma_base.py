@@ -13,6 +13,7 @@ A block larger than the memory budget is fitted in slices of voxels.
 
 from __future__ import annotations
 
+import copy
 import numbers
 
 import dask
@@ -143,8 +144,11 @@ class IBMAEstimator(Estimator):
         return bool(self._needs_sample_size)
 
     def _block_model(self):
-        """The picklable model of a block (a frozen copy of this estimator's parameters)."""
-        return self._model
+        """The model of a block: a copy of this estimator holding only its parameters and
+        the selection's sample sizes (small, picklable; no fitted state, no stack)."""
+        model = copy.copy(self)
+        model.__dict__ = {**self.get_params(deep=False), "_sizes": self._sizes}
+        return model._model
 
     # -- fit --------------------------------------------------------------------------------
     def fit(self, data, select=None, label_threshold: float = 0.001, store=None,
