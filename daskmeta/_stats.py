@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 _F32_MAX = np.finfo(np.float32).max
 
@@ -140,6 +140,8 @@ def _log_t_power_law(dof):
 
 def log_t_sf(t, dof) -> np.ndarray:
     """log(sf(t)) of the t distribution, finite where SciPy's underflows (NiMARE's)."""
+    from scipy import stats  # imported on use: scipy.stats costs a command's start-up
+
     shape = np.shape(t)
     t = np.atleast_1d(np.asarray(t, dtype=float))
     with np.errstate(divide="ignore"):
