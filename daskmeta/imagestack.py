@@ -309,6 +309,8 @@ class ImageStack:
         n = len(experiments)
         if n == 0:
             raise DatasetError("an image stack needs at least one experiment")
+        # Markers of an earlier stack at this path must not mark the new one's blocks done.
+        shutil.rmtree(store / ".blocks", ignore_errors=True)
         group = zarr.open_group(str(store), mode="w")
         for t in types:
             group.create_array(t, shape=(n, space.n_voxels), dtype="float32",
@@ -450,8 +452,9 @@ class ImageStack:
         write = dask.delayed(_write_block, pure=False)
         space_d = dask.delayed(space, traverse=False)
         tasks = []
+        per = stack.rows_per_block  # the stored stack's blocks, when resuming
         for b in todo:
-            a, z = b * rows_per_block, min((b + 1) * rows_per_block, len(exp))
+            a, z = b * per, min((b + 1) * per, len(exp))
             rows = list(range(a, z))
             tasks.append(write(str(store), b, rows, paths[a:z], sizes[a:z].tolist(),
                                ids[a:z], types, space_d, resample))
