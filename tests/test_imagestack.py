@@ -153,7 +153,9 @@ def test_resume_and_refusals(sim, space, tmp_path):
     with pytest.raises(DaskmetaError, match=r"incomplete \(2 of 3 blocks of experiments not "
                                             r"written\); run ImageStack.build again"):
         ImageStack.open(store)
-    resumed = ImageStack.build(ds, store, mask=space, image_types=["z"], rows_per_block=2)
+    # (resumed in the stored stack's blocks of 2, whatever rows_per_block is given now)
+    resumed = ImageStack.build(ds, store, mask=space, image_types=["z"], rows_per_block=3)
+    assert resumed.rows_per_block == 2
     np.testing.assert_array_equal(resumed.values("z"), want)
     # Another dataset at the same path is refused; overwrite rebuilds.
     with pytest.raises(DaskmetaError, match="holds another image stack .*overwrite=True"):
