@@ -404,7 +404,6 @@ class ImageStack:
         for name, value in (("rows_per_block", rows_per_block), ("chunk_voxels", chunk_voxels)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise DaskmetaError(f"{name} must be a positive integer; got {value!r}")
-        exp = dataset.experiments
         cols = [c for c in IMAGE_TYPES if c in images.columns]
         paths = []
         for row in images[["id", *cols]].itertuples(index=False):
@@ -420,11 +419,23 @@ class ImageStack:
                 raise DatasetError(f"experiment {row[0]} has no image; select experiments "
                                    "with images first")
             paths.append(p)
-        tmp = None
         if store is None:
             tmp = tempfile.mkdtemp(prefix="daskmeta-imagestack-")
-            store = Path(tmp) / "stack.zarr"
-        store = Path(store)
+            try:
+                stack = cls._build(dataset, Path(tmp) / "stack.zarr", space, types, paths,
+                                   rows_per_block, chunk_voxels, overwrite, resample)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            stack._tmp = weakref.finalize(stack, shutil.rmtree, tmp, True)
+            return stack
+        return cls._build(dataset, Path(store), space, types, paths, rows_per_block,
+                          chunk_voxels, overwrite, resample)
+
+    @classmethod
+    def _build(cls, dataset, store: Path, space, types, paths, rows_per_block, chunk_voxels,
+               overwrite, resample) -> ImageStack:
+        exp = dataset.experiments
         sources = {"paths": paths}
         stack = None
         if store.exists() and not overwrite:
@@ -462,10 +473,7 @@ class ImageStack:
             tasks[0].compute(scheduler="sync")
         elif tasks:
             compute(*tasks)
-        stack = cls(store)
-        if tmp is not None:
-            stack._tmp = weakref.finalize(stack, shutil.rmtree, tmp, True)
-        return stack
+        return cls(store)
 
     def __getstate__(self):
         # A copy in another process reads the store; it never owns a temporary one.

@@ -132,13 +132,8 @@ def _read(path: str):
 
 
 def _run_ibma(args) -> None:
-    import numpy as np
-
     from daskmeta import estimators
-    from daskmeta.correct import FDRCorrector, FWECorrector
     from daskmeta.imagestack import ImageStack
-    from daskmeta.results import atomic_write, output_path
-    from daskmeta.workflows import input_provenance
 
     t0 = time.perf_counter()
     _check(args)
@@ -164,6 +159,30 @@ def _run_ibma(args) -> None:
                                 "with that mask or drop --mask")
     client = _client(args)
     _log(f"Dask: {_describe(client)}")
+    # The command ends with os._exit (no finalizers): a temporary stack is removed here.
+    tmp = None
+    if not isinstance(data, ImageStack) and args.store is None:
+        import tempfile
+
+        tmp = tempfile.mkdtemp(prefix="daskmeta-imagestack-")
+        args.store = str(Path(tmp) / "stack.zarr")
+    try:
+        _fit_and_write(args, data, base, est, select, cls_name, t0)
+    finally:
+        if tmp is not None:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fit_and_write(args, data, base, est, select, cls_name, t0) -> None:
+    import numpy as np
+
+    from daskmeta.correct import FDRCorrector, FWECorrector
+    from daskmeta.imagestack import ImageStack
+    from daskmeta.results import atomic_write, output_path
+    from daskmeta.workflows import input_provenance
+
     if not isinstance(data, ImageStack):
         if select is not None:
             data = data.slice(select)
