@@ -16,6 +16,7 @@ from daskmeta.collection import Collection
 from daskmeta.conjunction import conjunction
 from daskmeta.dataset import Dataset
 from daskmeta.exceptions import DaskmetaError, DaskmetaWarning, DatasetError, ParseError
+from daskmeta.imagestack import ImageStack
 from daskmeta.macm import macm
 from daskmeta.results import MetaResult
 from daskmeta.space import Space, mni2tal, tal2mni
@@ -37,6 +38,7 @@ __all__ = [
     "DaskmetaWarning",
     "Dataset",
     "DatasetError",
+    "ImageStack",
     "MetaResult",
     "ParseError",
     "Space",

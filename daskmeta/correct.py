@@ -261,8 +261,13 @@ class FWECorrector:
                 "Monte Carlo FWE correction needs the fitted estimator behind the result; this "
                 "result has none (results read back from files keep no estimator)"
             )
+        if getattr(est, "_fwe_montecarlo", None) is not None:
+            return self._estimator_montecarlo(result, est)
         if "stat" not in result.map_names:
-            raise DaskmetaError("Monte Carlo FWE correction needs the result's 'stat' map")
+            raise DaskmetaError(
+                "Monte Carlo FWE correction needs the result's 'stat' map or an estimator with "
+                f"a Monte Carlo null of its own (as PermutedOLS); {type(est).__name__} has "
+                "neither")
         want = result.attrs.get("input_hash")
         dataset = getattr(est, "dataset_", None)
         if want is not None and dataset is not None and want != dataset.fingerprint():
@@ -317,6 +322,33 @@ class FWECorrector:
                 attrs[f"fwe_montecarlo_relative_se_{k}"] = float(v)
         out = result.copy()
         out.add_maps(maps, attrs=attrs, nulls=nulls)
+        return out
+
+    def _estimator_montecarlo(self, result, est):
+        """An estimator's own Monte Carlo correction (PermutedOLS's sign-flip null, as
+        NiMARE's ``correct_fwe_montecarlo``): voxel-level maps only."""
+        if self.early_stop is not None:
+            raise DaskmetaError(f"early_stop is not offered for {type(est).__name__}'s Monte "
+                                "Carlo correction; leave it None")
+        want = result.attrs.get("input_hash")
+        stack = getattr(est, "stack_", None)
+        if want is not None and stack is not None and want != stack.fingerprint():
+            raise DaskmetaError(
+                "the result's estimator snapshot does not match the result's input (a result "
+                "built by hand from another fit?); correct the result its fit returned"
+            )
+        maps, h0, mc = est._fwe_montecarlo(result, self.n_iters, self.seed, self.batch_size,
+                                           self.progress)
+        suffix = "_corr-FWE_method-montecarlo"
+        out = result.copy()
+        out.add_maps({f"{k}{suffix}": v for k, v in maps.items()}, attrs={
+            "fwe_montecarlo_n_iters": int(self.n_iters),
+            "fwe_montecarlo_n_iters_run": int(mc.n_iters_run),
+            "fwe_montecarlo_seed": int(mc.seed),
+            "fwe_montecarlo_batch_size": int(mc.batch_size),
+            "fwe_montecarlo_vfwe_only": True,
+            "fwe_montecarlo_statistic": "max_z_signflip",
+        }, nulls={_VOXEL_NULL: h0})
         return out
 
     def _cluster_threshold(self, result, est) -> float:

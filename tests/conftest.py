@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import dask
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -160,3 +161,15 @@ def scheduler_and_workers(tmp_path):
             yield client, workers
         finally:
             client.close()
+
+
+def crop_mask(lo=(16, 61, 27), size=(20, 20, 20)) -> nib.Nifti1Image:
+    """NiMARE's FSL MNI152 2 mm mask cropped to a box around the right insula site (the
+    images live on this small grid, so both programs read them without resampling)."""
+    m = nib.load(str(NIMARE_MASK))
+    lo = np.asarray(lo)
+    sl = tuple(slice(a, a + s) for a, s in zip(lo, size, strict=True))
+    data = np.asarray(m.dataobj)[sl].astype(np.uint8)
+    aff = m.affine.copy()
+    aff[:3, 3] = m.affine[:3, :3] @ lo + m.affine[:3, 3]
+    return nib.Nifti1Image(data, aff)
