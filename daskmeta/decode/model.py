@@ -78,11 +78,11 @@ def images_to_matrix(imgs, space, name: str = "image") -> np.ndarray:
 
 
 def _vector(img, space, what: str) -> np.ndarray:
-    from nilearn.image import resample_to_img
-
     try:
         if tuple(img.shape[:3]) != space.shape or not np.allclose(img.affine, space.affine,
                                                                    atol=1e-4):
+            from nilearn.image import resample_to_img
+
             img = resample_to_img(img, space.mask_img, interpolation="continuous",
                                   force_resample=True, copy_header=True)
         data = np.asanyarray(img.dataobj)
