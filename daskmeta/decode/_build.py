@@ -22,6 +22,7 @@ from scipy import sparse
 from daskmeta import config
 from daskmeta._pass import ROWS_PER_SUM_TASK, BlockFunction, KernelRows, StoredRows, pass_graph
 from daskmeta.cluster import compute
+from daskmeta.decode._kernels import association_z
 from daskmeta.decode.model import LABELS_PER_CHUNK, write_maps_block
 from daskmeta.estimators import _chi2
 
@@ -55,11 +56,23 @@ def target_map(target: str, selected, n_selected, unselected, n_unselected, prio
                       dtype=np.float32)
 
 
-def _finalize(counts, totals, n_selected, n_total, target, prior, maps_path, start):
-    """Maps of a few labels from their counts, written to the model (one task)."""
+def _finalize(counts, totals, complement, n_selected, n_total, target, prior, maps_path,
+              start):
+    """Maps of a few labels from their counts, written to the model (one task). Rows of
+    ``complement`` labels counted the studies without the label."""
+    totals = np.asarray(totals)
     counts = np.asarray(counts)
-    unselected = np.asarray(totals, dtype=np.int64)[None, :] - counts
-    values = target_map(target, counts, n_selected, unselected, n_total - n_selected, prior)
+    flip = np.asarray(complement, dtype=bool)
+    if flip.any():
+        counts = counts.copy()
+        counts[flip] = totals[None, :] - counts[flip]
+    if target == "z_desc-association":
+        values = np.empty(counts.shape, dtype=np.float32)
+        association_z(counts, totals, np.asarray(n_selected, dtype=np.int64), int(n_total),
+                      values)
+    else:
+        values = target_map(target, counts, n_selected, totals[None, :] - counts,
+                            n_total - np.asarray(n_selected), prior)
     return write_maps_block(maps_path, start, values)
 
 
@@ -103,7 +116,7 @@ def association_maps(selection, source, n_voxels: int, writer, target: str, prio
     n_labels = len(selection.names)
     if group_size is None:
         memory = config.get_bytes("fit-many.memory")
-        group_size = int(memory // (n_voxels * acc.itemsize * 6))
+        group_size = int(memory // (n_voxels * acc.itemsize * 8))
     group_size = max(LABELS_PER_CHUNK, group_size // LABELS_PER_CHUNK * LABELS_PER_CHUNK)
     if collection is not None:
         row_source = StoredRows(collection, chunk_size)
@@ -111,7 +124,18 @@ def association_maps(selection, source, n_voxels: int, writer, target: str, prio
     else:
         row_source = KernelRows(plan, BlockFunction()._block_values, "decode-identity")
         per_task = ROWS_PER_SUM_TASK
-    w_all = selection.weights.tocsc()[:, rows]
+    w_all = sparse.csr_matrix(selection.weights.tocsc()[:, rows])
+    # A label holding for most studies is counted over the studies without it (fewer rows
+    # to add), and its counts are the totals minus those: the same integers.
+    complement = selection.n_studies * 2 > selection.n_total
+    flipped = np.flatnonzero(complement)
+    if len(flipped):
+        others = sparse.csr_matrix(1.0 - w_all[flipped].toarray())
+        place = sparse.csr_matrix((np.ones(len(flipped)), (flipped, np.arange(len(flipped)))),
+                                  shape=(n_labels, len(flipped)))
+        w_all = sparse.csr_matrix(sparse.diags((~complement).astype(np.float64)) @ w_all
+                                  + place @ others)
+        w_all.eliminate_zeros()
     ones = sparse.csr_matrix(np.ones((1, len(rows))))
     means, norms = np.empty(n_labels), np.empty(n_labels)
     getitem = dask.delayed(operator.getitem, pure=True)
@@ -126,7 +150,8 @@ def association_maps(selection, source, n_voxels: int, writer, target: str, prio
         for s0 in range(g0, g1, LABELS_PER_CHUNK):
             s1 = min(s0 + LABELS_PER_CHUNK, g1)
             counts = getitem(total, slice(1 + s0 - g0, 1 + s1 - g0))
-            tasks.append(finalize(counts, totals, selection.n_studies[s0:s1],
+            tasks.append(finalize(counts, totals, complement[s0:s1],
+                                  selection.n_studies[s0:s1],
                                   selection.n_total, target, prior, writer.maps_path, s0))
         for (mean, norm), s0 in zip(compute(*tasks), range(g0, g1, LABELS_PER_CHUNK)):
             means[s0:s0 + len(mean)], norms[s0:s0 + len(norm)] = mean, norm

@@ -20,6 +20,7 @@ read in turn (two threads), never holding the model in memory.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import uuid
@@ -288,6 +289,35 @@ class DecoderModel:
 
         return zarr.open_array(self.path, path="maps", mode="r")
 
+    def _raw_chunks(self):
+        """Paths of the ``maps`` chunk files when they hold raw little-endian float32 (the
+        layout daskmeta writes: read them directly, mapped into memory), else None."""
+        if "_raw" in self.__dict__:
+            return self._raw
+        self._raw = None
+        try:
+            meta = json.loads((self.path / "maps" / "zarr.json").read_text())
+            chunk = meta["chunk_grid"]["configuration"]["chunk_shape"]
+            ok = (meta["data_type"] == "float32"
+                  and meta["codecs"] == [{"name": "bytes",
+                                          "configuration": {"endian": "little"}}]
+                  and meta["chunk_key_encoding"] == {"name": "default",
+                                                     "configuration": {"separator": "/"}}
+                  and chunk == [LABELS_PER_CHUNK, self.space.n_voxels]
+                  and not meta.get("storage_transformers"))
+        except (OSError, ValueError, KeyError, TypeError):
+            ok = False
+        if ok:
+            n_chunks = -(-self.n_labels // LABELS_PER_CHUNK)
+            size = LABELS_PER_CHUNK * self.space.n_voxels * 4
+            paths = [self.path / "maps" / "c" / str(c) / "0" for c in range(n_chunks)]
+            try:
+                if all(p.stat().st_size == size for p in paths):
+                    self._raw = paths
+            except OSError:
+                self._raw = None
+        return self._raw
+
     def get_map(self, label: str, return_type: str = "image"):
         """One label's map, as a NIfTI image (``"image"``) or in-mask vector (``"array"``)."""
         try:
@@ -311,16 +341,30 @@ class DecoderModel:
         xc = x - x.mean(axis=1, keepdims=True)
         x_norm = np.sqrt((xc * xc).sum(axis=1))
         xc32 = np.ascontiguousarray(xc.T, dtype=np.float32)
-        arr = self._maps_array()
+        if xc32.shape[1] == 1:
+            xc32 = xc32[:, 0]  # a matrix-vector product
         n = self.n_labels
-        step = LABELS_PER_CHUNK * 4
         dots = np.empty((n, x.shape[0]), dtype=np.float64)
+        raw = self._raw_chunks()
+        if raw is not None:
+            def block(c):
+                a, b = c * LABELS_PER_CHUNK, min((c + 1) * LABELS_PER_CHUNK, n)
+                with open(raw[c], "rb") as fh, mmap.mmap(
+                        fh.fileno(), 0, prot=mmap.PROT_READ,
+                        flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)) as mm:
+                    maps = np.frombuffer(mm, dtype="<f4", count=(b - a) * self.space.n_voxels)
+                    dots[a:b] = (maps.reshape(b - a, -1) @ xc32).reshape(b - a, -1)
+                    del maps
+            starts = range(len(raw))
+        else:
+            arr = self._maps_array()
+            step = LABELS_PER_CHUNK * 4
 
-        def block(a):
-            b = min(a + step, n)
-            dots[a:b] = np.asarray(arr[a:b], dtype=np.float32) @ xc32
-        starts = range(0, n, step)
-        if threads > 1 and n > step:
+            def block(a):
+                b = min(a + step, n)
+                dots[a:b] = (np.asarray(arr[a:b], dtype=np.float32) @ xc32).reshape(b - a, -1)
+            starts = range(0, n, step)
+        if threads > 1 and len(starts) > 1:
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(block, starts))
         else:
