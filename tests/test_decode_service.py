@@ -20,6 +20,7 @@ from scipy import sparse
 from daskmeta import Collection
 from daskmeta.cli import main
 from daskmeta.decode import CorrelationDecoder, DecoderModel, with_labels
+from daskmeta.exceptions import DaskmetaError
 from daskmeta.kernels import MKDAKernel
 
 N_LABELS = 40
@@ -243,3 +244,38 @@ def test_service_module_in_process_rejects_bad_limit(model_path):
         create_app(model_path, max_upload_bytes=0)
     assert create_app(model_path).state.model.labels == DecoderModel.open(model_path).labels
 
+
+
+def test_label_fwe_equals_brute_force_permutations(toy_collection, tmp_path):
+    from daskmeta._pass import has_foci
+    from daskmeta.decode._build import target_map
+    from daskmeta.montecarlo.runner import batch_seed
+
+    dec = CorrelationDecoder(labels="toy", min_studies=3, fwe_iters=12, seed=5)
+    dec.fit(toy_collection, store=tmp_path / "fwe.zarr")
+    model = dec.model_
+    null = model.to_xarray()["fwe_null"].values
+    assert null.shape == (model.n_labels, 12)
+    # By hand: batches of 25 iterations (one here), seeded as the Monte Carlo batches;
+    # each label's null maximum is the largest z of the first n studies of a permutation.
+    rows = np.flatnonzero(has_foci(toy_collection.dataset))
+    ma = toy_collection.rows([toy_collection.ids[r] for r in rows]).compute()
+    binary = (ma > 0).astype(np.int64)
+    totals = binary.sum(axis=0)
+    rng = np.random.default_rng(batch_seed(5, 0))
+    for it in range(12):
+        perm = rng.permutation(len(rows))
+        for lab, n in enumerate(model.n_studies):
+            counts = binary[perm[:n]].sum(axis=0)[None, :]
+            z = target_map("z_desc-association", counts, [n], totals[None, :] - counts,
+                           [len(rows) - n])
+            assert z.max() == null[lab, it]
+    thresholds = model.fwe_thresholds
+    assert np.allclose(thresholds.to_numpy(), np.quantile(null.astype(float), 0.95, axis=1))
+    logp = model.fwe_logp(model.labels[0], return_type="array")
+    z0 = model.get_map(model.labels[0], return_type="array")
+    top = int(np.argmax(z0))
+    expected = -np.log10(max(int((null[0] >= z0[top]).sum()), 1) / 12)
+    assert np.isclose(logp[top], expected)
+    with pytest.raises(DaskmetaError, match="fwe_iters must be None or an integer >= 1"):
+        CorrelationDecoder(labels="toy", fwe_iters=0).fit(toy_collection)

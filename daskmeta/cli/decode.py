@@ -42,6 +42,10 @@ def add_parsers(sub) -> None:
                    help="a label holds for a study whose weight is at least F (default 0.001)")
     b.add_argument("--target-image", default="z_desc-association",
                    help="the MKDAChi2 map of each label (default z_desc-association)")
+    b.add_argument("--fwe-iters", type=int, default=None, metavar="N",
+                   help="also compute label-permutation FWE nulls of every label's map with N "
+                        "iterations (the model then holds each label's threshold)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the FWE permutations")
     b.add_argument("--out", required=True, metavar="MODEL", help="the model store to write")
     b.add_argument("--overwrite", action="store_true", help="replace a model at MODEL")
     _add_cluster_options(b)
@@ -78,6 +82,8 @@ def _run_build(args) -> None:
     from daskmeta.decode import CorrelationDecoder
 
     _check_int(args.min_studies, "--min-studies", 1)
+    _check_int(args.fwe_iters, "--fwe-iters", 1, 10_000_000)
+    _check_int(args.seed, "--seed", 0)
     _check_number(args.frequency_threshold, "--frequency-threshold", 0.0, float("inf"),
                   "a number > 0")
     _check_dask_options(args)
@@ -99,7 +105,8 @@ def _run_build(args) -> None:
     collection = Collection.open(coll_path)
     decoder = CorrelationDecoder(labels=labels, frequency_threshold=args.frequency_threshold,
                                  target_image=args.target_image,
-                                 min_studies=args.min_studies)
+                                 min_studies=args.min_studies, fwe_iters=args.fwe_iters,
+                                 seed=args.seed)
     decoder._validate_params()
     from daskmeta._pass import has_foci
     from daskmeta.decode.labels import select_labels

@@ -10,9 +10,10 @@ labels from any vocabulary or a user's study x label matrix (:func:`tfidf`,
 
 from daskmeta.decode.continuous import CorrelationDecoder, CorrelationDistributionDecoder
 from daskmeta.decode.discrete import BrainMapDecoder, NeurosynthDecoder, ROIAssociationDecoder
+from daskmeta.decode.fwe import label_fwe
 from daskmeta.decode.labels import select_labels, tfidf, with_labels
 from daskmeta.decode.model import DecoderModel
 
 __all__ = ["BrainMapDecoder", "CorrelationDecoder", "CorrelationDistributionDecoder",
-           "DecoderModel", "NeurosynthDecoder", "ROIAssociationDecoder", "select_labels",
+           "DecoderModel", "NeurosynthDecoder", "ROIAssociationDecoder", "label_fwe", "select_labels",
            "tfidf", "with_labels"]

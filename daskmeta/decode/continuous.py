@@ -73,6 +73,11 @@ class CorrelationDecoder(Estimator):
         ``"z_desc-association"``.
     min_studies : int
         Leave out labels holding for fewer studies (default 1: NiMARE's rule).
+    fwe_iters : int, optional
+        Also compute label-permutation FWE nulls of every label's association map with this
+        many iterations (:func:`daskmeta.decode.fwe.label_fwe`; a Collection input).
+    seed : int
+        Seed of the FWE permutations.
 
     Attributes
     ----------
@@ -90,15 +95,20 @@ class CorrelationDecoder(Estimator):
         "target_image": (one_of(*CHI2_MAP_NAMES), "an MKDAChi2 map name such as "
                          "'z_desc-association'"),
         "min_studies": (_min_studies_ok, "an integer >= 1"),
+        "fwe_iters": (lambda v: v is None or _min_studies_ok(v), "None or an integer >= 1"),
+        "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                 "an integer >= 0"),
     }
 
     def __init__(self, labels=None, frequency_threshold=0.001, meta_estimator=None,
-                 target_image="z_desc-association", min_studies=1):
+                 target_image="z_desc-association", min_studies=1, fwe_iters=None, seed=0):
         self.labels = labels
         self.frequency_threshold = frequency_threshold
         self.meta_estimator = meta_estimator
         self.target_image = target_image
         self.min_studies = min_studies
+        self.fwe_iters = fwe_iters
+        self.seed = seed
 
     def _meta(self):
         meta = self.meta_estimator if self.meta_estimator is not None else (
@@ -140,6 +150,10 @@ class CorrelationDecoder(Estimator):
         self._validate_params()
         meta, prior = self._meta()
         dataset, space, kernel, collection = meta._source(data)
+        if self.fwe_iters is not None and (collection is None
+                                           or self.target_image != "z_desc-association"):
+            raise DaskmetaError("fwe_iters needs a Collection input and target_image "
+                                "'z_desc-association'")
         from daskmeta.kernels import MKDAKernel
 
         if type(kernel) is not MKDAKernel:
@@ -180,6 +194,10 @@ class CorrelationDecoder(Estimator):
         except BaseException:
             writer.abort()
             raise
+        if self.fwe_iters is not None:
+            from daskmeta.decode.fwe import label_fwe
+
+            self.model_ = label_fwe(self.model_, collection, self.fwe_iters, seed=self.seed)
         self.features_ = list(selection.names)
         self.space_ = space
         return self

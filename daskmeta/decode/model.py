@@ -318,6 +318,34 @@ class DecoderModel:
                 self._raw = None
         return self._raw
 
+    @property
+    def fwe_thresholds(self):
+        """Each label's FWE threshold of its association z (``pandas.Series``), or None if the
+        model holds no FWE nulls (:func:`daskmeta.decode.fwe.label_fwe`)."""
+        import zarr
+
+        root = zarr.open_group(self.path, mode="r")
+        if "fwe_threshold" not in root:
+            return None
+        return pd.Series(root["fwe_threshold"][:], index=pd.Index(self.labels, name="feature"),
+                         name=f"z_fwe_{self.attrs.get('fwe_alpha', 0.05):g}")
+
+    def fwe_logp(self, label: str, return_type: str = "image"):
+        """A label's voxel-wise FWE-corrected ``-log10 p``: p is the fraction of the label's
+        null maxima at least the voxel's z (at least ``1 / n_iters``)."""
+        import zarr
+
+        root = zarr.open_group(self.path, mode="r")
+        if "fwe_null" not in root:
+            raise DaskmetaError(f"the model {self.path} holds no FWE nulls; build it with "
+                                "fwe_iters (CLI --fwe-iters)")
+        z = self.get_map(label, return_type="array")
+        null = np.sort(root["fwe_null"][self.labels.index(label)])
+        n = len(null)
+        exceed = n - np.searchsorted(null, z, side="left")
+        logp = (-np.log10(np.maximum(exceed, 1) / n)).astype(np.float32)
+        return logp if return_type == "array" else self.space.to_img(logp)
+
     def get_map(self, label: str, return_type: str = "image"):
         """One label's map, as a NIfTI image (``"image"``) or in-mask vector (``"array"``)."""
         try:
