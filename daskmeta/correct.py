@@ -261,6 +261,11 @@ class FWECorrector:
                 "Monte Carlo FWE correction needs the fitted estimator behind the result; this "
                 "result has none (results read back from files keep no estimator)"
             )
+        own = getattr(est, "_correct_fwe_montecarlo", None)
+        if own is not None:
+            # Contrasts (MKDAChi2, ALESubtraction) correct their own maps, as NiMARE's
+            # estimators with a correct_fwe_montecarlo of their own do.
+            return own(result, self)
         if "stat" not in result.map_names:
             raise DaskmetaError("Monte Carlo FWE correction needs the result's 'stat' map")
         want = result.attrs.get("input_hash")
@@ -426,6 +431,12 @@ class FDRCorrector:
         """
         self._validate()
         result = _check_result(result, "FDRCorrector")
+        own = getattr(result.estimator, "_correct_fdr", None)
+        if own is not None:
+            out = result.copy()
+            out.add_maps(own(result, self.method),
+                         attrs={f"fdr_{self.method}_alpha": float(self.alpha)})
+            return out
         how = "bh" if self.method == "indep" else "by"
         maps = _p_corrected_maps(result, lambda x: nlogp_fdr(x, how),
                                  f"_corr-FDR_method-{self.method}")

@@ -99,7 +99,9 @@ class PairwiseCBMAEstimator(CBMAEstimator):
             f"{type(data).__name__}"
         )
 
-    def _fit_pair(self, data, select1, select2, shown1, shown2, label_threshold):
+    def _pair_groups(self, data, select1, select2, label_threshold):
+        """``(dataset, space, kernel, collection, rows1, rows2)``: the two groups' rows of
+        the source's dataset (experiments with foci; group 2 defaults to the rest)."""
         dataset, space, kernel, collection = self._source(data)
         foci = has_foci(dataset)
         rows1 = selection_rows(dataset, select1, label_threshold, foci)
@@ -114,6 +116,12 @@ class PairwiseCBMAEstimator(CBMAEstimator):
         if np.intersect1d(rows1, rows2).size:
             raise DatasetError("the two groups share experiments; give each experiment to "
                                "one group")
+        return dataset, space, kernel, collection, rows1, rows2
+
+    def _set_pair_state(self, dataset, space, kernel, collection, rows1, rows2, shown1,
+                        shown2, label_threshold):
+        """Fitted state of a contrast (pooled dataset in dataset order, its plan, group
+        labels, selection provenance); returns ``(sub, plan, rows, in_first)``."""
         rows = np.concatenate([rows1, rows2])
         order = np.argsort(rows, kind="stable")
         rows = rows[order]
@@ -129,6 +137,13 @@ class PairwiseCBMAEstimator(CBMAEstimator):
             **{f"{k}1": v for k, v in describe_selection(shown1, label_threshold).items()},
             **{f"{k}2": v for k, v in describe_selection(shown2, label_threshold).items()},
         }
+        return sub, plan, rows, in_first
+
+    def _fit_pair(self, data, select1, select2, shown1, shown2, label_threshold):
+        dataset, space, kernel, collection, rows1, rows2 = self._pair_groups(
+            data, select1, select2, label_threshold)
+        sub, plan, rows, in_first = self._set_pair_state(
+            dataset, space, kernel, collection, rows1, rows2, shown1, shown2, label_threshold)
         n_foci = np.diff(plan.row_start)
         self._prepare(sub.experiments, n_foci)
         weights = np.zeros((2, len(rows)))
