@@ -261,6 +261,15 @@ class FWECorrector:
                 "Monte Carlo FWE correction needs the fitted estimator behind the result; this "
                 "result has none (results read back from files keep no estimator)"
             )
+        want = result.attrs.get("input_hash")
+        dataset = getattr(est, "dataset_", None)
+        have = getattr(est, "input_hash_", None) or (
+            dataset.fingerprint() if want is not None and dataset is not None else None)
+        if want is not None and have is not None and want != have:
+            raise DaskmetaError(
+                "the result's estimator snapshot does not match the result's input (a result "
+                "built by hand from another fit?); correct the result its fit returned"
+            )
         own = getattr(est, "_correct_fwe_montecarlo", None)
         if own is not None:
             # Contrasts (MKDAChi2, ALESubtraction) correct their own maps, as NiMARE's
@@ -268,13 +277,6 @@ class FWECorrector:
             return own(result, self)
         if "stat" not in result.map_names:
             raise DaskmetaError("Monte Carlo FWE correction needs the result's 'stat' map")
-        want = result.attrs.get("input_hash")
-        dataset = getattr(est, "dataset_", None)
-        if want is not None and dataset is not None and want != dataset.fingerprint():
-            raise DaskmetaError(
-                "the result's estimator snapshot does not match the result's input (a result "
-                "built by hand from another fit?); correct the result its fit returned"
-            )
         space = result.space
         stat = np.asarray(result.get_map("stat", "array")).astype(_F32)
         clusters = not self.vfwe_only

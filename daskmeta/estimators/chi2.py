@@ -17,8 +17,12 @@ association tests. FDR correction (``FDRCorrector``) corrects the same three tes
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import threading
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 from scipy import stats
@@ -40,23 +44,68 @@ _TOTALS_LOCK = threading.Lock()
 _MAX_TOTALS = 4
 
 
+def _totals_dir() -> Path:
+    chosen = os.environ.get("DASKMETA_CACHE_DIR")
+    if chosen:
+        return Path(chosen).expanduser() / "totals"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "daskmeta" / "totals"
+
+
+def _read_cached_total(path: Path, key: str, n_voxels: int):
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["key"]) != key:
+                return None
+            total = np.asarray(f["total"])
+    except (OSError, ValueError, KeyError):
+        return None
+    if total.shape != (n_voxels,) or total.dtype != np.float64:
+        return None
+    return total
+
+
+def _write_cached_total(path: Path, key: str, total: np.ndarray) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, key=np.array(key), total=total)
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache: the in-memory copy still serves this process
+        with contextlib.suppress(OSError, UnboundLocalError):
+            os.unlink(tmp)
+
+
 def collection_total(collection, chunk_size: int = 64) -> np.ndarray:
     """The sum of every MA row of a Collection (float64 over voxels), computed once per
-    store and process: kept in memory under the store's content token (path, kernel, mask,
-    dataset and build generation), so a rebuilt store is summed again."""
+    store build.
+
+    Kept in memory per process and on disk (``$DASKMETA_CACHE_DIR/totals``, else
+    ``$XDG_CACHE_HOME/daskmeta/totals`` or ``~/.cache/daskmeta/totals``; skipped if not
+    writable), under the store's content token (path, kernel, mask, dataset, build
+    generation and metadata time), which the cached file also holds and which is checked
+    on reading: a rebuilt store is summed again.
+    """
     key = collection.content_token()
     with _TOTALS_LOCK:
         found = _TOTALS.get(key)
         if found is not None:
             _TOTALS.move_to_end(key)
             return found
-    rows = np.flatnonzero(has_foci(collection.dataset))
-    weights = np.ones((1, len(rows)))
-    stored = np.dtype(collection.attrs["dtype"])
-    acc = np.uint32 if stored.kind in "ui" else np.float64
-    total, _ = run_pass(StoredRows(collection, chunk_size), rows, weights, BlockFunction(),
-                        acc, with_summaries=False, rows_per_task=4 * chunk_size)
-    total = total[0].astype(np.float64)
+    path = _totals_dir() / f"{key}.npz"
+    n_voxels = collection.space.n_voxels
+    total = _read_cached_total(path, key, n_voxels)
+    if total is None:
+        rows = np.flatnonzero(has_foci(collection.dataset))
+        weights = np.ones((1, len(rows)))
+        stored = np.dtype(collection.attrs["dtype"])
+        acc = np.uint32 if stored.kind in "ui" else np.float64
+        total, _ = run_pass(StoredRows(collection, chunk_size), rows, weights,
+                            BlockFunction(), acc, with_summaries=False,
+                            rows_per_task=4 * chunk_size)
+        total = total[0].astype(np.float64)
+        _write_cached_total(path, key, total)
     total.flags.writeable = False
     with _TOTALS_LOCK:
         _TOTALS[key] = total
