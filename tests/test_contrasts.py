@@ -9,13 +9,14 @@ import warnings
 import numpy as np
 import pytest
 from conftest import NIMARE_MASK, PAIN_JSON
-from scipy import sparse
+from scipy import ndimage, sparse, stats
 
 import daskmeta
 from daskmeta import Collection, montecarlo
 from daskmeta.correct import FDRCorrector, FWECorrector
-from daskmeta.estimators import MKDAChi2
+from daskmeta.estimators import ALESubtraction, MKDAChi2
 from daskmeta.estimators import chi2 as chi2_module
+from daskmeta.estimators.subtraction import SubtractionNull
 from daskmeta.exceptions import DaskmetaError, DatasetError
 from daskmeta.kernels import ALEKernel, MKDAKernel
 
@@ -222,3 +223,109 @@ def test_fdr_equals_nimare(chi2_result, nimare_chi2):
 def test_random_foci_sampler_refused(chi2_result):
     with pytest.raises(DaskmetaError, match="permutes group labels; it takes no foci sampler"):
         chi2_result.estimator._null_model(sampler=montecarlo.UniformFoci())
+
+
+# -- ALE subtraction ------------------------------------------------------------------------
+N_SUB = 300
+
+
+@pytest.fixture(scope="module")
+def subtraction(halves):
+    return ALESubtraction(mask=MASK, n_iters=N_SUB, seed=5, batch_size=50).fit(*halves)
+
+
+def test_subtraction_equals_nimare(subtraction, nimare_pain):
+    ale = pytest.importorskip("nimare.meta.cbma.ale")
+    ids = list(nimare_pain.coordinates["id"].unique())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = ale.ALESubtraction(n_iters=N_SUB, random_state=5).fit(
+            nimare_pain.slice(ids[:9]), nimare_pain.slice(ids[9:]))
+    assert sorted(subtraction.map_names) == sorted(theirs.maps)
+    diff = "group1MinusGroup2"
+    np.testing.assert_array_equal(subtraction.get_map(f"stat_desc-{diff}", "array"),
+                                  theirs.get_map(f"stat_desc-{diff}", return_type="array"))
+    for group in ("group1", "group2"):
+        for kind in ("stat", "z", "logp"):
+            np.testing.assert_allclose(
+                subtraction.get_map(f"{kind}_desc-{group}", "array"),
+                theirs.get_map(f"{kind}_desc-{group}", return_type="array"), atol=1e-5)
+    z_ours = subtraction.get_map(f"z_desc-{diff}", "array")
+    z_theirs = theirs.get_map(f"z_desc-{diff}", return_type="array")
+    r = np.corrcoef(z_ours, z_theirs)[0, 1]
+    print(f"z correlation with NiMARE at {N_SUB} permutations each: {r:.4f}")
+    assert r >= 0.99
+    null = subtraction.null_distributions["values_level-voxel_corr-fwe_method-montecarlo"]
+    assert null.shape == (N_SUB,)
+    ks = stats.ks_2samp(null, theirs.estimator.null_distributions_[
+        "values_level-voxel_corr-fwe_method-montecarlo"])
+    assert ks.pvalue > 0.01
+
+
+def test_subtraction_p_by_hand(subtraction, halves):
+    """p and the sign from the permutation counts, recomputed from the null model."""
+    model = subtraction.estimator._null_model()
+    diff = subtraction.get_map("stat_desc-group1MinusGroup2", "array")
+    np.testing.assert_allclose(model.statistic_at(), diff, atol=1e-7)
+    run = montecarlo.run_montecarlo(model, SubtractionNull(diff, hist=False), N_SUB, 50, 5,
+                                    progress=False)
+    upper, lower = run.values["upper"], run.values["lower"]
+    p = np.clip(2 * np.minimum(upper, lower) / N_SUB, 1 / N_SUB, 1 - 1 / N_SUB)
+    np.testing.assert_allclose(subtraction.get_map("p_desc-group1MinusGroup2", "array"), p,
+                               rtol=1e-6)
+    assert subtraction.attrs["subtraction_seed"] == 5
+
+
+def test_subtraction_cluster_fwe(halves):
+    res = ALESubtraction(mask=MASK, n_iters=100, seed=2, batch_size=50,
+                         vfwe_only=False).fit(*halves)
+    nulls = res.null_distributions
+    thr = float(nulls["summary_stat_thresh_level-voxel_corr-fwe_method-montecarlo"])
+    assert 0 < thr < 0.1
+    corrected = FWECorrector("montecarlo", n_iters=100, vfwe_only=False).transform(res)
+    assert corrected.attrs["fwe_montecarlo_nulls_from_fit"] is True
+    name = "p_desc-group1MinusGroup2Size_level-cluster_corr-FWE_method-montecarlo"
+    p_size = corrected.get_map(name, "array")
+    # by hand: the largest cluster above the threshold, its size against the null
+    diff = res.get_map("stat_desc-group1MinusGroup2", "array")
+    vol = np.zeros(res.space.shape, dtype=np.float32)
+    vol[res.space.mask] = diff
+    labels, n = ndimage.label(vol > thr, ndimage.generate_binary_structure(3, 1))
+    assert n > 0
+    sizes = np.bincount(labels[labels > 0])
+    big = int(np.argmax(sizes))
+    null = nulls["values_desc-size_level-cluster_corr-fwe_method-montecarlo"]
+    want = min(1 - 1 / 100, max(1 / 100, 1 - np.sum(null < sizes[big]) / 100))
+    at = labels[res.space.mask] == big
+    np.testing.assert_allclose(p_size[at], want, rtol=1e-6)
+    # other parameters: new permutations, with the corrector's seed
+    other = FWECorrector("montecarlo", n_iters=60, seed=9, vfwe_only=True).transform(res)
+    assert other.attrs["fwe_montecarlo_nulls_from_fit"] is False
+    assert other.null_distributions["values_level-voxel_corr-fwe_method-montecarlo"].shape == (
+        60,)
+
+
+def test_subtraction_from_collection_equals_dataset(tmp_path, labelled):
+    coll = Collection.build(labelled, ALEKernel(), tmp_path / "ale.zarr", mask=MASK)
+    topic = labelled.get_studies_by_label("topic")
+    other = labelled.get_studies_by_label("other")
+    a = ALESubtraction(n_iters=40, seed=1, batch_size=20).fit(coll, select="topic",
+                                                               select2="other")
+    b = ALESubtraction(mask=MASK, n_iters=40, seed=1, batch_size=20).fit(
+        labelled.slice(topic), labelled.slice(other))
+    np.testing.assert_allclose(a.get_map("stat_desc-group1MinusGroup2", "array"),
+                               b.get_map("stat_desc-group1MinusGroup2", "array"), atol=1e-7)
+    np.testing.assert_array_equal(a.get_map("p_desc-group1MinusGroup2", "array"),
+                                  b.get_map("p_desc-group1MinusGroup2", "array"))
+
+
+def test_subtraction_bad_inputs(halves):
+    with pytest.raises(DaskmetaError, match="ALESubtraction: n_iters must be a positive "
+                                            "integer; got 0"):
+        ALESubtraction(n_iters=0).fit(*halves)
+    with pytest.raises(DaskmetaError, match="ALESubtraction subtracts ALE maps: it needs an "
+                                            "ALEKernel; got MKDAKernel"):
+        ALESubtraction(kernel_transformer=MKDAKernel()).fit(*halves)
+    with pytest.raises(DaskmetaError, match=r"ALESubtraction.fit\(dataset1, dataset2\) needs "
+                                            "two Datasets; got NoneType as the second"):
+        ALESubtraction().fit(halves[0])

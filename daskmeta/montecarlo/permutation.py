@@ -178,6 +178,9 @@ class GroupPermutation(NullModel):
         if self.n1 == 0 or self.n2 == 0:
             raise DaskmetaError("a label permutation needs two non-empty groups")
         self.observed = np.flatnonzero(in_first)
+        # The pooled experiments as NiMARE stacks them: group 1's then group 2's, so a seed
+        # deals the same experiments whatever the order of the rows in their source.
+        self.order = np.concatenate([self.observed, np.flatnonzero(~in_first)])
         self.statistic_ = statistic
         self.shape = tuple(int(s) for s in mask.shape)
         self.mask_bits = np.packbits(np.asarray(mask, dtype=bool).reshape(-1))
@@ -219,9 +222,9 @@ class GroupPermutation(NullModel):
         return total - s2, s2
 
     def draw(self, rng):
-        """Group 1 of a permutation: the first ``n1`` of a shuffle of the pooled rows (as
-        NiMARE deals them)."""
-        return rng.permutation(self.pool.n_rows)[:self.n1]
+        """Group 1 of a permutation: the first ``n1`` of a shuffle of the pooled experiments
+        (group 1's then group 2's, as NiMARE deals them), as pooled row indices."""
+        return self.order[rng.permutation(self.pool.n_rows)[:self.n1]]
 
     def statistic(self, drawn):
         s1, s2 = self.sums(drawn)
