@@ -261,15 +261,22 @@ class FWECorrector:
                 "Monte Carlo FWE correction needs the fitted estimator behind the result; this "
                 "result has none (results read back from files keep no estimator)"
             )
-        if "stat" not in result.map_names:
-            raise DaskmetaError("Monte Carlo FWE correction needs the result's 'stat' map")
         want = result.attrs.get("input_hash")
         dataset = getattr(est, "dataset_", None)
-        if want is not None and dataset is not None and want != dataset.fingerprint():
+        have = getattr(est, "input_hash_", None) or (
+            dataset.fingerprint() if want is not None and dataset is not None else None)
+        if want is not None and have is not None and want != have:
             raise DaskmetaError(
                 "the result's estimator snapshot does not match the result's input (a result "
                 "built by hand from another fit?); correct the result its fit returned"
             )
+        own = getattr(est, "_correct_fwe_montecarlo", None)
+        if own is not None:
+            # Contrasts (MKDAChi2, ALESubtraction) correct their own maps, as NiMARE's
+            # estimators with a correct_fwe_montecarlo of their own do.
+            return own(result, self)
+        if "stat" not in result.map_names:
+            raise DaskmetaError("Monte Carlo FWE correction needs the result's 'stat' map")
         space = result.space
         stat = np.asarray(result.get_map("stat", "array")).astype(_F32)
         clusters = not self.vfwe_only
@@ -426,6 +433,12 @@ class FDRCorrector:
         """
         self._validate()
         result = _check_result(result, "FDRCorrector")
+        own = getattr(result.estimator, "_correct_fdr", None)
+        if own is not None:
+            out = result.copy()
+            out.add_maps(own(result, self.method),
+                         attrs={f"fdr_{self.method}_alpha": float(self.alpha)})
+            return out
         how = "bh" if self.method == "indep" else "by"
         maps = _p_corrected_maps(result, lambda x: nlogp_fdr(x, how),
                                  f"_corr-FDR_method-{self.method}")
