@@ -42,14 +42,6 @@ def _min_studies_ok(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _default_meta_estimator():
-    try:
-        from daskmeta.estimators import MKDAChi2  # the contrasts branch
-    except ImportError:
-        return None
-    return MKDAChi2()
-
-
 class CorrelationDecoder(Estimator):
     """Decode images by correlating them with the meta-analytic map of every label.
 
@@ -111,18 +103,14 @@ class CorrelationDecoder(Estimator):
         self.seed = seed
 
     def _meta(self):
-        meta = self.meta_estimator if self.meta_estimator is not None else (
-            _default_meta_estimator())
-        if meta is None:
-            from daskmeta.estimators import MKDADensity
+        from daskmeta.estimators import MKDAChi2
 
-            # Until MKDAChi2 is available: its defaults (MKDA kernel r = 10, prior 0.5).
-            return MKDADensity(), 0.5
-        if type(meta).__name__ != "MKDAChi2":
+        meta = MKDAChi2() if self.meta_estimator is None else self.meta_estimator
+        if not isinstance(meta, MKDAChi2):
             raise DaskmetaError(f"CorrelationDecoder: meta_estimator must be an MKDAChi2; got "
                                 f"{type(meta).__name__}")
         meta._validate_params()
-        return meta, getattr(meta, "prior", 0.5)
+        return meta, meta.prior
 
     def fit(self, data, label_matrix=None, label_names=None, store=None,
             overwrite: bool = False, progress=None):
