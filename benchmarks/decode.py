@@ -89,7 +89,8 @@ def child_fwe(store: str, model: str, n_iters: str) -> None:
     coll = Collection.open(store)
     m = DecoderModel.open(model)
     t0 = time.perf_counter()
-    indptr, indices = binary_rows(coll, np.flatnonzero(has_foci(coll.dataset)))
+    indptr, indices = binary_rows(coll.path, np.flatnonzero(has_foci(coll.dataset)),
+                                  coll.generation)
     t_load = time.perf_counter() - t0
     label_fwe(m, coll, 2, seed=0, batch_size=1)  # compiles
     n = int(n_iters)

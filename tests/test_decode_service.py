@@ -279,3 +279,15 @@ def test_label_fwe_equals_brute_force_permutations(toy_collection, tmp_path):
     assert np.isclose(logp[top], expected)
     with pytest.raises(DaskmetaError, match="fwe_iters must be None or an integer >= 1"):
         CorrelationDecoder(labels="toy", fwe_iters=0).fit(toy_collection)
+
+
+def test_temporary_model_lives_as_long_as_its_reader(toy_collection):
+    import gc
+
+    model = CorrelationDecoder(labels="toy", min_studies=3).fit(toy_collection).model_
+    gc.collect()
+    path = model.path
+    assert path.exists() and model.transform(_image(model.space)).shape[1] == 1
+    del model
+    gc.collect()
+    assert not path.parent.exists()

@@ -153,10 +153,10 @@ class CorrelationDecoder(Estimator):
         plan = None
         if collection is None:
             plan = kernel.plan(dataset, space, float(meta.mask_margin))
+        tmp = None
         if store is None:
             tmp = tempfile.mkdtemp(prefix="daskmeta-decoder-")
             path = Path(tmp) / "model.zarr"
-            self._tmp_cleanup = weakref.finalize(self, shutil.rmtree, tmp, True)
         else:
             path = Path(store)
             if path.exists() and not overwrite:
@@ -173,19 +173,27 @@ class CorrelationDecoder(Estimator):
         from daskmeta._version import __version__
 
         attrs["daskmeta_version"] = __version__
-        writer = _Writer(path, selection.names, selection.n_studies, space, attrs)
+        writer = None
         try:
+            writer = _Writer(path, selection.names, selection.n_studies, space, attrs)
             mean, norm = association_maps(selection, (collection, plan), space.n_voxels,
                                           writer, self.target_image, prior,
                                           chunk_size=meta._chunk_size(), progress=progress)
-            self.model_ = writer.finish(mean, norm, overwrite=overwrite)
-        except BaseException:
-            writer.abort()
-            raise
-        if self.fwe_iters is not None:
-            from daskmeta.decode.fwe import label_fwe
+            model = writer.finish(mean, norm, overwrite=overwrite)
+            if self.fwe_iters is not None:
+                from daskmeta.decode.fwe import label_fwe
 
-            self.model_ = label_fwe(self.model_, collection, self.fwe_iters, seed=self.seed)
+                model = label_fwe(model, collection, self.fwe_iters, seed=self.seed)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if tmp is not None:
+            # The temporary model lives as long as the DecoderModel object that reads it.
+            weakref.finalize(model, shutil.rmtree, tmp, True)
+        self.model_ = model
         self.features_ = list(selection.names)
         self.space_ = space
         return self

@@ -344,9 +344,6 @@ class ROIAssociationDecoder(Estimator):
         from daskmeta.cluster import compute
 
         (values,) = compute(ma[:, idx].astype(np.float64).mean(axis=1))
-        matrix = (dataset.labels if label_matrix is None
-                  else sparse.csr_matrix(label_matrix))
-        names = dataset.label_names if label_names is None else list(label_names)
         from daskmeta.decode.labels import _label_matrix, _resolve_names
 
         matrix, names = _label_matrix(dataset, label_matrix, label_names)

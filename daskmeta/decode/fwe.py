@@ -33,19 +33,22 @@ _CACHE: dict = {}
 _LOCK = threading.Lock()
 
 
-def binary_rows(collection, rows):
-    """``(indptr, indices)`` of the active voxels of the given rows of an MKDA collection."""
+def binary_rows(store, rows, generation=None):
+    """``(indptr, indices)`` of the active voxels of the given rows of an MKDA collection's
+    store (path; ``generation``: the build's token, checked by every read), read once per
+    process."""
+    from pathlib import Path
+
     from daskmeta.storage import read_rows
 
     rows = np.asarray(rows, dtype=np.int64)
-    key = (str(collection.path), collection.generation, rows.tobytes())
+    key = (str(store), generation, rows.tobytes())
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
     parts, counts = [], []
     for a in range(0, len(rows), 256):
-        block = read_rows(collection.path / "ma", rows[a:a + 256],
-                          generation=collection.generation)
+        block = read_rows(Path(store) / "ma", rows[a:a + 256], generation=generation)
         r, c = np.nonzero(block)
         parts.append(c.astype(np.int32))
         counts.append(np.bincount(r, minlength=len(block)))
@@ -57,10 +60,35 @@ def binary_rows(collection, rows):
     return indptr, indices
 
 
+@numba.njit(cache=True, nogil=True, fastmath={"nnan", "ninf"})
+def _max_positive_chi2(counts, totals, n_selected, n_total):
+    """The largest association chi2 over the voxels where the group is more often active
+    than the rest (``a n2 > b n1``, exact in float64 for counts below 2**26: the sign of
+    NiMARE's ``p(A|F) - p(A|U)``), or -1 if there is none. The chi2 is
+    :func:`association_z_at`'s, operation for operation."""
+    n1 = np.float64(n_selected)
+    n2 = np.float64(n_total) - n1
+    total = n1 + n2
+    best = -1.0
+    for v in range(counts.shape[0]):
+        a = np.float64(counts[v])
+        b = np.float64(totals[v]) - a
+        row0 = a + b
+        row1 = total - row0
+        d = a * n2 - b * n1
+        denominator = row0 * row1 * n1 * n2
+        chi2 = total * (d * d) / denominator if denominator != 0.0 else 2.0
+        if d > 0.0 and chi2 > best:
+            best = chi2
+    return best
+
+
 @numba.njit(cache=True, nogil=True)
 def null_maxima(indptr, indices, perms, sizes, totals, n_total, out):
     """``out[i, s]``: the largest association z over voxels of the first ``sizes[s]`` studies
-    of permutation ``perms[i]`` (sizes ascending)."""
+    of permutation ``perms[i]`` (sizes ascending): ``sqrt`` of the largest chi2 of a positive
+    z in float32 (sqrt and rounding keep the order), else (no positive z) the largest z of
+    all voxels by :func:`association_z_at`."""
     n_vox = totals.shape[0]
     counts = np.zeros(n_vox, dtype=np.int64)
     for it in range(perms.shape[0]):
@@ -73,17 +101,21 @@ def null_maxima(indptr, indices, perms, sizes, totals, n_total, out):
             for p in range(indptr[r], indptr[r + 1]):
                 counts[indices[p]] += 1
             while s < sizes.shape[0] and sizes[s] == k + 1:
-                best = np.float32(-np.inf)
-                for v in range(n_vox):
-                    z = association_z_at(counts[v], totals[v], k + 1, n_total)
-                    if z > best:
-                        best = z
-                out[it, s] = best
+                chi2 = _max_positive_chi2(counts, totals, k + 1, n_total)
+                if chi2 >= 0.0:
+                    out[it, s] = np.float32(np.sqrt(chi2))
+                else:
+                    best = np.float32(-np.inf)
+                    for v in range(n_vox):
+                        z = association_z_at(counts[v], totals[v], k + 1, n_total)
+                        if z > best:
+                            best = z
+                    out[it, s] = best
                 s += 1
 
 
-def _batch(collection, rows, sizes, totals, seed, batch, a, b):
-    indptr, indices = binary_rows(collection, rows)
+def _batch(store, generation, rows, sizes, totals, seed, batch, a, b):
+    indptr, indices = binary_rows(store, rows, generation)
     rng = np.random.default_rng(batch_seed(seed, batch))
     perms = np.empty((b - a, len(rows)), dtype=np.int64)
     for i in range(b - a):
@@ -130,14 +162,14 @@ def label_fwe(model, collection, n_iters: int, seed: int = 0, batch_size: int = 
     rows = np.flatnonzero(has_foci(collection.dataset))
     if len(rows) != int(model.attrs.get("n_total_studies", -1)):
         raise DaskmetaError("the model's studies are not the collection's studies with foci")
-    indptr, indices = binary_rows(collection, rows)
+    indptr, indices = binary_rows(collection.path, rows, collection.generation)
     totals = np.bincount(indices, minlength=collection.space.n_voxels).astype(np.int64)
     sizes = np.unique(model.n_studies).astype(np.int64)
     bounds = batch_bounds(n_iters, batch_size)
     token = dask.base.tokenize(collection.content_token(), rows, sizes, seed)
-    coll_d = dask.delayed(collection, name=f"fwe-collection-{token}", traverse=False)
     task = dask.delayed(_batch, pure=True)
-    parts = [task(coll_d, rows, sizes, totals, seed, i, a, b,
+    store, generation = str(collection.path), collection.generation
+    parts = [task(store, generation, rows, sizes, totals, seed, i, a, b,
                   dask_key_name=f"decode-fwe-{token}-{i}") for i, (a, b) in enumerate(bounds)]
     done = []
     step = max(1, len(parts) // 10)
