@@ -222,10 +222,13 @@ def test_model_built_on_a_scheduler_and_two_workers_equals_local(
     import daskmeta.decode._build as build
 
     client, _ = scheduler_and_workers
+    from daskmeta.estimators import MKDAChi2
+
     # Rows of 4 per task and 16 labels per map task: several tasks for both workers.
     monkeypatch.setattr(build, "ROWS_PER_SUM_TASK", 4)
     coll = Collection.open(toy_collection.path)
-    remote = CorrelationDecoder(labels="toy").fit(coll, store=tmp_path / "remote.zarr")
+    remote = CorrelationDecoder(labels="toy", meta_estimator=MKDAChi2(chunk_size=4)).fit(
+        coll, store=tmp_path / "remote.zarr")
     executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
     assert len(executed) == 2 and min(executed.values()) > 0, executed
     client.close()
