@@ -294,3 +294,13 @@ def test_temporary_model_lives_as_long_as_its_reader(toy_collection):
     del model
     gc.collect()
     assert not path.parent.exists()
+
+
+def test_model_maps_equal_mkdachi2_fits_of_each_label(toy_collection, model_path):
+    from daskmeta.estimators import MKDAChi2
+
+    model = DecoderModel.open(model_path)
+    for label in model.labels[:3]:
+        res = MKDAChi2().fit(toy_collection, select=label, label_threshold=0.001)
+        assert np.array_equal(model.get_map(label, return_type="array"),
+                              res.get_map("z_desc-association", return_type="array"))
