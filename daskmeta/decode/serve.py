@@ -11,8 +11,10 @@ A real ASGI application (Starlette, served by uvicorn; ``pip install daskmeta[se
 Uploads larger than ``max_upload_bytes`` (also once decompressed, against decompression
 bombs) get 413; an empty or unreadable upload 400; an image that is not one 3-D volume, or is
 constant or not finite inside the mask, 422; every error as ``{"error": message}``. Images on
-another grid are resampled to the model's mask. Decoding runs in worker threads (at most
-``max_concurrent`` at once), so the server keeps answering while it computes.
+another grid are resampled to the model's mask (in worker threads, at most
+``max_concurrent`` at once). The images of concurrent requests are correlated together: while
+one matrix product runs (in a thread: the server keeps answering), arriving images queue up
+for the next, so 20 simultaneous requests cost about two passes over the model, not 20.
 """
 
 from __future__ import annotations
@@ -85,6 +87,45 @@ def _nifti(data: bytes, limit: int):
     return img
 
 
+class _Batcher:
+    """Decodes the images of concurrent requests together: while one matrix product runs,
+    the images that arrive queue up and go into the next (at most ``max_batch``)."""
+
+    def __init__(self, model, max_batch: int = 32):
+        self.model = model
+        self.max_batch = max_batch
+        self.queue = None
+
+    async def correlate(self, vector):
+        import asyncio
+
+        if self.queue is None:
+            self.queue = asyncio.Queue()
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((vector, future))
+        return await future
+
+    async def _run(self):
+        import anyio
+
+        while True:
+            items = [await self.queue.get()]
+            while not self.queue.empty() and len(items) < self.max_batch:
+                items.append(self.queue.get_nowait())
+            try:
+                r = await anyio.to_thread.run_sync(
+                    self.model.correlate, np.vstack([v for v, _ in items]))
+            except Exception as exc:  # each waiting request gets the error
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for j, (_, future) in enumerate(items):
+                if not future.done():
+                    future.set_result(r[:, j])
+
+
 def create_app(model, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_concurrent: int = 2):
     """The Starlette application serving ``model`` (a :class:`DecoderModel` or its path).
@@ -151,8 +192,9 @@ def create_app(model, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                 raise _HTTPError(400, f"malformed multipart upload ({exc})") from None
         return body
 
-    def decode_sync(img, top: int):
-        r = model.correlate(images_to_matrix(img, model.space, "the upload"), threads=1)[:, 0]
+    batcher = _Batcher(model)
+
+    def rank(r, top: int):
         order = np.argsort(-np.nan_to_num(r, nan=-np.inf), kind="stable")
         if top:
             order = order[:top]
@@ -172,10 +214,11 @@ def create_app(model, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
             body = await upload(request)
             img = _nifti(body, max_upload_bytes)
             try:
-                ranked = await anyio.to_thread.run_sync(decode_sync, img, top,
-                                                        limiter=limiter)
+                vector = await anyio.to_thread.run_sync(images_to_matrix, img, model.space,
+                                                        "the upload", limiter=limiter)
             except DaskmetaError as exc:
                 raise _HTTPError(422, " ".join(str(exc).split())) from None
+            ranked = rank(await batcher.correlate(vector), top)
         except _HTTPError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         except Exception as exc:  # never a bare 500 page: a one-line message
