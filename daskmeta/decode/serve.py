@@ -194,6 +194,9 @@ def create_app(model, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
 
     batcher = _Batcher(model)
 
+    def prepare(body: bytes):
+        return images_to_matrix(_nifti(body, max_upload_bytes), model.space, "the upload")
+
     def rank(r, top: int):
         order = np.argsort(-np.nan_to_num(r, nan=-np.inf), kind="stable")
         if top:
@@ -212,10 +215,8 @@ def create_app(model, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                 raise _HTTPError(400, f"top must be a non-negative integer; got "
                                       f"{top_text!r}") from None
             body = await upload(request)
-            img = _nifti(body, max_upload_bytes)
-            try:
-                vector = await anyio.to_thread.run_sync(images_to_matrix, img, model.space,
-                                                        "the upload", limiter=limiter)
+            try:  # reading, resampling: in a worker thread, off the event loop
+                vector = await anyio.to_thread.run_sync(prepare, body, limiter=limiter)
             except DaskmetaError as exc:
                 raise _HTTPError(422, " ".join(str(exc).split())) from None
             ranked = rank(await batcher.correlate(vector), top)
