@@ -377,7 +377,7 @@ class CBMAEstimator(Estimator):
             **self.kernel_.describe(),
             **self.space_.describe(),
             "tal2mni": TAL2MNI_METHOD,
-            "input_hash": self.dataset_.fingerprint(),
+            "input_hash": getattr(self, "input_hash_", None) or self.dataset_.fingerprint(),
             "n_experiments": self.plan_.n_rows,
             "n_foci": int(len(self.plan_.focus_row)),
             **self.selection_,

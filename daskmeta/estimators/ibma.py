@@ -434,6 +434,12 @@ class PermutedOLS(IBMAEstimator):
                             self.use_sample_size else None, bool(self.two_sided),
                             bool(self.aggressive_mask))
 
+    def _correct_fwe_montecarlo(self, result, corrector):
+        """:class:`~daskmeta.FWECorrector`'s Monte Carlo method on this estimator's result."""
+        from daskmeta.correct import own_null_voxel_fwe
+
+        return own_null_voxel_fwe(corrector, result, self)
+
     def _fwe_montecarlo(self, result, n_iters, seed, batch_size, progress):
         """NiMARE's ``correct_fwe_montecarlo``: maps ``{p,z,logp}_level-voxel`` from the
         maximum-z sign-flip null (run by :func:`daskmeta.montecarlo.run_montecarlo`)."""

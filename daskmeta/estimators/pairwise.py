@@ -12,6 +12,10 @@ the two groups' row summaries (with the per-group hooks of
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
+import dask
 import numpy as np
 
 from daskmeta._docs import fill_doc
@@ -27,6 +31,33 @@ from daskmeta.estimators.cbma import CBMAEstimator
 from daskmeta.exceptions import DaskmetaError, DatasetError
 
 __all__ = ["PairwiseCBMAEstimator"]
+
+
+_PLANS: OrderedDict = OrderedDict()
+_PLANS_LOCK = threading.Lock()
+_MAX_PLANS = 4
+
+
+def _collection_plan(collection, kernel, rows, whole: bool):
+    """The pooled experiments' dataset and kernel plan of a contrast from a Collection,
+    kept in memory per store build and rows (a contrast against the rest of a database
+    pools every experiment: slicing and planning 500,000 foci again for each contrast would
+    cost more than its pass)."""
+    key = (collection.content_token(), dask.base.tokenize(rows))
+    with _PLANS_LOCK:
+        found = _PLANS.get(key)
+        if found is not None:
+            _PLANS.move_to_end(key)
+            return found
+    dataset = collection.dataset
+    sub = dataset if whole else dataset.slice(dataset.experiments["id"].to_numpy()[rows])
+    # The build already warned about the foci it dropped.
+    plan = kernel.plan(sub, collection.space, collection.mask_margin, warn=False)
+    with _PLANS_LOCK:
+        _PLANS[key] = (sub, plan)
+        while len(_PLANS) > _MAX_PLANS:
+            _PLANS.popitem(last=False)
+    return sub, plan
 
 
 @fill_doc
@@ -99,7 +130,9 @@ class PairwiseCBMAEstimator(CBMAEstimator):
             f"{type(data).__name__}"
         )
 
-    def _fit_pair(self, data, select1, select2, shown1, shown2, label_threshold):
+    def _pair_groups(self, data, select1, select2, label_threshold):
+        """``(dataset, space, kernel, collection, rows1, rows2)``: the two groups' rows of
+        the source's dataset (experiments with foci; group 2 defaults to the rest)."""
         dataset, space, kernel, collection = self._source(data)
         foci = has_foci(dataset)
         rows1 = selection_rows(dataset, select1, label_threshold, foci)
@@ -114,12 +147,24 @@ class PairwiseCBMAEstimator(CBMAEstimator):
         if np.intersect1d(rows1, rows2).size:
             raise DatasetError("the two groups share experiments; give each experiment to "
                                "one group")
+        return dataset, space, kernel, collection, rows1, rows2
+
+    def _set_pair_state(self, dataset, space, kernel, collection, rows1, rows2, shown1,
+                        shown2, label_threshold):
+        """Fitted state of a contrast (pooled dataset in dataset order, its plan, group
+        labels, selection provenance); returns ``(sub, plan, rows, in_first)``."""
         rows = np.concatenate([rows1, rows2])
         order = np.argsort(rows, kind="stable")
         rows = rows[order]
-        sub = dataset.slice(dataset.experiments["id"].to_numpy()[rows])
+        whole = len(rows) == dataset.n_experiments  # rows are then 0..n-1
         margin = self.mask_margin if collection is None else collection.mask_margin
-        plan = kernel.plan(sub, space, margin, warn=collection is None)
+        if collection is not None:
+            sub, plan = _collection_plan(collection, kernel, rows, whole)
+        else:
+            sub = dataset if whole else dataset.slice(dataset.experiments["id"].to_numpy()[rows])
+            plan = kernel.plan(sub, space, margin, warn=True)
+        self.input_hash_ = (collection.attrs.get("dataset_fingerprint")
+                            if collection is not None and whole else None)
         in_first = np.zeros(len(rows), dtype=bool)
         in_first[np.flatnonzero(order < len(rows1))] = True
         self.kernel_, self.space_, self.dataset_, self.plan_ = kernel, space, sub, plan
@@ -129,6 +174,13 @@ class PairwiseCBMAEstimator(CBMAEstimator):
             **{f"{k}1": v for k, v in describe_selection(shown1, label_threshold).items()},
             **{f"{k}2": v for k, v in describe_selection(shown2, label_threshold).items()},
         }
+        return sub, plan, rows, in_first
+
+    def _fit_pair(self, data, select1, select2, shown1, shown2, label_threshold):
+        dataset, space, kernel, collection, rows1, rows2 = self._pair_groups(
+            data, select1, select2, label_threshold)
+        sub, plan, rows, in_first = self._set_pair_state(
+            dataset, space, kernel, collection, rows1, rows2, shown1, shown2, label_threshold)
         n_foci = np.diff(plan.row_start)
         self._prepare(sub.experiments, n_foci)
         weights = np.zeros((2, len(rows)))

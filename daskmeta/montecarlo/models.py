@@ -48,11 +48,13 @@ class Summary:
 
     Subclasses set ``keys`` (the names of the values), ``per_iteration`` (True: one value
     per iteration and key, concatenated in iteration order; False: arrays summed over
-    iterations, e.g. per-voxel counts) and implement :meth:`record`.
+    iterations, e.g. per-voxel counts) and implement :meth:`record`. A per-iteration summary
+    may also name some of its keys in ``summed_keys``: those are summed over iterations.
     """
 
     keys: tuple = ()
     per_iteration = True
+    summed_keys: tuple = ()
     #: Keys whose 95th percentile early stopping watches.
     early_stop_keys: tuple = ()
 

@@ -147,7 +147,8 @@ class _Collector:
 
     def __init__(self, summary: Summary):
         self.summary = summary
-        self.parts: dict = {k: [] for k in summary.keys}
+        self.summed = set(summed_keys(summary))
+        self.parts: dict = {k: [] for k in summary.keys if k not in self.summed}
         self.sums: dict | None = None
         self.pending: dict[int, dict] = {}
         self.next = 0  # the first batch not folded yet
@@ -158,22 +159,27 @@ class _Collector:
         self.n_batches += 1
         while self.next in self.pending:
             res = self.pending.pop(self.next)
-            if self.summary.per_iteration:
-                for k in self.summary.keys:
-                    self.parts[k].append(res[k])
-            elif self.sums is None:
+            for k in self.parts:
+                self.parts[k].append(res[k])
+            if self.summed and self.sums is None:
                 # np.sum of the batches' arrays adds them in batch order: fold the same way.
-                self.sums = {k: np.sum([res[k]], axis=0) for k in self.summary.keys}
-            else:
-                self.sums = {k: np.sum([self.sums[k], res[k]], axis=0)
-                             for k in self.summary.keys}
+                self.sums = {k: np.sum([res[k]], axis=0) for k in self.summed}
+            elif self.summed:
+                self.sums = {k: np.sum([self.sums[k], res[k]], axis=0) for k in self.summed}
             self.next += 1
 
     def values(self) -> dict:
-        if self.summary.per_iteration:
-            return {k: np.concatenate(v) if v else np.zeros(0)
-                    for k, v in self.parts.items()}
-        return dict(self.sums or {})
+        out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.parts.items()}
+        out.update(self.sums or {})
+        return {k: out[k] for k in self.summary.keys if k in out}
+
+
+def summed_keys(summary: Summary) -> tuple:
+    """The keys of a summary whose values are summed over iterations (all of them when
+    ``per_iteration`` is False; else those in its ``summed_keys``, if any)."""
+    if not summary.per_iteration:
+        return tuple(summary.keys)
+    return tuple(getattr(summary, "summed_keys", ()))
 
 
 class _Progress:

@@ -1,0 +1,315 @@
+"""The label-permutation null of a contrast: group labels shuffled over the pooled experiments.
+
+A contrast of two groups of experiments (MKDA chi-square, ALE subtraction) is tested
+against null data sets in which the pooled experiments are dealt at random into two groups
+of the observed sizes (NiMARE's label permutation). The pooled experiments' MA rows never
+change, so every process that runs iterations reads (or combines from foci) them once into
+a compact form (:class:`~daskmeta.montecarlo._packed.PackedRows`, cached per process and
+keyed by the model's token) and an iteration is "sum the rows of the smaller permuted
+group": the other group's sum is the pooled total minus it (the reductions are additive:
+MKDA counts, ALE's sum of ``log1p(-MA)``). The estimator supplies the statistic of the two
+sums (:class:`PairStatistic`).
+
+The rows come from a kernel plan (:class:`PlanPool`: a Dataset's experiments, combined by
+the fits' compiled combine) or from a Collection's store (:class:`StorePool`: only the
+pooled experiments' rows are read, checked against the store's manifest and generation).
+Seeded batches run through :func:`~daskmeta.montecarlo.run_montecarlo`, so the nulls are
+identical on any number of workers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import dask
+import numpy as np
+from scipy import ndimage
+
+from daskmeta.exceptions import DaskmetaError
+from daskmeta.montecarlo._packed import PackedRows
+from daskmeta.montecarlo.models import NullModel, Summary, _Geometry
+
+__all__ = ["GroupPermutation", "PairStatistic", "PerMap", "PlanPool", "StorePool",
+           "TwoSidedClusterMaxima", "loaded_pools"]
+
+#: Rows combined or read at a time while packing a pool.
+_LOAD_ROWS = 256
+#: Packed pools kept per process (least recently used dropped first).
+_MAX_POOLS = 2
+_POOLS: OrderedDict = OrderedDict()
+_POOLS_LOCK = threading.Lock()
+_FACES = ndimage.generate_binary_structure(3, 1)
+
+
+def loaded_pools() -> list[str]:
+    """Tokens of the pools this process holds packed (for tests and diagnostics)."""
+    with _POOLS_LOCK:
+        return list(_POOLS)
+
+
+class _Pool:
+    """Where the pooled rows come from; :meth:`packed` loads them once per process."""
+
+    token: str = ""
+    n_voxels: int = 0
+    n_rows: int = 0
+
+    def _blocks(self):
+        raise NotImplementedError
+
+    def _pack(self) -> PackedRows:
+        packed = PackedRows(self.n_voxels, self.constant)
+        for block in self._blocks():
+            if self.func is not None:
+                block = self.func(block)
+            packed.append(block)
+        return packed.finish()
+
+    def packed(self) -> PackedRows:
+        with _POOLS_LOCK:
+            found = _POOLS.get(self.token)
+            if found is not None:
+                _POOLS.move_to_end(self.token)
+                return found
+            # Packed under the lock: threads of one worker wait for one copy instead of
+            # each building their own.
+            packed = self._pack()
+            _POOLS[self.token] = packed
+            while len(_POOLS) > _MAX_POOLS:
+                _POOLS.popitem(last=False)
+            return packed
+
+
+class PlanPool(_Pool):
+    """Pooled rows combined from foci with a kernel plan (every row of the plan, in order).
+
+    Parameters
+    ----------
+    plan : KernelPlan
+    func : callable or None
+        Elementwise ``f`` of MA values summed by the statistic (None: the MA values).
+    constant : float or None
+        The value of every non-zero ``f(MA)`` (binary rows), or None.
+    name : str
+        Names ``func`` in the token.
+    """
+
+    def __init__(self, plan, func, constant, name: str):
+        self.plan = plan
+        self.func = func
+        self.constant = constant
+        self.n_voxels = int(plan.n_voxels)
+        self.n_rows = int(plan.n_rows)
+        self.token = dask.base.tokenize("plan-pool", plan.token, name, constant)
+
+    def _blocks(self):
+        for a in range(0, self.n_rows, _LOAD_ROWS):
+            yield self.plan.fill(a, min(a + _LOAD_ROWS, self.n_rows))
+
+
+class StorePool(_Pool):
+    """Pooled rows read from a Collection's store (only these rows).
+
+    Parameters
+    ----------
+    collection : Collection
+    rows : (n,) int array
+        Store rows of the pooled experiments, in pooled order.
+    func, constant, name
+        As :class:`PlanPool`.
+    """
+
+    def __init__(self, collection, rows, func, constant, name: str):
+        self.array_path = str(collection.path / "ma")
+        self.generation = getattr(collection, "generation", None)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.func = func
+        self.constant = constant
+        self.n_voxels = int(collection.space.n_voxels)
+        self.n_rows = len(self.rows)
+        self.token = dask.base.tokenize("store-pool", collection.content_token(), self.rows,
+                                        name, constant)
+
+    def _blocks(self):
+        from daskmeta.storage import read_rows
+
+        for a in range(0, self.n_rows, _LOAD_ROWS):
+            yield read_rows(self.array_path, self.rows[a:a + _LOAD_ROWS],
+                            generation=self.generation)
+
+
+class PairStatistic:
+    """The statistic of a contrast from its two groups' sums (subclass this).
+
+    ``__call__(sum1, sum2, n1, n2)`` gets float64 sums over in-mask voxels and the group
+    sizes, and returns a float32 map, or a dict of named maps (summarised with
+    :class:`PerMap`). ``token`` names everything the statistic depends on.
+    """
+
+    token: str = ""
+
+    def __call__(self, sum1, sum2, n1: int, n2: int):
+        raise NotImplementedError
+
+
+class GroupPermutation(NullModel):
+    """Null data sets of permuted group labels over the pooled experiments of a contrast.
+
+    Parameters
+    ----------
+    pool : PlanPool or StorePool
+        The pooled experiments' rows.
+    in_first : (n,) bool array
+        The observed labels: which pooled rows are group 1 (their number is kept).
+    statistic : PairStatistic
+    mask : 3-D bool array
+        The mask of the in-mask voxels (for cluster summaries).
+    """
+
+    def __init__(self, pool, in_first, statistic: PairStatistic, mask):
+        self.pool = pool
+        in_first = np.asarray(in_first, dtype=bool)
+        if in_first.shape != (pool.n_rows,):
+            raise DaskmetaError(f"expected {pool.n_rows} group labels; got shape "
+                                f"{in_first.shape}")
+        self.n1 = int(in_first.sum())
+        self.n2 = int(pool.n_rows - self.n1)
+        if self.n1 == 0 or self.n2 == 0:
+            raise DaskmetaError("a label permutation needs two non-empty groups")
+        self.observed = np.flatnonzero(in_first)
+        # The pooled experiments as NiMARE stacks them: group 1's then group 2's, so a seed
+        # deals the same experiments whatever the order of the rows in their source.
+        self.order = np.concatenate([self.observed, np.flatnonzero(~in_first)])
+        self.statistic_ = statistic
+        self.shape = tuple(int(s) for s in mask.shape)
+        self.mask_bits = np.packbits(np.asarray(mask, dtype=bool).reshape(-1))
+        self.n_voxels = int(pool.n_voxels)
+        self.token = dask.base.tokenize("group-permutation", pool.token, self.observed,
+                                        statistic.token)
+
+    @property
+    def geometry(self):
+        if "_geometry" not in self.__dict__:
+            mask = np.unpackbits(self.mask_bits, count=int(np.prod(self.shape)))
+            self._geometry = _Geometry(mask.astype(bool).reshape(self.shape))
+        return self._geometry
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_geometry", None)
+        state.pop("_total", None)
+        return state
+
+    def _pooled_total(self, packed) -> np.ndarray:
+        if "_total" not in self.__dict__:
+            self._total = packed.total()
+        return self._total
+
+    def sums(self, group1_rows) -> tuple[np.ndarray, np.ndarray]:
+        """The two groups' float64 sums when ``group1_rows`` (pooled row indices) are group
+        1 and the rest group 2: the smaller group is summed, the other is the pooled total
+        minus it."""
+        packed = self.pool.packed()
+        total = self._pooled_total(packed)
+        g1 = np.sort(np.asarray(group1_rows, dtype=np.int64))
+        if len(g1) <= self.pool.n_rows - len(g1):
+            s1 = packed.total(g1)
+            return s1, total - s1
+        rest = np.ones(self.pool.n_rows, dtype=bool)
+        rest[g1] = False
+        s2 = packed.total(np.flatnonzero(rest))
+        return total - s2, s2
+
+    def draw(self, rng):
+        """Group 1 of a permutation: the first ``n1`` of a shuffle of the pooled experiments
+        (group 1's then group 2's, as NiMARE deals them), as pooled row indices."""
+        return self.order[rng.permutation(self.pool.n_rows)[:self.n1]]
+
+    def statistic(self, drawn):
+        s1, s2 = self.sums(drawn)
+        return self.statistic_(s1, s2, self.n1, self.n2)
+
+    def statistic_at(self, group1_rows=None):
+        """The statistic with ``group1_rows`` as group 1 (default: the observed labels, which
+        give the fit's own maps)."""
+        return self.statistic(self.observed if group1_rows is None else group1_rows)
+
+    def run_batch(self, summary: Summary, rng, n_iters: int) -> dict:
+        self.pool.packed()  # load once, before the first iteration's clock
+        return super().run_batch(summary, rng, n_iters)
+
+
+class PerMap(Summary):
+    """A summary applied to each map of a statistic that returns several (a dict of maps):
+    keys ``"{map}:{key}"``."""
+
+    def __init__(self, summary: Summary, names):
+        self.summary = summary
+        self.names = tuple(names)
+        self.keys = tuple(f"{n}:{k}" for n in self.names for k in summary.keys)
+        self.per_iteration = summary.per_iteration
+        inner = set(getattr(summary, "summed_keys", ()))
+        self.summed_keys = tuple(f"{n}:{k}" for n in self.names for k in summary.keys
+                                 if k in inner)
+        self.early_stop_keys = tuple(f"{n}:{k}" for n in self.names
+                                     for k in summary.early_stop_keys)
+
+    def _token_parts(self):
+        return (self.summary.token, self.names)
+
+    def start(self, n_iters, n_voxels):
+        out = {}
+        for n in self.names:
+            out.update({f"{n}:{k}": v for k, v in self.summary.start(n_iters, n_voxels).items()})
+        return out
+
+    def record(self, out, i, stat, geometry):
+        for n in self.names:
+            view = {k: out[f"{n}:{k}"] for k in self.summary.keys}
+            self.summary.record(view, i, stat[n], geometry)
+            for k in self.summary.keys:  # scalars summed into a new array are rebound
+                out[f"{n}:{k}"] = view[k]
+
+    def split(self, values: dict) -> dict:
+        """``{map: {key: values}}`` of a run's values."""
+        return {n: {k: values[f"{n}:{k}"] for k in self.summary.keys} for n in self.names}
+
+
+class TwoSidedClusterMaxima(Summary):
+    """The maximum absolute statistic and the largest cluster's size and mass of each
+    iteration, clusters taken on both sides: face-connected voxels with ``stat >
+    threshold``, and separately those with ``stat < -threshold``; mass is ``sum(|stat| -
+    threshold)`` (NiMARE's two-tailed cluster measures)."""
+
+    keys = ("max_stat", "max_size", "max_mass")
+    early_stop_keys = ("max_stat", "max_size")
+
+    def __init__(self, threshold: float):
+        self.threshold = float(threshold)
+        if not np.isfinite(self.threshold) or self.threshold < 0:
+            raise DaskmetaError(f"cluster-forming threshold must be finite and >= 0; got "
+                                f"{threshold!r}")
+
+    def _token_parts(self):
+        return (self.threshold,)
+
+    def start(self, n_iters, n_voxels):
+        return {"max_stat": np.zeros(n_iters, dtype=np.float32),
+                "max_size": np.zeros(n_iters, dtype=np.int64),
+                "max_mass": np.zeros(n_iters, dtype=np.float64)}
+
+    def record(self, out, i, stat, geometry):
+        vol = np.zeros(geometry.shape, dtype=np.float32)
+        vol[geometry.mask] = stat
+        out["max_stat"][i] = np.max(np.abs(stat)) if stat.size else 0.0
+        size = mass = 0
+        for supra in (vol > self.threshold, vol < -self.threshold):
+            labels, n = ndimage.label(supra, _FACES)
+            if n:
+                lab = labels[supra]
+                size = max(size, int(np.bincount(lab).max()))
+                mass = max(mass, float(np.bincount(
+                    lab, weights=np.abs(vol[supra]).astype(np.float64) - self.threshold).max()))
+        out["max_size"][i] = size
+        out["max_mass"][i] = mass
