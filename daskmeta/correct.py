@@ -279,7 +279,10 @@ class FWECorrector:
             # NiMARE's estimators with a correct_fwe_montecarlo of their own do.
             return own(result, self)
         if "stat" not in result.map_names:
-            raise DaskmetaError("Monte Carlo FWE correction needs the result's 'stat' map")
+            raise DaskmetaError(
+                "Monte Carlo FWE correction needs the result's 'stat' map or an estimator with "
+                f"a Monte Carlo null of its own (as PermutedOLS); {type(est).__name__} has "
+                "neither")
         space = result.space
         stat = np.asarray(result.get_map("stat", "array")).astype(_F32)
         clusters = not self.vfwe_only
