@@ -24,7 +24,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "daskmeta"
 # layer it belongs to.
 LAYERS = {
     0: {"exceptions", "_version", "_stats", "_labels", "_rows", "_docs", "space", "cluster",
-        "config", "_numba_cache"},
+        "config", "_numba_cache", "progress", "_methods"},
     1: {"dataset", "io", "results", "storage", "_integrity"},
     2: {"kernels", "_combine", "_combine_kernels", "_pass", "collection", "_build", "_verify", "simulate"},
     3: {"estimators", "montecarlo", "correct", "decode"},
