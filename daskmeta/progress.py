@@ -100,6 +100,7 @@ class Progress:
         self.interval = float(interval)
         self.minimum = (0.0 if progress is True else 1.0) if minimum is None else float(minimum)
         self._written = False
+        self._written_done = None
         self.done = 0
         self.start = time.monotonic()
         self._last = float("-inf")
@@ -141,7 +142,9 @@ class Progress:
         """Write the final line (once)."""
         if self.enabled and not self._closed and (
                 self._written or time.monotonic() - self.start >= self.minimum):
-            self._write(final=True)
+            tty = bool(getattr(self._stream(), "isatty", lambda: False)())
+            if tty or self._written_done != self.done:
+                self._write(final=True)
         self._closed = True
 
     def _write(self, final: bool) -> None:
@@ -152,7 +155,7 @@ class Progress:
         else:
             stream.write(self.text() + "\n")
         stream.flush()
-        self._written = True
+        self._written, self._written_done = True, self.done
 
 
 class _Callback(Callback):
