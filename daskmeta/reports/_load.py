@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
 
 import numpy as np
 
 from daskmeta.exceptions import DaskmetaError
-from daskmeta.results import MetaResult
+from daskmeta.results import MetaResult, output_path
 from daskmeta.space import resolve_space
 
 __all__ = ["load_result", "NULLS_FILE"]
@@ -73,14 +74,12 @@ def load_result(folder, prefix: str | None = None, mask=None) -> MetaResult:
         If the folder holds no (or several) runs, the mask is missing or differs, or a map
         does not fit the mask.
     """
-    from daskmeta.workflows import check_prefix
-
     folder = Path(folder)
     if not folder.is_dir():
         raise DaskmetaError(f"{folder} is not a folder")
-    prefix = check_prefix(_prefix_of(folder, prefix), "--prefix")
+    prefix = _prefix_of(folder, prefix)
     lead = f"{prefix}_" if prefix else ""
-    prov = folder / f"{lead}{_PROVENANCE}"
+    prov = output_path(folder, f"{lead}{_PROVENANCE}")  # a plain name: stays in folder
     try:
         attrs = json.loads(prov.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -91,7 +90,7 @@ def load_result(folder, prefix: str | None = None, mask=None) -> MetaResult:
         raise DaskmetaError(f"{prov} must hold a JSON object")
     space = _space(attrs, mask, folder)
     maps = {}
-    for path in sorted(folder.glob(f"{lead}*.nii.gz")):
+    for path in sorted(folder.glob(f"{glob.escape(lead)}*.nii.gz")):
         name = path.name[len(lead):-len(".nii.gz")]
         if not name or name.startswith("."):
             continue
