@@ -31,6 +31,22 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
+def _configured() -> bool | None:
+    """The Dask config ``daskmeta.progress``: True, False, or None for ``"auto"``."""
+    value = dask.config.get("daskmeta.progress", "auto")
+    if isinstance(value, str):
+        low = value.strip().lower()
+        value = True if low in _TRUE else False if low in _FALSE else low
+    if value is True or value is False:
+        return value
+    if value not in ("auto", None):
+        from daskmeta.exceptions import DaskmetaError
+
+        raise DaskmetaError(f"dask config daskmeta.progress={value!r} must be true, false or "
+                            "'auto'")
+    return None
+
+
 def enabled(progress=None, stream=None) -> bool:
     """Whether to show progress.
 
@@ -49,17 +65,9 @@ def enabled(progress=None, stream=None) -> bool:
     """
     if progress is not None:
         return bool(progress)
-    value = dask.config.get("daskmeta.progress", "auto")
-    if isinstance(value, str):
-        low = value.strip().lower()
-        value = True if low in _TRUE else False if low in _FALSE else low
-    if value is True or value is False:
+    value = _configured()
+    if value is not None:
         return value
-    if value not in ("auto", None):
-        from daskmeta.exceptions import DaskmetaError
-
-        raise DaskmetaError(f"dask config daskmeta.progress={value!r} must be true, false or "
-                            "'auto'")
     stream = sys.stderr if stream is None else stream
     return bool(getattr(stream, "isatty", lambda: False)())
 
@@ -98,7 +106,8 @@ class Progress:
         self.stream = stream
         self.enabled = enabled(progress, self._stream())
         self.interval = float(interval)
-        self.minimum = (0.0 if progress is True else 1.0) if minimum is None else float(minimum)
+        asked = bool(progress) if progress is not None else bool(_configured())
+        self.minimum = (0.0 if asked else 1.0) if minimum is None else float(minimum)
         self._written = False
         self._written_done = None
         self.done = 0

@@ -114,3 +114,37 @@ def test_montecarlo_correction_shows_its_batches(capsys, pain_dataset):
     FWECorrector("montecarlo", n_iters=20, batch_size=5, seed=0, vfwe_only=True,
                  progress=None).transform(res)
     assert capsys.readouterr().err == ""  # not a terminal, not asked
+
+
+def test_ingest_and_fit_many_show_progress(capsys, pain_dataset, tmp_path):
+    from daskmeta import Collection
+    from daskmeta.estimators import MKDADensity
+    from daskmeta.kernels import MKDAKernel
+
+    coll = Collection.build(pain_dataset, MKDAKernel(), tmp_path / "s.zarr", rows_per_shard=8,
+                            progress=True)
+    final = _final(capsys.readouterr().err)
+    assert final["label"] == "ingest s.zarr" and final["done"] == final["total"]
+    assert int(final["total"]) >= 3  # a task per shard of 8 rows
+    ids = list(pain_dataset.experiments["id"])
+    selections = {f"s{i}": ids[i:i + 10] for i in range(3)}
+    MKDADensity().fit_many(coll, selections, group_size=1, progress=True)
+    lines = [m.groupdict() for m in LINE.finditer(capsys.readouterr().err)]
+    # Not a terminal: a line per update at most every half second, and the last one.
+    assert lines[-1] == {"label": "fit_many", "done": "3", "total": "3",
+                         "unit": "selections", "pct": "100"}
+    assert all(x["label"] == "fit_many" and x["total"] == "3" for x in lines)
+
+
+def test_command_line_progress_option(tmp_path, capsys):
+    from conftest import PAIN_JSON
+
+    from daskmeta.cli import main
+
+    store = tmp_path / "k.zarr"
+    assert main(["--progress", "ingest", str(PAIN_JSON), "--kernel", "kda",
+                 "--store", str(store)]) == 0
+    assert _final(capsys.readouterr().err)["label"] == "ingest k.zarr"
+    assert main(["ingest", str(PAIN_JSON), "--kernel", "kda", "--store",
+                 str(tmp_path / "q.zarr")]) == 0
+    assert "[daskmeta] ingest" not in capsys.readouterr().err  # not a terminal, not asked

@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"daskmeta {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress lines of long operations on stderr (default: only "
+                             "when stderr is a terminal, or as the dask config "
+                             "daskmeta.progress says)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module in COMMAND_MODULES:
@@ -56,7 +60,13 @@ def main(argv=None) -> int:
     if not args.debug:
         warnings.formatwarning = _format_warning
     try:
-        args.handler(args)
+        if args.progress is None:
+            args.handler(args)
+        else:
+            import dask
+
+            with dask.config.set({"daskmeta.progress": bool(args.progress)}):
+                args.handler(args)
     except (DaskmetaError, OSError) as exc:  # the input, the options, unwritable output, ...
         if args.debug:
             raise
