@@ -299,7 +299,10 @@ class CBMAJob:
         paths.append(prov)
         summary = {"n_experiments": int(result.attrs.get("n_experiments", self.n_experiments)),
                    "n_foci": int(result.attrs.get("n_foci", self.n_foci)),
-                   "n_clusters": {k: int(len(v)) for k, v in tables.items()}}
+                   "n_clusters": {k: int(len(v)) for k, v in tables.items()},
+                   # What this run wrote, for readers of the folder (daskmeta report).
+                   "maps": result.map_names,
+                   "nulls": bool(result.null_distributions)}
         summary_path = output_path(out, self._name("summary.json"))
         text = json.dumps(summary, indent=1)
         atomic_write(summary_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

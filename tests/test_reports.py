@@ -231,6 +231,16 @@ def test_report_command_reads_an_output_folder(tmp_path, capsys):
     prov = json.loads((out / "pain_provenance.json").read_text())
     assert html.escape(prov["input_sha256"]) in text
     assert "Bonferroni correction over 228,483 voxels" in text
+    # A later run into the same folder without correction: the report is of that run, not
+    # of the maps the earlier one left there.
+    assert main(["mkda", str(PAIN_JSON), "--out", str(out), "--fwe", "none",
+                 "--mask", str(NIMARE_MASK), "--prefix", "pain", "--no-report"]) == 0
+    assert (out / "pain_z_corr-FWE_method-bonferroni.nii.gz").exists()  # left over
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    text = page.read_text()
+    assert "z_corr-FWE_method-bonferroni" not in text and "Bonferroni" not in text
+    assert "Clusters of z &gt; 3.09" in text
 
 
 def test_hostile_text_is_escaped_and_diagnostics_tables_render(mkda_result, tmp_path):

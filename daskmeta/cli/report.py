@@ -61,7 +61,7 @@ def check_report_options(args) -> None:
 
 
 def _run_report(args) -> None:
-    from daskmeta.reports import Atlas, load_result, make_report
+    from daskmeta.reports import Atlas, find_prefix, load_result, make_report
 
     t0 = time.perf_counter()
     check_report_options(args)
@@ -71,10 +71,10 @@ def _run_report(args) -> None:
     out = Path(args.out) if args.out is not None else folder
     if out.exists() and not out.is_dir():
         raise _bad("--out", str(out), "a folder (created if needed), not a file")
-    result = load_result(folder, prefix=args.prefix, mask=args.mask)
+    prefix = find_prefix(folder, args.prefix)
+    result = load_result(folder, prefix=prefix, mask=args.mask)
     _log(f"read {result!r} from {folder}")
     atlas = None if args.atlas is None else Atlas(args.atlas, args.atlas_labels, result.space)
-    prefix = result.attrs.get("prefix") if args.prefix is None else args.prefix
     name = f"{prefix}_report.html" if prefix else "report.html"
     path = make_report(result, out, atlas=atlas, filename=name)
     _log(f"done in {time.perf_counter() - t0:.1f} s")

@@ -20,10 +20,10 @@ from daskmeta import _methods
 from daskmeta.exceptions import DaskmetaError
 from daskmeta.reports import _figures, _html
 from daskmeta.reports._atlas import Atlas, read_labels
-from daskmeta.reports._load import NULLS_FILE, load_result
+from daskmeta.reports._load import NULLS_FILE, find_prefix, load_result
 from daskmeta.results import DEFAULT_ALPHA, atomic_write, output_path
 
-__all__ = ["make_report", "load_result", "Atlas", "read_labels", "NULLS_FILE",
+__all__ = ["make_report", "load_result", "find_prefix", "Atlas", "read_labels", "NULLS_FILE",
            "UNCORRECTED_Z"]
 
 #: z threshold of the uncorrected map's figures and table (one-sided p < 0.001).

@@ -153,17 +153,20 @@ class Atlas:
         ijk = self.space.mm_to_ijk(table[["peak_x", "peak_y", "peak_z"]].to_numpy(float))
         peaks = self.volume[tuple(np.round(ijk).astype(int).T)]
         table["peak_region"] = [self.name(v) for v in peaks]
-        # Voxels per (cluster, region) in one pass.
+        # Voxels per (cluster, region) in one pass, over the regions present (compact codes:
+        # image values may be large or negative).
         inside = cluster_ids > 0
-        n_regions = int(self.values.max(initial=0)) + 1
-        counts = np.bincount(cluster_ids[inside] * n_regions + self.values[inside],
-                             minlength=(int(cluster_ids.max()) + 1) * n_regions)
-        counts = counts.reshape(-1, n_regions)
+        present, codes = np.unique(self.values[inside], return_inverse=True)
+        n_codes = len(present)
+        counts = np.bincount(cluster_ids[inside] * n_codes + codes,
+                             minlength=(int(cluster_ids.max(initial=0)) + 1) * n_codes)
+        counts = counts.reshape(-1, max(n_codes, 1))
         regions = []
         for cid, size in zip(table["cluster_id"], table["n_voxels"]):
-            row = counts[int(cid)]
-            order = [v for v in np.argsort(row[1:])[::-1] + 1 if row[v] > 0][:3]
-            regions.append("; ".join(f"{self.name(v)} ({100 * row[v] / size:.0f}%)"
-                                     for v in order))
+            row = counts[int(cid)] if n_codes else np.zeros(0, dtype=int)
+            order = [c for c in np.argsort(row, kind="stable")[::-1]
+                     if row[c] > 0 and present[c] != 0][:3]
+            regions.append("; ".join(f"{self.name(present[c])} ({100 * row[c] / size:.0f}%)"
+                                     for c in order))
         table["regions"] = regions
         return table

@@ -12,14 +12,17 @@ from daskmeta.exceptions import DaskmetaError
 from daskmeta.results import MetaResult, output_path
 from daskmeta.space import resolve_space
 
-__all__ = ["load_result", "NULLS_FILE"]
+__all__ = ["load_result", "find_prefix", "NULLS_FILE"]
 
 #: The null distributions of a result, next to its maps (``{prefix}_nulls.npz``).
 NULLS_FILE = "nulls.npz"
 _PROVENANCE = "provenance.json"
 
 
-def _prefix_of(folder: Path, prefix: str | None) -> str:
+def find_prefix(folder, prefix: str | None = None) -> str:
+    """The file-name prefix of the run in ``folder``: ``prefix`` if given, else the one of the
+    folder's single ``*provenance.json``."""
+    folder = Path(folder)
     if prefix is not None:
         return prefix
     found = sorted(p.name for p in folder.glob(f"*{_PROVENANCE}"))
@@ -77,7 +80,7 @@ def load_result(folder, prefix: str | None = None, mask=None) -> MetaResult:
     folder = Path(folder)
     if not folder.is_dir():
         raise DaskmetaError(f"{folder} is not a folder")
-    prefix = _prefix_of(folder, prefix)
+    prefix = find_prefix(folder, prefix)
     lead = f"{prefix}_" if prefix else ""
     prov = output_path(folder, f"{lead}{_PROVENANCE}")  # a plain name: stays in folder
     try:
@@ -89,17 +92,34 @@ def load_result(folder, prefix: str | None = None, mask=None) -> MetaResult:
     if not isinstance(attrs, dict):
         raise DaskmetaError(f"{prov} must hold a JSON object")
     space = _space(attrs, mask, folder)
+    # The run's summary names its maps and whether it wrote nulls: files an earlier run left
+    # in the folder are not read as this run's.
+    summary = {}
+    summary_path = folder / f"{lead}summary.json"
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DaskmetaError(f"{summary_path} is not JSON ({exc})") from None
+        summary = summary if isinstance(summary, dict) else {}
+    names = summary.get("maps")
+    if isinstance(names, list):
+        paths = [output_path(folder, f"{lead}{n}.nii.gz") for n in names]
+    else:
+        paths = sorted(folder.glob(f"{glob.escape(lead)}*.nii.gz"))
     maps = {}
-    for path in sorted(folder.glob(f"{glob.escape(lead)}*.nii.gz")):
+    for path in paths:
         name = path.name[len(lead):-len(".nii.gz")]
         if not name or name.startswith("."):
             continue
+        if not path.is_file():
+            raise DaskmetaError(f"{path} (a map of the run, by its summary.json) is missing")
         maps[name] = space.from_img(path, name=str(path))
     if "z" not in maps:
         raise DaskmetaError(f"{folder} holds no {lead}z.nii.gz map")
     nulls = {}
     nulls_path = folder / f"{lead}{NULLS_FILE}"
-    if nulls_path.is_file():
+    if nulls_path.is_file() and summary.get("nulls", True):
         try:
             with np.load(nulls_path, allow_pickle=False) as npz:
                 nulls = {k: npz[k] for k in npz.files}
