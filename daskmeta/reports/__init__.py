@@ -102,8 +102,8 @@ def _null_figures(result, bar) -> list[str]:
         observed = float(np.max(stat)) if stat is not None else None
         png = _figures.approximate_null(nulls["histogram_bins"], nulls[weights], observed)
         figs.append(_html.figure(_figures.data_uri(png),
-                                 "Analytic null distribution of the statistic (voxel-wise "
-                                 f"p-values; {weights})", "null"))
+                                 "Analytic null of the statistic: the voxel-wise p-value of "
+                                 f"each value ({weights})", "null"))
         bar.advance()
     return figs
 

@@ -112,17 +112,20 @@ def null_histogram(values, observed: float | None, title: str, xlabel: str) -> b
 
 
 def approximate_null(bins, weights, observed: float | None) -> bytes:
-    """The analytic null distribution of the statistic (probability per bin, log scale)."""
+    """The analytic null of the statistic as the p-value it gives each value,
+    ``P(statistic >= x)`` (log scale, down to 1e-12), with the observed maximum."""
     bins, weights = np.asarray(bins, dtype=float), np.asarray(weights, dtype=float)
-    keep = weights > 0
+    total = weights.sum()
+    sf = np.cumsum(weights[::-1])[::-1] / (total if total > 0 else 1.0)
+    keep = sf >= 1e-12
     with _figure((6, 3.0)) as fig:
         ax = fig.add_subplot(1, 1, 1)
-        ax.semilogy(bins[keep], weights[keep], color="#4c72b0")
+        ax.semilogy(bins[keep], sf[keep], color="#4c72b0")
         if observed is not None:
             ax.axvline(observed, color="#c44e52", label=f"observed maximum {observed:.4g}")
             ax.legend(fontsize=8)
-        ax.set_title("Approximate null distribution of the statistic", fontsize=10)
+        ax.set_title("Approximate (analytic) null of the statistic", fontsize=10)
         ax.set_xlabel("statistic")
-        ax.set_ylabel("probability")
+        ax.set_ylabel("P(statistic >= value)")
         fig.tight_layout()
         return _png(fig)
