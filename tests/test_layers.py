@@ -232,8 +232,10 @@ def test_facade_edges_are_function_level_imports():
         tree = ast.parse(path.read_text())
         top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
         names = {a.name for n in top_level if isinstance(n, ast.Import) for a in n.names}
-        names |= {n.module for n in top_level if isinstance(n, ast.ImportFrom)}
-        assert target not in names, f"{module} imports {target} at module level"
+        names |= {name for n in top_level if isinstance(n, ast.ImportFrom)
+                  for name in [n.module or ""] + [f"{n.module}.{a.name}" for a in n.names]}
+        assert not any(name == target or name.startswith(target + ".") for name in names), (
+            f"{module} imports {target} at module level")
 
 
 def test_imports_go_downward():
