@@ -5,12 +5,10 @@ marker that holds what the manifest will record of the shard), and its manifest.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import dask
@@ -21,7 +19,6 @@ import xarray as xr
 from daskmeta import _fs, _integrity
 from daskmeta._rows import nearest_bin
 from daskmeta._verify import DATASET_FILE, META, PROGRESS, SHARDED, read_root
-from daskmeta.cluster import compute, scheduler_client
 from daskmeta.dataset import Dataset
 from daskmeta.exceptions import DaskmetaError
 from daskmeta.kernels import ALEKernel, KDAKernel
@@ -187,21 +184,10 @@ def fill(path: Path, plan, n_rows: int, rows_per_unit: int, dtype: str, hist_gri
     tag = hashlib.sha1(f"{path.resolve()} {generation}".encode()).hexdigest()[:10]
     tasks = [write(_fs.portable(path), plan_d, c, rows_per_unit, dtype, hist_grid, generation,
                    dask_key_name=f"write-{path.name}-{tag}-{c}") for c in todo]
-    client = scheduler_client()
-    if client is not None and progress:
-        from distributed import progress as show_progress
+    from daskmeta.progress import compute as compute_with_progress
 
-        futures = client.compute(tasks)
-        with contextlib.redirect_stdout(sys.stderr):  # stdout is for results
-            show_progress(futures)
-        client.gather(futures)
-    elif client is None and progress:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar(minimum=1.0, dt=0.5, out=sys.stderr):
-            compute(*tasks)
-    else:
-        compute(*tasks)
+    compute_with_progress(*tasks, label=f"ingest {path.name}", unit="tasks",
+                          progress=progress)
 
 
 def markers(path: Path, generation: str | None) -> dict:

@@ -27,7 +27,7 @@ from scipy import sparse
 from daskmeta import _fs
 from daskmeta._combine import combine_rows
 from daskmeta._rows import add_rows_by_selection
-from daskmeta.cluster import compute, scheduler_client, tree_sum
+from daskmeta.cluster import scheduler_client, tree_sum
 from daskmeta.exceptions import DaskmetaError, DatasetError
 from daskmeta.storage import read_rows, scratch_rows
 
@@ -314,4 +314,7 @@ def run_pass(source, rows, weights, reduction, acc_dtype=np.float64,
         return _task(source, reduction, w, rows, 0, np.dtype(acc_dtype), with_summaries)
     total, summaries = pass_graph(source, rows, w, reduction, acc_dtype, with_summaries,
                                   rows_per_task)
-    return compute(total, summaries)
+    from daskmeta.progress import compute as compute_with_progress
+
+    label = "fit from the store" if isinstance(source, StoredRows) else "fit"
+    return compute_with_progress(total, summaries, label=label, unit="tasks")

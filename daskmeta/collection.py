@@ -156,7 +156,7 @@ class Collection:
     @classmethod
     def build(cls, dataset: Dataset, kernel, store, mask=None,
               mask_margin: float = DEFAULT_MASK_MARGIN,
-              rows_per_shard: int = DEFAULT_ROWS_PER_SHARD, sources=(), progress=False,
+              rows_per_shard: int = DEFAULT_ROWS_PER_SHARD, sources=(), progress=None,
               overwrite: bool = False) -> Collection:
         """Build (or resume building) a collection store.
 
@@ -179,8 +179,10 @@ class Collection:
             keeps the store's own value.
         sources : sequence of path-like
             Input files; their names and sha256 are recorded in the provenance.
-        progress : bool
-            Show progress (``distributed.progress`` under a Client).
+        progress : bool, optional
+            Show the tasks done on standard error, under any scheduler
+            (:mod:`daskmeta.progress`); None: as the Dask config ``daskmeta.progress``
+            says, by default only when standard error is a terminal.
         overwrite : bool
             Delete an existing store at ``store`` first.
 
@@ -226,7 +228,7 @@ class Collection:
 
     @classmethod
     def _build_locked(cls, path: Path, dataset: Dataset, kernel, space: Space, identity: dict,
-                      rows_per_shard: int, sources, progress: bool,
+                      rows_per_shard: int, sources, progress,
                       overwrite: bool, still_held=lambda: None) -> Collection:
         """:meth:`build`, holding the store's build lock."""
         remote = _fs.is_remote(path)

@@ -155,8 +155,9 @@ class FWECorrector:
         ``n_iters``, ``batch_size`` and ``seed`` only; use smaller batches to spread a run
         over many workers.
     progress : bool, optional
-        Show :func:`distributed.progress` when running under a distributed Client; None
-        shows it only when standard error is a terminal.
+        Show the Monte Carlo batches done on standard error, under any scheduler
+        (:mod:`daskmeta.progress`); None: as the Dask config ``daskmeta.progress`` says, by
+        default only when standard error is a terminal.
 
     Examples
     --------

@@ -12,6 +12,7 @@ import pandas as pd
 import xarray as xr
 from scipy import ndimage
 
+from daskmeta import _methods
 from daskmeta.exceptions import DaskmetaError
 from daskmeta.space import Space
 
@@ -224,6 +225,36 @@ class MetaResult:
         self.maps.attrs.update(attrs or {})
         self.null_distributions.update(nulls or {})
         return self
+
+    @property
+    def description(self) -> str:
+        """A methods paragraph for this result (what was fitted, on what, with which kernel,
+        null and corrections), citing the works of :attr:`bibtex` by author and year."""
+        return _methods.describe(dict(self.attrs))
+
+    @property
+    def bibtex(self) -> str:
+        """The BibTeX entries of the works :attr:`description` cites."""
+        return _methods.bibtex(dict(self.attrs))
+
+    def report(self, out_dir, atlas=None, atlas_labels=None, filename: str = "report.html",
+               progress=None) -> Path:
+        """Write a self-contained HTML report of this result (see
+        :func:`daskmeta.reports.make_report`): parameters and provenance, the methods
+        paragraph and its references, glass-brain and slice figures, an interactive viewer,
+        cluster tables (with the regions of ``atlas`` named by ``atlas_labels``), histograms
+        of the null distributions and any diagnostics tables.
+
+        Returns
+        -------
+        pathlib.Path
+            The page, ``out_dir / filename``.
+        """
+        # The one call up the layers: the report is built by daskmeta.reports at call time.
+        from daskmeta.reports import make_report
+
+        return make_report(self, out_dir, atlas=atlas, atlas_labels=atlas_labels,
+                           filename=filename, progress=progress)
 
     def __repr__(self) -> str:
         est = self.attrs.get("estimator", "?")

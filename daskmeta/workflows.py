@@ -219,6 +219,8 @@ class CBMAJob:
     diagnostics: tuple = ()
     diag_threshold: float = DIAG_TARGET_THRESHOLD
     diag_cluster_threshold: int = DIAG_CLUSTER_THRESHOLD
+    report: bool = False
+    atlas: object = None
 
     def _name(self, name: str) -> str:
         return f"{self.prefix}_{name}" if self.prefix else name
@@ -295,6 +297,7 @@ class CBMAJob:
         atomic_write(cluster_path, lambda tmp: clusters.to_csv(
             tmp, sep="\t", index=False, float_format="%.6g"))
         paths.append(cluster_path)
+        drawn = []  # the glass-brain figures, which the report shows too
         if self.figures:
             from daskmeta.plotting import plot_map
 
@@ -310,18 +313,35 @@ class CBMAJob:
                 atomic_write(png, lambda tmp, v=values, t=thr, ti=title: plot_map(
                     result.space, v, tmp, threshold=t, title=ti))
                 paths.append(png)
+                drawn.append((png, title))
         prov = output_path(out, self._name("provenance.json"))
         result.save_provenance(prov)
         paths.append(prov)
         summary = {"n_experiments": int(result.attrs.get("n_experiments", self.n_experiments)),
                    "n_foci": int(result.attrs.get("n_foci", self.n_foci)),
-                   "n_clusters": {k: int(len(v)) for k, v in tables.items()}}
+                   "n_clusters": {k: int(len(v)) for k, v in tables.items()},
+                   # What this run wrote, for readers of the folder (daskmeta report).
+                   "maps": result.map_names,
+                   "nulls": bool(result.null_distributions)}
         if self.diagnostics:
             summary["diagnostics"] = {k: int(len(v)) for k, v in diag_tables.items()}
         summary_path = output_path(out, self._name("summary.json"))
         text = json.dumps(summary, indent=1)
         atomic_write(summary_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         paths.append(summary_path)
+        if result.null_distributions:
+            # For `daskmeta report`, which reads the folder back (reports.load_result).
+            nulls = output_path(out, self._name("nulls.npz"))
+            atomic_write(nulls, lambda tmp: np.savez_compressed(
+                tmp, **{k: np.asarray(v) for k, v in result.null_distributions.items()}))
+            paths.append(nulls)
+        if self.report:
+            from daskmeta.reports import make_report
+
+            log("writing the HTML report")
+            paths.append(make_report(
+                result, out, atlas=self.atlas, filename=self._name("report.html"),
+                glass_brains=[(p.read_bytes(), title) for p, title in drawn] or None))
         return {"result": result, "paths": paths, "tables": tables}
 
     def _diagnose(self, result, log):
@@ -362,11 +382,12 @@ def prepare_cbma(estimator: str, data, out_dir, *, mask=None, fwhm=None, sample_
                  select=None, label_threshold: float = 0.001, figures: bool = True,
                  provenance: dict | None = None, diagnostics=(),
                  diag_threshold: float = DIAG_TARGET_THRESHOLD,
-                 diag_cluster_threshold: int = DIAG_CLUSTER_THRESHOLD) -> CBMAJob:
+                 diag_cluster_threshold: int = DIAG_CLUSTER_THRESHOLD, report: bool = False,
+                 atlas=None, atlas_labels=None) -> CBMAJob:
     """Check a coordinate-based meta-analysis without computing or writing anything.
 
-    Takes the arguments of :func:`run_cbma` (but ``log``), and ``provenance``: attributes
-    to add to the result (e.g. :func:`input_provenance` and the command line).
+    Takes the arguments of :func:`run_cbma` (but ``log``); the atlas and its labels are
+    read (and resampled to the mask) here, so a bad one fails before any work.
 
     Returns
     -------
@@ -439,13 +460,24 @@ def prepare_cbma(estimator: str, data, out_dir, *, mask=None, fwhm=None, sample_
             f"{margin:g} mm outside the mask (mask_margin={margin:g}) and would be dropped: "
             "nothing to analyse (are the coordinates MNI or Talairach mm? is the mask right?)"
         )
+    if not report and (atlas is not None or atlas_labels is not None):
+        raise DaskmetaError("an atlas labels the report's cluster tables: it needs the report")
+    atlas_obj = None
+    if atlas is not None or atlas_labels is not None:
+        from daskmeta.reports import Atlas
+
+        if atlas is None or atlas_labels is None:
+            raise DaskmetaError("give an atlas image and its labels together (--atlas and "
+                                "--atlas-labels)")
+        atlas_obj = Atlas(atlas, atlas_labels, space)
     return CBMAJob(estimator=est, data=data, out=out, fwe=fwe, corrector=corrector,
                    prefix=prefix, select=select, label_threshold=float(label_threshold),
                    figures=bool(figures), n_experiments=len(rows),
                    n_experiments_input=dataset.n_experiments, n_foci=kept,
                    n_foci_dropped=n_foci - kept, margin=margin, provenance=dict(provenance or {}),
                    diagnostics=diagnostics, diag_threshold=float(diag_threshold),
-                   diag_cluster_threshold=int(diag_cluster_threshold))
+                   diag_cluster_threshold=int(diag_cluster_threshold),
+                   report=bool(report), atlas=atlas_obj)
 
 
 def check_diagnostics(diagnostics, fwe: str, threshold, cluster_threshold) -> tuple:
@@ -485,7 +517,8 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
              select=None, label_threshold: float = 0.001, figures: bool = True,
              provenance: dict | None = None, diagnostics=(),
              diag_threshold: float = DIAG_TARGET_THRESHOLD,
-             diag_cluster_threshold: int = DIAG_CLUSTER_THRESHOLD, log=print) -> dict:
+             diag_cluster_threshold: int = DIAG_CLUSTER_THRESHOLD, report: bool = False,
+             atlas=None, atlas_labels=None, log=print) -> dict:
     """Fit a coordinate-based meta-analysis, correct it, and write everything to a folder.
 
     Everything is checked first (:func:`prepare_cbma`): a bad option, an empty selection or
@@ -501,7 +534,8 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
     out_dir : path-like
         Created if needed. Receives ``{prefix}_{map}.nii.gz`` maps, ``clusters.tsv``,
         ``{map}.png`` figures, ``provenance.json`` and ``summary.json`` (all with the
-        prefix), each written atomically. The table of the corrected map lists the
+        prefix), ``nulls.npz`` (the null distributions) and, with ``report``,
+        ``report.html``, each written atomically. The table of the corrected map lists the
         clusters (faces connectivity) of voxels with corrected p < 0.05 (read from the
         correction's p or logp map, not from its z map), with peaks in the uncorrected z;
         the table of ``z`` uses z > 3.09 (uncorrected p < 0.001).
@@ -532,6 +566,11 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
     diag_threshold, diag_cluster_threshold
         See ``diagnostics`` (NiMARE's workflow's ``voxel_thresh`` and
         ``cluster_threshold``).
+    report : bool
+        Also write the HTML report ``{prefix}_report.html`` (:mod:`daskmeta.reports`).
+    atlas, atlas_labels : optional
+        An atlas image and its region names, to label the report's cluster tables (see
+        :class:`daskmeta.reports.Atlas`).
     log : callable
         Receives progress lines.
 
@@ -546,5 +585,6 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
                        select=select, label_threshold=label_threshold, figures=figures,
                        provenance=provenance, diagnostics=diagnostics,
                        diag_threshold=diag_threshold,
-                       diag_cluster_threshold=diag_cluster_threshold)
+                       diag_cluster_threshold=diag_cluster_threshold, report=report,
+                       atlas=atlas, atlas_labels=atlas_labels)
     return job.run(log=log)

@@ -29,7 +29,8 @@ YAML = ROOT / "daskmeta" / "daskmeta.yaml"
 def test_defaults_come_from_the_yaml():
     on_disk = yaml.safe_load(YAML.read_text())
     assert config.DEFAULTS == on_disk
-    assert on_disk["daskmeta"] == {"chunk-size": 64, "fit-many": {"memory": "2GB"},
+    assert on_disk["daskmeta"] == {"progress": "auto", "chunk-size": 64,
+                                   "fit-many": {"memory": "2GB"},
                                    "montecarlo": {"batch-size": 100},
                                    "collection": {"rows-per-shard": 64},
                                    "cache-dir": None, "data-dir": None,
@@ -37,6 +38,7 @@ def test_defaults_come_from_the_yaml():
                                    "s3": {"endpoint-url": None, "region": None, "anon": False,
                                           "key": None, "secret": None, "lock-lease": 60}}
     assert config.get("chunk-size") == 64
+    assert config.get("progress") == "auto"
     assert config.get("fit-many.memory") == "2GB"
     assert config.get_bytes("fit-many.memory") == 2_000_000_000
     assert config.get("montecarlo.batch-size") == 100

@@ -15,7 +15,7 @@ import sys
 import warnings
 
 from daskmeta._version import __version__
-from daskmeta.cli import cbma, config, contrasts_extra, data, decode, ibma
+from daskmeta.cli import cbma, config, contrasts_extra, data, decode, ibma, report
 from daskmeta.cli._common import _format_warning, _one_line, _Parser
 from daskmeta.exceptions import DaskmetaError
 
@@ -24,7 +24,7 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main", "run"]
 #: The modules that define the commands: each has ``add_parsers(sub)``, whose parsers set a
 #: ``handler`` (called with the parsed arguments). A new command goes in one of them, or in
 #: a new module listed here.
-COMMAND_MODULES = (cbma, data, contrasts_extra, ibma, decode, config)
+COMMAND_MODULES = (cbma, data, contrasts_extra, ibma, decode, report, config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"daskmeta {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress lines of long operations on stderr (default: only "
+                             "when stderr is a terminal, or as the dask config "
+                             "daskmeta.progress says)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module in COMMAND_MODULES:
@@ -56,7 +60,13 @@ def main(argv=None) -> int:
     if not args.debug:
         warnings.formatwarning = _format_warning
     try:
-        args.handler(args)
+        if args.progress is None:
+            args.handler(args)
+        else:
+            import dask
+
+            with dask.config.set({"daskmeta.progress": bool(args.progress)}):
+                args.handler(args)
     except (DaskmetaError, OSError) as exc:  # the input, the options, unwritable output, ...
         if args.debug:
             raise

@@ -22,6 +22,7 @@ from daskmeta.cli._common import (
     _read_input,
     _report,
 )
+from daskmeta.cli.report import add_report_options, check_report_options
 from daskmeta.exceptions import DaskmetaError
 
 
@@ -41,6 +42,7 @@ def add_parsers(sub) -> None:
     d.add_argument("--n-iters", type=int, default=2000, help="Monte Carlo iterations (2000)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--mask", metavar="IMG", help="mask image (default: MNI152 2 mm brain mask)")
+    d.add_argument("--no-report", action="store_true", help="do not write report.html")
     _add_cluster_options(d)
     d.set_defaults(handler=_run_demo)
 
@@ -92,6 +94,7 @@ def _add_cbma_parser(sub, name, help_text):
                    help="prefix of every output file name (letters, digits, '_', '.', '+', "
                         "'=', '-'; no path separators)")
     p.add_argument("--no-figures", action="store_true", help="do not write PNG figures")
+    add_report_options(p)
     _add_space_option(p)
     _add_cluster_options(p)
     return p
@@ -117,6 +120,7 @@ def _run_cbma(args) -> None:
         figures=not args.no_figures,
         provenance={**input_provenance(args.input), "command_line": args.command_line},
         diagnostics=args.diagnostics or (), **_diag_options(args),
+        report=not args.no_report, atlas=args.atlas, atlas_labels=args.atlas_labels,
     )
     client = _client(args)
     _log(f"Dask: {_describe(client)}")
@@ -150,6 +154,7 @@ def _check_cbma_options(args, label_threshold: float) -> None:
         check_prefix(args.prefix, "--prefix")
     _check_diagnostics(args)
     _check_out(args.out)
+    check_report_options(args)
     _check_dask_options(args)
 
 
@@ -223,7 +228,8 @@ def _run_demo(args) -> None:
     _log(f"Dask: {_describe(client)}")
     out = run_cbma("ale", sim.dataset, out_dir, mask=space, fwe="montecarlo",
                    n_iters=args.n_iters, seed=args.seed, log=_log,
-                   provenance={"command_line": args.command_line})
+                   provenance={"command_line": args.command_line},
+                   report=not args.no_report)
     import pandas as pd
 
     sites = pd.DataFrame(sim.true_sites, columns=["x", "y", "z"])

@@ -225,7 +225,7 @@ def _run_ingest(args) -> None:
         dataset, kernel, store, mask=args.mask,
         mask_margin=DEFAULT_MASK_MARGIN if args.mask_margin is None else args.mask_margin,
         rows_per_shard=rows_per_shard,
-        sources=_ingest_sources(args.source), progress=True, overwrite=args.overwrite)
+        sources=_ingest_sources(args.source), progress=None, overwrite=args.overwrite)
     size = sum(_fs.sizes(store).values())
     attrs = collection.attrs
     _log(f"{collection.n_experiments} experiments ({attrs['n_foci']} foci) x "

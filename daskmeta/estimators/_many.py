@@ -81,8 +81,11 @@ def fit_many(estimator, collection, selections, label_threshold: float = 0.001, 
         ``dask.config`` setting ``daskmeta.fit-many.memory``, 2 GB unless set; e.g.
         ``dask.config.set({"daskmeta.fit-many.memory": "8GB"})`` or the environment
         variable ``DASK_DASKMETA__FIT_MANY__MEMORY=8GB``).
-    progress : callable, optional
-        Called with ``(n_done, n_total)`` after each group.
+    progress : bool or callable, optional
+        A callable is called with ``(n_done, n_total)`` selections after each group; True
+        or False show or hide a line of the selections done on standard error
+        (:mod:`daskmeta.progress`); None: as the Dask config ``daskmeta.progress`` says, by
+        default only when standard error is a terminal.
     overwrite : bool
         Replace what is at ``store`` (by default an existing path is an error).
 
@@ -157,6 +160,10 @@ def fit_many(estimator, collection, selections, label_threshold: float = 0.001, 
         out = None
     else:
         out = {k: np.empty((len(names), n_vox), dtype=_MANY_DTYPES[k]) for k in _MANY_DTYPES}
+    from daskmeta.progress import Progress
+
+    bar = None if callable(progress) else Progress("fit_many", len(names), "selections",
+                                                    progress)
     for g0 in range(0, len(names), group_size):
         g1 = min(g0 + group_size, len(names))
         results = _fit_group(estimator, collection, rows_of[g0:g1], weights_of[g0:g1],
@@ -166,8 +173,12 @@ def fit_many(estimator, collection, selections, label_threshold: float = 0.001, 
             for s0, maps in results:
                 for k in out:
                     out[k][g0 + s0:g0 + s0 + len(maps[k])] = maps[k]
-        if progress is not None:
+        if bar is not None:
+            bar.update(g1)
+        elif progress is not None:
             progress(g1, len(names))
+    if bar is not None:
+        bar.close()
     if store is not None:
         import zarr
 

@@ -10,7 +10,6 @@ with a worker is recomputed to the same numbers.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,6 +19,7 @@ import numpy as np
 from daskmeta.cluster import compute, scheduler_client
 from daskmeta.exceptions import DaskmetaError
 from daskmeta.montecarlo.models import NullModel, Summary
+from daskmeta.progress import Progress
 
 __all__ = ["DEFAULT_BATCH_SIZE", "MonteCarloNulls", "batch_bounds", "batch_seed",
            "default_batch_size", "null_to_p", "run_batch", "run_montecarlo",
@@ -182,25 +182,6 @@ def summed_keys(summary: Summary) -> tuple:
     return tuple(getattr(summary, "summed_keys", ()))
 
 
-class _Progress:
-    """``Monte Carlo: done/total batches`` on standard error, rewritten at most twice a
-    second (submission is lazy, so :func:`distributed.progress` has no fixed set to show)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.last = total, enabled, 0.0
-
-    def update(self, done: int, final: bool = False) -> None:
-        import time
-
-        now = time.monotonic()
-        if not self.enabled or (not final and now - self.last < 0.5):
-            return
-        self.last = now
-        end = "\n" if final else ""
-        print(f"\rMonte Carlo: {done}/{self.total} batches", end=end, file=sys.stderr,
-              flush=True)
-
-
 def _window(client) -> int:
     """Batches in flight at once: a few per worker thread (or core), never all of them."""
     import os
@@ -216,7 +197,7 @@ def _window(client) -> int:
 
 
 def _run_range(batches: range, submit, client, window: int, collector: _Collector,
-               progress: _Progress, on_batch) -> None:
+               progress: Progress, on_batch) -> None:
     """Run the batches of ``batches``, at most ``window`` in flight and none more than
     ``_AHEAD * window`` past the first batch not yet folded: memory does not grow with the
     number of batches."""
@@ -302,8 +283,9 @@ def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
         boundaries depend only on ``n_iters`` and ``batch_size``, so the result still only
         depends on the seed.
     progress : bool, optional
-        Show the batches done on standard error. None: only when standard error is a
-        terminal.
+        Show the batches done on standard error (:class:`daskmeta.progress.Progress`).
+        None: as the Dask config ``daskmeta.progress`` says, by default only when standard
+        error is a terminal.
     on_batch : callable, optional
         ``on_batch(batch_index, n_batches_done)``, called in the caller's thread as batches
         finish (under a Client, in completion order; otherwise after each round of
@@ -326,8 +308,6 @@ def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
     seed = int(seed)
     n_batches = -(-n_iters // batch_size)
     client = scheduler_client()
-    if progress is None:
-        progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
     token = dask.base.tokenize(model.token, summary.token)
     model_d = dask.delayed(model, name=f"montecarlo-model-{token}", traverse=False)
     summary_d = dask.delayed(summary, name=f"montecarlo-summary-{token}", traverse=False)
@@ -343,7 +323,7 @@ def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
                    dask_key_name=f"montecarlo-batch-{token}-{seed}-{batch_size}-{b}")
 
     collector = _Collector(summary)
-    bar = _Progress(n_batches, progress)
+    bar = Progress("Monte Carlo", n_batches, "batches", progress)
     window = _window(client)
     stopped = False
     rel_se: dict = {}
@@ -355,7 +335,8 @@ def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
             if all(v < early_stop for v in rel_se.values()):
                 stopped = True
                 break
-    bar.update(collector.n_batches, final=True)
+    bar.update(collector.n_batches)
+    bar.close()
     values = collector.values()
     if early_stop is not None and not stopped:
         rel_se = _relative_se(values, summary)
