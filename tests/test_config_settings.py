@@ -30,8 +30,8 @@ def _fresh(code: str, env: dict, tmp_path) -> str:
 
 def test_every_setting_has_its_variable_and_readme_documents_it():
     keys = [key for key, _, _ in config.settings()]
-    assert keys[:4] == ["daskmeta.chunk-size", "daskmeta.fit-many.memory",
-                        "daskmeta.montecarlo.batch-size", "daskmeta.collection.rows-per-shard"]
+    assert {"daskmeta.progress", "daskmeta.chunk-size", "daskmeta.fit-many.memory",
+            "daskmeta.montecarlo.batch-size", "daskmeta.collection.rows-per-shard"} <= set(keys)
     assert {"daskmeta.cache-dir", "daskmeta.data-dir", "daskmeta.scheduler-address",
             "daskmeta.s3.endpoint-url", "daskmeta.s3.region", "daskmeta.s3.anon",
             "daskmeta.s3.key", "daskmeta.s3.secret", "daskmeta.s3.lock-lease"} <= set(keys)
