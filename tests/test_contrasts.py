@@ -25,6 +25,12 @@ MAPS = ("chi2_desc-uniformity", "chi2_desc-association", "z_desc-association",
         "p_desc-association", "logp_desc-uniformity", "prob_desc-FgA", "chi2_desc-group2")
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Whole-collection counts cached in the test's folder, not the user's cache."""
+    monkeypatch.setenv("DASKMETA_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def _ids_with_foci(ds):
     present = set(ds.foci["id"])
     return [i for i in ds.ids if i in present]
