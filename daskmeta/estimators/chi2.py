@@ -21,6 +21,7 @@ import contextlib
 import os
 import tempfile
 import threading
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -58,8 +59,8 @@ def _read_cached_total(path: Path, key: str, n_voxels: int):
             if str(f["key"]) != key:
                 return None
             total = np.asarray(f["total"])
-    except (OSError, ValueError, KeyError):
-        return None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # missing, damaged or foreign: summed again
     if total.shape != (n_voxels,) or total.dtype != np.float64:
         return None
     return total
@@ -69,11 +70,14 @@ def _write_cached_total(path: Path, key: str, total: np.ndarray) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+    except OSError:  # a read-only cache: the in-memory copy still serves this process
+        return
+    try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, key=np.array(key), total=total)
         os.replace(tmp, path)
-    except OSError:  # a read-only cache: the in-memory copy still serves this process
-        with contextlib.suppress(OSError, UnboundLocalError):
+    except OSError:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
 
 
