@@ -85,11 +85,20 @@ def pack_block(block: np.ndarray, with_values: bool):
 
 @numba.njit(cache=True, nogil=True)
 def _add_runs(rows, run_ptr, starts, lengths, acc):
+    """``acc += `` the rows' counts: each run adds 1 at its start and -1 past its end of a
+    difference array, whose prefix sum is the counts (two updates per run instead of one
+    per voxel: MKDA runs are 7 voxels long on average)."""
+    n = acc.shape[0]
+    diff = np.zeros(n + 1, dtype=np.int32)
     for r in rows:
         for k in range(run_ptr[r], run_ptr[r + 1]):
             s = starts[k]
-            for t in range(lengths[k]):
-                acc[s + t] += 1
+            diff[s] += 1
+            diff[s + lengths[k]] -= 1
+    c = 0
+    for v in range(n):
+        c += diff[v]
+        acc[v] += c
 
 
 @numba.njit(cache=True, nogil=True)
