@@ -173,9 +173,15 @@ def test_bad_inputs(halves, store, pain_dataset):
 def test_permutation_null_with_observed_labels_gives_the_fit(chi2_result, store):
     model = chi2_result.estimator._null_model()
     stat = model.statistic_at()
+    fast = model._batch_statistic(model.observed)  # the compiled path of the batches
     for test in ("uniformity", "group2", "association"):
         np.testing.assert_array_equal(stat[test],
                                       chi2_result.get_map(f"chi2_desc-{test}", "array"))
+        np.testing.assert_array_equal(fast[test], stat[test])
+    drawn = model.draw(np.random.default_rng(1))
+    slow, fast = model.statistic(drawn), model._batch_statistic(drawn)
+    for test in slow:
+        np.testing.assert_array_equal(fast[test], slow[test])
     res = MKDAChi2().fit(store, select="topic")
     stat = res.estimator._null_model().statistic_at()
     np.testing.assert_array_equal(stat["association"],
