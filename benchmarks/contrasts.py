@@ -176,7 +176,7 @@ def main():
     parser.add_argument("--only", nargs="*", choices=["fit", "mc", "sub"])
     parser.add_argument("--mc-iters", type=int, default=1000)
     parser.add_argument("--mc-cluster-iters", type=int, default=200)
-    parser.add_argument("--sub-iters", type=int, default=1000)
+    parser.add_argument("--sub-iters", type=int, default=10000)
     parser.add_argument("--sub-nimare-iters", type=int, default=100)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--n-iters", type=int, default=0, help=argparse.SUPPRESS)
