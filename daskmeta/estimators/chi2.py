@@ -143,6 +143,7 @@ class Chi2Statistic:
     group-2 and association tests from the groups' sums (float32, as NiMARE's maps)."""
 
     token = "mkda-chi2"
+    non_negative = True
 
     def __call__(self, sum1, sum2, n1, n2):
         return {"uniformity": one_way(sum1, n1).astype(np.float32),
