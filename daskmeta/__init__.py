@@ -13,8 +13,11 @@ from daskmeta import config  # isort: skip
 from daskmeta import cluster, correct, estimators, io, simulate
 from daskmeta._version import __version__
 from daskmeta.collection import Collection
+from daskmeta.conjunction import conjunction
 from daskmeta.dataset import Dataset
 from daskmeta.exceptions import DaskmetaError, DaskmetaWarning, DatasetError, ParseError
+from daskmeta.imagestack import ImageStack
+from daskmeta.macm import macm
 from daskmeta.results import MetaResult
 from daskmeta.space import Space, mni2tal, tal2mni
 
@@ -25,14 +28,17 @@ __all__ = [
     "Collection",
     "cluster",
     "config",
+    "conjunction",
     "correct",
     "estimators",
     "io",
+    "macm",
     "simulate",
     "DaskmetaError",
     "DaskmetaWarning",
     "Dataset",
     "DatasetError",
+    "ImageStack",
     "MetaResult",
     "ParseError",
     "Space",

@@ -18,7 +18,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from daskmeta import _integrity
+from daskmeta import _fs, _integrity
 from daskmeta._rows import nearest_bin
 from daskmeta._verify import DATASET_FILE, META, PROGRESS, SHARDED, read_root
 from daskmeta.cluster import compute, scheduler_client
@@ -49,13 +49,14 @@ def hist_width(max_value: float, inv_step: float) -> int:
     return int(nearest_bin(float(max_value), float(inv_step))) + 1
 
 
-def _write_shard(store: str, plan, index: int, rows_per_shard: int, dtype: str,
+def _write_shard(store, plan, index: int, rows_per_shard: int, dtype: str,
                  hist_grid, generation: str | None = None) -> int:
     """Fill and write shard ``index`` of ``ma`` (and, with ``hist_grid = (inv_step,
     width)``, its rows' maxima and value histograms), then leave its marker: what the
     manifest will record of the shards (runs on a worker)."""
     import zarr
 
+    store = _fs.as_location(store)
     if generation is not None and (_integrity.root_attributes(store) or {}).get(
             "generation") != generation:
         raise DaskmetaError(f"{store}: the store was replaced during its build (another "
@@ -69,20 +70,43 @@ def _write_shard(store: str, plan, index: int, rows_per_shard: int, dtype: str,
         if overflow:
             raise DaskmetaError(f"{store}: MA values of shard {index} exceed the value "
                                 "histogram's range (a kernel bound is wrong)")
-        entries["ma_hist"] = write_shard(Path(store) / "ma_hist", index, hist)
-        zarr.open_array(store, path="ma_max", mode="r+")[start:stop] = row_max
-    entries["ma"] = write_shard(Path(store) / "ma", index, block.astype(dtype, copy=False))
-    marker = Path(store) / PROGRESS / f"{index:08d}.done"
-    tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(entries) if generation is not None else "")
-    os.replace(tmp, marker)
+        entries["ma_hist"] = write_shard(store / "ma_hist", index, hist)
+        zarr.open_array(_fs.zarr_store(store), path="ma_max", mode="r+")[start:stop] = row_max
+    entries["ma"] = write_shard(store / "ma", index, block.astype(dtype, copy=False))
+    marker = store / PROGRESS / f"{index:08d}.done"
+    _fs.replace_bytes(marker, (json.dumps(entries) if generation is not None else "").encode())
     return index
 
 
 
-def create_atomically(path: Path, dataset: Dataset, space: Space, attrs: dict) -> None:
+#: On an object store, the object a store's creation writes first and deletes last: a prefix
+#: holding it but no ``zarr.json`` is a creation that was killed, which the next build (holding
+#: the lock) deletes and starts again.
+CREATING = f"{META}/.creating"
+
+
+def create_atomically(path, dataset: Dataset, space: Space, attrs: dict) -> None:
     """Write the store's metadata, coordinates, mask and Dataset file next to ``path``,
-    then rename the directory into place: a killed build never leaves half a store."""
+    then rename the directory into place: a killed build never leaves half a store.
+
+    On an object store (no renames): made in a local temporary folder, then uploaded with
+    the root ``zarr.json`` last, between a :data:`CREATING` marker and its deletion.
+    """
+    if _fs.is_remote(path):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="daskmeta-create-") as tmp:
+            local = Path(tmp) / "store.zarr"
+            create(local, dataset, space, attrs)
+            ensure_dataset_file(local, dataset)
+            (path / CREATING).write_bytes(b"")
+            files = sorted(_fs.sizes(local))
+            fs = path.fs
+            fs.put([str(local / rel) for rel in files if rel != "zarr.json"],
+                   [f"{path.path}/{rel}" for rel in files if rel != "zarr.json"])
+            (path / "zarr.json").write_bytes((local / "zarr.json").read_bytes())
+            (path / CREATING).unlink(missing_ok=True)
+        return
     tmp = path.with_name(f".{path.name}.creating")
     shutil.rmtree(tmp, ignore_errors=True)  # left by a killed build (we hold the lock)
     try:
@@ -125,9 +149,17 @@ def create(path: Path, dataset: Dataset, space: Space, attrs: dict) -> None:
         "description": "daskmeta's files: dataset.zip (Dataset.save) and, while a build "
                        "runs, progress/ (one marker per written shard of ma)"})
 
-def ensure_dataset_file(path: Path, dataset: Dataset, replace: bool = False) -> None:
+def ensure_dataset_file(path, dataset: Dataset, replace: bool = False) -> None:
     """Write the Dataset file (atomically) if it is missing, or with ``replace``."""
     target = path / DATASET_FILE
+    if _fs.is_remote(path):
+        if replace or not target.exists():
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="daskmeta-dataset-") as tmp:
+                dataset.save(Path(tmp) / "dataset.zip")
+                target.write_bytes((Path(tmp) / "dataset.zip").read_bytes())
+        return
     if replace or not target.exists():
         target.parent.mkdir(exist_ok=True)
         tmp = target.with_name("dataset.zip.tmp")
@@ -142,8 +174,9 @@ def fill(path: Path, plan, n_rows: int, rows_per_unit: int, dtype: str, hist_gri
     marker_dir.mkdir(parents=True, exist_ok=True)
     done = markers(path, generation)
     todo = [c for c in range(n_chunks) if c not in done]
-    # Shards half-written by a killed build (never renamed into place).
-    for array in ("ma", "ma_hist"):
+    # Shards half-written by a killed build (never renamed into place; an object store
+    # writes whole objects).
+    for array in ("ma", "ma_hist") if not _fs.is_remote(path) else ():
         for tmp in (path / array).rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
     if not todo:
@@ -152,7 +185,7 @@ def fill(path: Path, plan, n_rows: int, rows_per_unit: int, dtype: str, hist_gri
     write = dask.delayed(_write_shard, pure=True)
     # Keys unique per store path: two builds on one cluster must not share tasks.
     tag = hashlib.sha1(f"{path.resolve()} {generation}".encode()).hexdigest()[:10]
-    tasks = [write(str(path), plan_d, c, rows_per_unit, dtype, hist_grid, generation,
+    tasks = [write(_fs.portable(path), plan_d, c, rows_per_unit, dtype, hist_grid, generation,
                    dask_key_name=f"write-{path.name}-{tag}-{c}") for c in todo]
     client = scheduler_client()
     if client is not None and progress:
@@ -176,7 +209,7 @@ def markers(path: Path, generation: str | None) -> dict:
     empty marker, of a build of an earlier format). Markers of another generation are
     removed (their shards are written again)."""
     done = {}
-    for marker in (Path(path) / PROGRESS).glob("*.done"):
+    for marker in (_fs.as_location(path) / PROGRESS).glob("*.done"):
         try:
             shard = int(marker.stem)
             text = marker.read_text()
@@ -197,7 +230,7 @@ def write_manifest(path: Path, n_rows: int, rows_per_shard: int, generation: str
     Shards come from the markers the build's tasks left; a shard with an empty marker (or
     none) is read from disk.
     """
-    path = Path(path)
+    path = _fs.as_location(path)
     done = markers(path, generation)
     n_shards = -(-n_rows // rows_per_shard)
     sharded = {}
@@ -209,18 +242,14 @@ def write_manifest(path: Path, n_rows: int, rows_per_shard: int, generation: str
                    for c in range(n_shards)]
         sharded[name] = _integrity.ShardTable.from_entries(rows_per_shard, n_rows, entries)
     files = {}
-    for folder, subfolders, names in os.walk(path):
-        rel_folder = Path(folder).relative_to(path)
-        if rel_folder.as_posix() == PROGRESS:
-            subfolders[:] = []
+    for rel in sorted(_fs.sizes(path)):
+        name = rel.rsplit("/", 1)[-1]
+        top, _, rest = rel.partition("/")
+        if (rel.startswith(PROGRESS + "/") or name.startswith(".")
+                or rel in ("zarr.json", _integrity.MANIFEST)
+                or (top in sharded and rest != "zarr.json")):
             continue
-        for name in names:
-            rel = (rel_folder / name).as_posix()
-            top, _, rest = rel.partition("/")
-            if (name.startswith(".") or rel in ("zarr.json", _integrity.MANIFEST)
-                    or (top in sharded and rest != "zarr.json")):
-                continue
-            files[rel] = _integrity.file_entry(path / rel)
+        files[rel] = _integrity.file_entry(path / rel)
     key = _integrity.shard_key(path / "ma_max")
     for c in range(n_shards):  # chunks zarr left unwritten (all fill value)
         files.setdefault(f"ma_max/{key(c)}", {"absent": True})

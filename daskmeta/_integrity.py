@@ -39,6 +39,24 @@ whole build (and removed at its end): a second build of the same path fails at o
 filesystems; on network filesystems it may be unsupported (a warning says so, and the
 build goes on unprotected) or local to one machine (NFS without lock support, some FUSE
 filesystems): do not run two builds of one store at once there.
+
+On S3 (``s3://bucket/NAME.zarr``) the lock is a *lease*: the object ``.NAME.lock`` next to
+the store, created only if absent (a conditional PUT, ``If-None-Match: *``), holding its
+owner's token and an expiry time ``daskmeta.s3.lock-lease`` seconds (default 60) ahead,
+which the build renews every third of the lease by a PUT conditional on the lock's ETag
+(``If-Match``). A second build finds the lock and fails at once ("another build ... is
+running"), unless its lease has expired -- a killed build stops renewing it -- and then takes
+it over with a PUT conditional on the ETag it read, so of two builds that race for an expired
+lock exactly one wins. Guarantees: two live builds never both hold the lock, provided the
+machines' clocks agree to well within the lease and a build is never stalled longer than the
+lease. Should a build stall that long anyway, the build that takes its lease over resumes
+the same store: both then write the same bytes (same dataset, kernel and generation) to the
+shards they share, and the stalled build, finding at its next renewal that its lease is gone,
+stops with an error before it writes the manifest or marks the store complete; a takeover
+with ``overwrite`` makes a new generation, which the stalled build's tasks refuse to write
+into. A killed build's store can be resumed once its lease expires. The lock is
+deleted when the build ends. Needs an S3 server with conditional writes (AWS since 2024,
+MinIO, moto); other fsspec protocols build without a lock, with a warning.
 """
 
 from __future__ import annotations
@@ -53,6 +71,7 @@ from pathlib import Path
 
 import numpy as np
 
+from daskmeta import _fs
 from daskmeta.exceptions import DaskmetaError, DaskmetaWarning
 
 __all__ = ["MANIFEST", "DamagedStoreError", "Manifest", "build_lock", "crc32c", "file_entry", "pin",
@@ -80,7 +99,7 @@ def crc32c(data: bytes) -> int:
 def file_entry(path) -> dict:
     """``{"size", "crc32c"}`` of a file, or ``{"absent": True}`` if there is none."""
     try:
-        data = Path(path).read_bytes()
+        data = _fs.as_location(path).read_bytes()
     except FileNotFoundError:
         return {"absent": True}
     return {"size": len(data), "crc32c": crc32c(data)}
@@ -159,13 +178,7 @@ class Manifest:
                            "identity": self.identity, "files": self.files,
                            "sharded": {k: t.to_json() for k, t in self.sharded.items()}},
                           sort_keys=True, separators=(",", ":")).encode()
-        target = Path(root) / MANIFEST
-        tmp = target.with_name(f".manifest.json.{os.getpid()}.tmp")
-        try:
-            tmp.write_bytes(_HEAD % crc32c(body) + body + b"}")
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _fs.replace_bytes(_fs.as_location(root) / MANIFEST, _HEAD % crc32c(body) + body + b"}")
 
     @classmethod
     def read(cls, file) -> Manifest:
@@ -177,7 +190,7 @@ class Manifest:
             If it is unreadable or damaged (its checksum does not match its body).
         """
         try:
-            raw = Path(file).read_bytes()
+            raw = _fs.as_location(file).read_bytes()
         except OSError as exc:
             raise DaskmetaError(f"{file}: cannot read the store's manifest ({exc})") from None
         body = raw[_HEAD_LEN:-1]
@@ -202,55 +215,46 @@ _root_attrs: dict[str, tuple] = {}  # store root -> (stat key of zarr.json, attr
 _pinned: dict[str, str] = {}  # store root -> generation opened last in this process
 
 
-def _stat_key(file: str):
-    try:
-        st = os.stat(file)
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
 def current(root, fresh: bool = False) -> Manifest | None:
     """The manifest of the store at ``root`` now (re-read only when its file changed, or
     with ``fresh``), or None if it has none."""
-    root = os.path.abspath(root)
-    file = os.path.join(root, MANIFEST)
-    key = _stat_key(file)
+    root = _fs.as_location(root)
+    file = root / MANIFEST
+    key = _fs.stamp(file)
     if key is None:
         return None
-    hit = _manifests.get(root)
+    hit = _manifests.get(_fs.key(root))
     if hit is not None and hit[0] == key and not fresh:
         return hit[1]
     manifest = Manifest.read(file)
     with _lock:
-        _manifests[root] = (key, manifest)
+        _manifests[_fs.key(root)] = (key, manifest)
     return manifest
 
 
 def root_attributes(root) -> dict | None:
     """The attributes in the store's ``zarr.json`` (cached until it changes), or None."""
-    root = os.path.abspath(root)
-    file = os.path.join(root, "zarr.json")
-    key = _stat_key(file)
+    root = _fs.as_location(root)
+    file = root / "zarr.json"
+    key = _fs.stamp(file)
     if key is None:
         return None
-    hit = _root_attrs.get(root)
+    hit = _root_attrs.get(_fs.key(root))
     if hit is not None and hit[0] == key:
         return hit[1]
     try:
-        with open(file, "rb") as fh:
-            attrs = json.loads(fh.read()).get("attributes") or {}
+        attrs = json.loads(file.read_bytes()).get("attributes") or {}
     except (OSError, ValueError, AttributeError) as exc:
         raise DaskmetaError(f"{file}: not valid Zarr metadata ({exc})") from None
     with _lock:
-        _root_attrs[root] = (key, attrs)
+        _root_attrs[_fs.key(root)] = (key, attrs)
     return attrs
 
 
 def pin(root, generation: str | None) -> None:
     """Make ``generation`` the one reads of the store at ``root`` in this process expect
     (Collection.open does); None forgets it."""
-    root = os.path.abspath(root)
+    root = _fs.key(_fs.as_location(root))
     with _lock:
         if generation is None:
             _pinned.pop(root, None)
@@ -272,15 +276,16 @@ def table_for(array_path, generation: str | None = None):
         If the store changed since it was opened, or a store that should have a manifest has
         none.
     """
-    root, name = os.path.split(os.path.abspath(array_path))
-    expected = generation if generation is not None else _pinned.get(root)
+    location = _fs.as_location(array_path)
+    root, name = location.parent, location.name
+    expected = generation if generation is not None else _pinned.get(_fs.key(root))
     manifest = current(root)
     if manifest is None:
         if expected is not None:
             raise store_changed(root)
         attrs = root_attributes(root)
         if attrs and attrs.get("generation") and attrs.get("complete"):
-            raise damaged(os.path.join(root, MANIFEST), "missing (this store's format has a "
+            raise damaged(root / MANIFEST, "missing (this store's format has a "
                           "manifest)", root)
         return None, name
     if expected is not None and manifest.generation != expected:
@@ -296,9 +301,17 @@ def check_open(root: Path, attrs: dict, manifest: Manifest) -> list[str]:
         problems.append(f"{root / MANIFEST}: belongs to another build (generation "
                         f"{manifest.generation}; the store's is {attrs.get('generation')})")
     problems += identity_problems(attrs, manifest)
+    # On an object store, one listing gives every size (instead of a request per file).
+    listed = _fs.sizes(root) if _fs.is_remote(root) else None
+
+    def size_of(file):
+        if listed is None:
+            return None
+        return listed.get(file.relative_to(root).as_posix(), -1)
+
     for rel, entry in manifest.files.items():
         file = root / rel
-        problem = _size_problem(file, entry)
+        problem = _size_problem(file, entry, size_of(file))
         if problem is None and (rel.endswith("zarr.json") or rel.endswith(".zip")):
             problem = _checksum_problem(file, entry)
         if problem is not None:
@@ -308,7 +321,8 @@ def check_open(root: Path, attrs: dict, manifest: Manifest) -> list[str]:
         for index in range(len(table.shard_size)):
             size, _ = table.shard(index)
             file = root / name / key(index)
-            problem = _size_problem(file, {"absent": True} if size is None else {"size": size})
+            problem = _size_problem(file, {"absent": True} if size is None else {"size": size},
+                                    size_of(file))
             if problem is not None:
                 problems.append(f"{file}: shard {index} of array {name!r}: {problem}")
     return problems
@@ -326,9 +340,13 @@ def _same_value(a, b) -> bool:
     return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
 
 
-def _size_problem(file: Path, entry: dict) -> str | None:
+def _size_problem(file: Path, entry: dict, size: int | None = None) -> str | None:
+    """``size``: the file's size if known (-1: no such file), else it is asked for."""
     try:
-        size = os.stat(file).st_size
+        if size is None:
+            size = os.stat(file).st_size if not _fs.is_remote(file) else file.stat().st_size
+        if size < 0:
+            raise FileNotFoundError(str(file))
     except FileNotFoundError:
         return None if entry.get("absent") else (
             f"missing (the build wrote {entry.get('size')} bytes)")
@@ -364,7 +382,7 @@ def shard_key(array_path: Path):
     """The chunk key ``i -> 'c/i/0...'`` of an array from its zarr.json (daskmeta's own
     arrays use the default encoding)."""
     try:
-        meta = json.loads((Path(array_path) / "zarr.json").read_text())
+        meta = json.loads((_fs.as_location(array_path) / "zarr.json").read_text())
         encoding = meta["chunk_key_encoding"]
         sep = encoding.get("configuration", {}).get("separator", "/")
         prefix = f"c{sep}" if encoding["name"] == "default" else ""
@@ -375,16 +393,25 @@ def shard_key(array_path: Path):
 
 
 # -- writers: the build lock --------------------------------------------------------------------
+def _held() -> None:
+    """A lock that cannot be lost while held (``flock``)."""
+
+
 @contextlib.contextmanager
 def build_lock(path: Path):
     """Hold the build lock of the store at ``path`` (``.NAME.lock`` next to it) for the
-    block; the lock file is removed at its end.
+    block; the lock file is removed at its end. Yields ``check()``, which raises if the lock
+    was lost (an S3 lease taken over after a stall): call it before completing the store.
 
     Raises
     ------
     DaskmetaError
         If another build of the store holds it.
     """
+    if _fs.is_remote(path):
+        with _object_store_lock(_fs.as_location(path)) as check:
+            yield check
+        return
     import fcntl
 
     path = Path(path)
@@ -422,13 +449,106 @@ def build_lock(path: Path):
             break
         os.close(fd)
     if fd is None:
-        yield
+        yield _held
         return
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        yield
+        yield _held
     finally:
         with contextlib.suppress(OSError):
             os.unlink(lock)  # while holding it: a build that locked it then starts again
         os.close(fd)
+
+
+def _s3_put(lock, body: bytes, **condition) -> str:
+    """PUT ``body`` as the lock object under an ``If-None-Match`` / ``If-Match`` condition;
+    its new ETag, or None if the condition failed."""
+    fs = lock.fs
+    bucket, key, _ = fs.split_path(lock.path)
+    try:
+        response = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body, **condition)
+    except (FileExistsError, OSError) as exc:
+        text = str(exc)
+        if isinstance(exc, FileExistsError) or "pre-condition" in text or "Precondition" in text \
+                or "412" in text or "ConditionalRequestConflict" in text:
+            return None
+        raise DaskmetaError(f"{lock}: cannot write the build lock ({exc})") from None
+    return response.get("ETag")
+
+
+@contextlib.contextmanager
+def _object_store_lock(path):
+    """The build lock of a store on S3: a lease (see the module's description)."""
+    import secrets
+    import socket
+    import time
+
+    from daskmeta.config import lock_lease
+
+    lock = path.with_name(f".{path.name}.lock")
+    if lock.protocol not in ("s3", "s3a"):
+        warnings.warn(f"{lock}: builds on {lock.protocol}:// are not locked; a concurrent "
+                      f"build of {path} would not be detected", DaskmetaWarning, stacklevel=4)
+        yield _held
+        return
+    lease = lock_lease()
+    owner = secrets.token_hex(8)
+
+    def body() -> bytes:
+        return json.dumps({"owner": owner, "host": socket.gethostname(), "pid": os.getpid(),
+                           "expires": time.time() + lease}).encode()
+
+    def busy(until: float) -> DaskmetaError:
+        left = max(0.0, until - time.time())
+        return DaskmetaError(f"another build of {path} is running (it holds {lock}, its lease "
+                             f"runs {left:.0f} s more); wait for it to finish, or stop it (a "
+                             "killed build's lock can be taken over when its lease ends)")
+
+    etag = _s3_put(lock, body(), IfNoneMatch="*")
+    if etag is None:  # held: by a live build, or by a killed one whose lease ran out
+        try:
+            info = lock.fs.info(lock.path)
+            held = json.loads(lock.fs.cat_file(lock.path))
+            until = float(held["expires"])
+        except FileNotFoundError:  # released meanwhile: try once more
+            etag, until, info = _s3_put(lock, body(), IfNoneMatch="*"), time.time(), {}
+        except (ValueError, KeyError, TypeError):
+            until, info = 0.0, lock.fs.info(lock.path)  # unreadable: treat as expired
+        if etag is None:
+            if until > time.time():
+                raise busy(until)
+            etag = _s3_put(lock, body(), IfMatch=info.get("ETag"))
+            if etag is None:  # another build took it over first
+                raise busy(time.time() + lease)
+    state = {"etag": etag, "lost": False}
+    stop = threading.Event()
+
+    def renew():
+        while not stop.wait(lease / 3):
+            new = _s3_put(lock, body(), IfMatch=state["etag"])
+            if new is None:
+                state["lost"] = True
+                return
+            state["etag"] = new
+
+    thread = threading.Thread(target=renew, name=f"daskmeta-lease-{path.name}", daemon=True)
+    thread.start()
+
+    def check() -> None:
+        if state["lost"]:
+            raise DaskmetaError(f"{path}: this build lost its lock {lock} (its lease was not "
+                                "renewed in time and another build took it over); that "
+                                "build finishes the store")
+
+    try:
+        yield check
+        check()
+    finally:
+        stop.set()
+        thread.join()
+        if not state["lost"]:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                held = json.loads(lock.fs.cat_file(lock.path))
+                if held.get("owner") == owner:
+                    lock.fs.rm_file(lock.path)

@@ -7,8 +7,9 @@ compiled code goes to a directory of its own, one per daskmeta version, so every
 the first loads it instead of compiling again:
 
 1. ``$DASKMETA_CACHE_DIR``, else
-2. ``$XDG_CACHE_HOME/daskmeta/numba-<version>``, else
-3. ``~/.cache/daskmeta/numba-<version>``.
+2. the dask config setting ``daskmeta.cache-dir`` (``DASK_DASKMETA__CACHE_DIR``), else
+3. ``$XDG_CACHE_HOME/daskmeta/numba-<version>``, else
+4. ``~/.cache/daskmeta/numba-<version>``.
 
 ``$NUMBA_CACHE_DIR`` (numba's own setting) takes precedence over all of this, for daskmeta and
 every other numba user. This module is imported first by ``daskmeta/__init__.py`` and runs
@@ -45,6 +46,10 @@ def _writable(directory: Path) -> bool:
 def default_dir() -> Path:
     """The per-version cache directory used when the package cannot be written to."""
     chosen = os.environ.get("DASKMETA_CACHE_DIR")
+    if not chosen:
+        import dask.config  # the user's YAML files and DASK_* variables (not yet our defaults)
+
+        chosen = dask.config.get("daskmeta.cache-dir", None)
     if chosen:
         return Path(chosen).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")

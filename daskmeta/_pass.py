@@ -24,6 +24,7 @@ import dask
 import numpy as np
 from scipy import sparse
 
+from daskmeta import _fs
 from daskmeta._combine import combine_rows
 from daskmeta._rows import add_rows_by_selection
 from daskmeta.cluster import compute, scheduler_client, tree_sum
@@ -199,7 +200,7 @@ class StoredRows:
     thread's scratch block."""
 
     def __init__(self, collection, chunk_size: int = 64):
-        self.array_path = str(collection.path / "ma")
+        self.array_path = _fs.portable(collection.path / "ma")
         self.n_voxels = collection.space.n_voxels
         self.dtype = np.dtype(collection.attrs["dtype"])
         self.chunk_size = int(chunk_size)

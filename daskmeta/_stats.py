@@ -103,3 +103,64 @@ def p_to_logp(p) -> np.ndarray:
     p = np.clip(np.array(p, dtype=np.float32), np.nextafter(np.float32(0), np.float32(1)),
                 np.float32(1))
     return -np.log10(p)
+
+
+# --------------------------------------------------------------------------------------------
+# t and z tails in log space (NiMARE 0.22.1's transforms, for image-based meta-analysis)
+# --------------------------------------------------------------------------------------------
+_LOG2 = np.log(2.0)
+_SQRT2 = np.sqrt(2.0)
+
+
+def _log_erfc(y) -> np.ndarray:
+    """log(erfc(y)), finite where erfc underflows (NiMARE's ``_log_erfc``)."""
+    shape = np.shape(y)
+    y = np.atleast_1d(np.asarray(y, dtype=float))
+    tail = special.erfc(y)
+    with np.errstate(divide="ignore"):
+        out = np.log(tail)
+    underflowed = tail < np.finfo(float).tiny
+    if underflowed.any():
+        out[underflowed] = _LOG2 + special.log_ndtr(-y[underflowed] * _SQRT2)
+    return out.reshape(shape)
+
+
+def z_to_nlogp(z, tail: str = "two") -> np.ndarray:
+    """Natural log of the p-value of z (NiMARE's ``z_to_nlogp``)."""
+    z = np.asarray(z, dtype=float)
+    if tail == "two":
+        return _log_erfc(np.abs(z) / _SQRT2)
+    return _log_erfc(z / _SQRT2) - _LOG2
+
+
+def _log_t_power_law(dof):
+    return (special.gammaln((dof + 1) / 2.0) - special.gammaln(dof / 2.0)
+            - 0.5 * np.log(np.pi) + ((dof - 2) / 2.0) * np.log(dof))
+
+
+def log_t_sf(t, dof) -> np.ndarray:
+    """log(sf(t)) of the t distribution, finite where SciPy's underflows (NiMARE's)."""
+    from scipy import stats  # imported on use: scipy.stats costs a command's start-up
+
+    shape = np.shape(t)
+    t = np.atleast_1d(np.asarray(t, dtype=float))
+    with np.errstate(divide="ignore"):
+        out = np.asarray(stats.t.logsf(t, dof), dtype=float).copy()
+    underflowed = ~np.isfinite(out) & np.isfinite(t) & (t > 0)
+    if underflowed.any():
+        out[underflowed] = _log_t_power_law(dof) - dof * np.log(t[underflowed])
+    return out.reshape(shape)
+
+
+def t_to_nlogp(t, dof, tail: str = "two") -> np.ndarray:
+    """Natural log of the p-value of t with ``dof`` degrees of freedom (NiMARE's)."""
+    t = np.asarray(t, dtype=float)
+    nlogp = _LOG2 + log_t_sf(np.abs(t), dof) if tail == "two" else log_t_sf(t, dof)
+    return np.minimum(nlogp, 0.0)
+
+
+def t_to_z(t, dof) -> np.ndarray:
+    """z-values of t-values, sign kept, tails in log space (NiMARE's ``t_to_z``)."""
+    t = np.asarray(t, dtype=float)
+    nlogp = t_to_nlogp(np.abs(t), dof, tail="one")
+    return np.sign(t) * nlogp_to_z(nlogp, tail="one") + 0.0

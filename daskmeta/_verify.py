@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daskmeta import _integrity
+from daskmeta import _fs, _integrity
 from daskmeta.dataset import Dataset
 from daskmeta.exceptions import DaskmetaError
 from daskmeta.storage import ShardedRows, scratch_rows
@@ -40,7 +40,7 @@ def read_root(path: Path) -> dict:
     DaskmetaError
         If there is no ``zarr.json``, or it is not valid Zarr group metadata.
     """
-    file = Path(path) / "zarr.json"
+    file = _fs.as_location(path) / "zarr.json"
     try:
         meta = json.loads(file.read_bytes())
         attrs = meta.get("attributes", {})
@@ -48,6 +48,8 @@ def read_root(path: Path) -> dict:
             raise ValueError("not the metadata of a Zarr group")
     except FileNotFoundError:
         raise DaskmetaError(f"{path} is not a daskmeta collection store (no zarr.json)") from None
+    except DaskmetaError:  # an object store that cannot be reached
+        raise
     except (OSError, ValueError, AttributeError) as exc:
         raise DaskmetaError(f"{file}: not valid Zarr metadata ({exc})") from None
     return attrs
@@ -80,10 +82,11 @@ def open_zarr(path: Path):
     file at fault where one is."""
     import xarray as xr
 
+    path = _fs.as_location(path)
     try:
-        return xr.open_zarr(path, consolidated=False)
+        return xr.open_zarr(_fs.zarr_store(path), consolidated=False)
     except Exception as exc:
-        for meta in sorted(Path(path).glob("*/zarr.json")):
+        for meta in sorted(path.glob("*/zarr.json"), key=str):
             try:
                 json.loads(meta.read_bytes())
             except (OSError, ValueError) as bad:
@@ -100,7 +103,15 @@ def load_dataset(path: Path, attrs: dict, check: bool) -> Dataset:
     if not file.exists() and (path / "dataset.zip").exists():
         file = path / "dataset.zip"  # stores of daskmeta 0.1.0 before the sub-group
     try:
-        dataset = Dataset.load(file)
+        if _fs.is_remote(file):  # Dataset.load reads a local zip
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / "dataset.zip"
+                local.write_bytes(file.read_bytes())
+                dataset = Dataset.load(local)
+        else:
+            dataset = Dataset.load(file)
     except DaskmetaError:
         raise
     except Exception as exc:  # a damaged zip, ...
@@ -130,7 +141,7 @@ def verify(store) -> list[str]:
         One line per problem, each naming the file or attribute; empty if the store is
         sound.
     """
-    path = Path(store)
+    path = _fs.as_location(store)
     try:
         attrs = read_root(path)
     except DaskmetaError as exc:
@@ -203,7 +214,8 @@ def _mask_problems(path: Path, attrs: dict) -> list[str]:
     from daskmeta.space import Space
 
     try:
-        mask = np.asarray(zarr.open_array(str(path / "mask"), mode="r")[:], dtype=np.uint8)
+        mask = np.asarray(zarr.open_array(_fs.zarr_store(path / "mask"), mode="r")[:],
+                          dtype=np.uint8)
         space = Space(nib.Nifti1Image(mask, np.asarray(attrs["affine"], dtype=float)))
     except Exception as exc:  # zarr's errors, a missing or wrong affine
         return [f"{path / 'mask'}: cannot read the stored mask ({type(exc).__name__}: {exc})"]

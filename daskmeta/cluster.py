@@ -37,8 +37,9 @@ def get_client(address: str | None = None, n_workers: int | None = None,
                timeout: str = "10s", processes: bool = True, **kwargs):
     """Return a distributed Client.
 
-    In order: ``address`` (a scheduler such as ``tcp://127.0.0.1:8786``), else the
-    ``DASK_SCHEDULER_ADDRESS`` environment variable, else an already active Client, else a new
+    In order: ``address`` (a scheduler such as ``tcp://127.0.0.1:8786``), else the dask config
+    setting ``daskmeta.scheduler-address``, else the ``DASK_SCHEDULER_ADDRESS`` environment
+    variable (:func:`daskmeta.config.scheduler_address`), else an already active Client, else a new
     embedded :class:`distributed.LocalCluster`, closed when the interpreter exits: of
     ``n_workers`` single-threaded worker processes (default: the number of cores, at most 4),
     or with ``processes=False`` of one worker in this process with a thread per core (no
@@ -72,7 +73,9 @@ def get_client(address: str | None = None, n_workers: int | None = None,
     """
     from distributed import Client, LocalCluster
 
-    address = address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    from daskmeta.config import scheduler_address
+
+    address, _ = scheduler_address(address)
     if address:
         try:
             client = Client(address, timeout=timeout)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import shutil
 import warnings
@@ -44,8 +43,9 @@ import numpy as np
 import xarray as xr
 from scipy import sparse
 
-from daskmeta import _integrity
+from daskmeta import _fs, _integrity
 from daskmeta._build import (
+    CREATING,
     create_atomically,
     ensure_dataset_file,
     fill,
@@ -98,6 +98,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _root_identity(path):
+    """Which ``zarr.json`` file the store's root is (its inode, or its object's ETag)."""
+    stamp = _fs.stamp(path / "zarr.json")
+    return None if stamp is None else stamp[0]
+
+
 def _same_identity(key: str, stored, requested) -> bool:
     if key == "kernel_params" and isinstance(stored, str):
         # Compare values, not their spelling: r=10 and r=10.0 are the same kernel.
@@ -143,7 +149,7 @@ class Collection:
         self.kernel = kernel
         self.mask_margin = float(data.attrs["mask_margin"])
         self.generation = data.attrs.get("generation")
-        self._root_ino = os.stat(path / "zarr.json").st_ino
+        self._root_ino = _root_identity(path)
         self._row_of = {i: r for r, i in enumerate(dataset.ids)}
 
     # -- building --------------------------------------------------------------------------
@@ -159,8 +165,10 @@ class Collection:
         dataset : Dataset
         kernel : Kernel
             e.g. ``MKDAKernel(r=10)`` or ``ALEKernel(sample_size=20)``.
-        store : path-like
-            A directory (created), e.g. ``neurosynth-mkda.zarr``.
+        store : path-like or str
+            A directory (created), e.g. ``neurosynth-mkda.zarr``, or an fsspec URL such as
+            ``s3://bucket/neurosynth-mkda.zarr`` (the ``s3`` extra; the ``daskmeta.s3``
+            settings give its endpoint and credentials).
         mask : str, image or Space, optional
             Analysis mask (default: the package's MNI152 2 mm brain mask).
         mask_margin : float
@@ -190,7 +198,10 @@ class Collection:
         """
         from daskmeta.space import resolve_space
 
-        path = Path(store)
+        path = _fs.as_location(store)
+        if isinstance(path, _fs.RemotePath) and "/" not in path.path:
+            raise DaskmetaError(f"{path}: a store needs a name inside the bucket, e.g. "
+                                f"{path}/neurosynth-mkda.zarr")
         space = resolve_space(mask)
         if not (isinstance(rows_per_shard, int | np.integer) and rows_per_shard > 0):
             raise DaskmetaError(f"rows_per_shard must be a positive integer; got "
@@ -209,22 +220,29 @@ class Collection:
         }
         if not overwrite and _complete_as_requested(path, identity):
             return cls.open(path)  # nothing to write: no lock (the store may be read-only)
-        with _integrity.build_lock(path):
+        with _integrity.build_lock(path) as still_held:
             return cls._build_locked(path, dataset, kernel, space, identity, rows_per_shard,
-                                     sources, progress, overwrite)
+                                     sources, progress, overwrite, still_held)
 
     @classmethod
     def _build_locked(cls, path: Path, dataset: Dataset, kernel, space: Space, identity: dict,
                       rows_per_shard: int, sources, progress: bool,
-                      overwrite: bool) -> Collection:
+                      overwrite: bool, still_held=lambda: None) -> Collection:
         """:meth:`build`, holding the store's build lock."""
-        if overwrite and path.exists():
+        remote = _fs.is_remote(path)
+        if remote and not (path / "zarr.json").exists() and (path / CREATING).exists():
+            _fs.rmtree(path)  # a creation that was killed before its zarr.json
+        if overwrite and remote:
+            _fs.rmtree(path)
+        elif overwrite and path.exists():
             if path.is_dir():
                 shutil.rmtree(path)
             else:
                 path.unlink()
-        if path.exists() and not path.is_dir():
+        if path.exists() and not path.is_dir() and not remote:
             raise DaskmetaError(f"{path} exists and is a file, not a daskmeta collection store")
+        if remote and path.is_file():
+            raise DaskmetaError(f"{path} is an object, not a daskmeta collection store")
         existing = read_root(path) if (path / "zarr.json").exists() else None
         if existing is not None:
             if existing.get("format") != FORMAT:
@@ -274,13 +292,15 @@ class Collection:
         generation = attrs.get("generation")
         fill(path, plan, dataset.n_experiments, unit, attrs["dtype"], hist_grid, progress,
              generation)
+        still_held()  # a lost lease: another build finishes the store
         if verifiable(attrs):
             write_manifest(path, dataset.n_experiments, unit, generation)
         import zarr
 
-        group = zarr.open_group(path, mode="r+")
+        still_held()
+        group = zarr.open_group(_fs.zarr_store(path), mode="r+")
         group.attrs["complete"] = True
-        shutil.rmtree(path / _PROGRESS, ignore_errors=True)
+        _fs.rmtree(path / _PROGRESS)
         return cls.open(path)
 
 
@@ -306,7 +326,7 @@ class Collection:
         DaskmetaWarning
             For a store of format 1-3, which has no manifest: it cannot be verified.
         """
-        path = Path(store)
+        path = _fs.as_location(store)
         attrs = read_root(path)
         if attrs.get("format") != FORMAT:
             raise DaskmetaError(f"{path} is a Zarr store but not a daskmeta collection")
@@ -361,7 +381,7 @@ class Collection:
                 raise _integrity.store_changed(self.path)
             return
         try:
-            same = os.stat(self.path / "zarr.json").st_ino == self._root_ino
+            same = _root_identity(self.path) == self._root_ino
         except OSError:
             same = False
         if not same:
@@ -424,8 +444,10 @@ class Collection:
         self._check_current()
         attrs = self.attrs
         try:
-            stamp = (self.path / "ma" / "zarr.json").stat().st_mtime_ns
+            stamp = _fs.stamp(self.path / "ma" / "zarr.json")
         except OSError:
+            stamp = None
+        if stamp is None:
             raise _integrity.store_changed(self.path) from None
         return dask.base.tokenize(str(self.path), attrs["kernel"], attrs["kernel_params"],
                                   attrs["mask_hash"], attrs["dataset_fingerprint"],
@@ -449,7 +471,7 @@ class Collection:
         index = self.row_indices(ids)
         n_vox = self.space.n_voxels
         stored = np.dtype(self.attrs["dtype"])
-        array_path = str(self.path / "ma")
+        array_path = _fs.portable(self.path / "ma")
         stamp = self.content_token()
         read = dask.delayed(read_rows, pure=True)
         blocks = []

@@ -262,9 +262,12 @@ class FWECorrector:
                 "result has none (results read back from files keep no estimator)"
             )
         want = result.attrs.get("input_hash")
-        dataset = getattr(est, "dataset_", None)
-        have = getattr(est, "input_hash_", None) or (
-            dataset.fingerprint() if want is not None and dataset is not None else None)
+        have = None
+        if want is not None:  # what the snapshot was fitted on: a hash, an image stack, foci
+            have = getattr(est, "input_hash_", None)
+            for source in ("stack_", "dataset_"):
+                if have is None and getattr(est, source, None) is not None:
+                    have = getattr(est, source).fingerprint()
         if want is not None and have is not None and want != have:
             raise DaskmetaError(
                 "the result's estimator snapshot does not match the result's input (a result "
@@ -272,8 +275,8 @@ class FWECorrector:
             )
         own = getattr(est, "_correct_fwe_montecarlo", None)
         if own is not None:
-            # Contrasts (MKDAChi2, ALESubtraction) correct their own maps, as NiMARE's
-            # estimators with a correct_fwe_montecarlo of their own do.
+            # Contrasts (MKDAChi2, ALESubtraction) and PermutedOLS correct their own maps, as
+            # NiMARE's estimators with a correct_fwe_montecarlo of their own do.
             return own(result, self)
         if "stat" not in result.map_names:
             raise DaskmetaError("Monte Carlo FWE correction needs the result's 'stat' map")
@@ -338,6 +341,28 @@ class FWECorrector:
                 "cluster-forming threshold; use vfwe_only=True for voxel-level correction only"
             )
         return float(nullhist_to_threshold(weights, bins, float(self.voxel_thresh)))
+
+
+def own_null_voxel_fwe(corrector: FWECorrector, result: MetaResult, est) -> MetaResult:
+    """Voxel-level Monte Carlo FWE from an estimator's own null of the maximum statistic
+    (PermutedOLS's sign flips, as NiMARE's ``correct_fwe_montecarlo``): ``est._fwe_montecarlo``
+    returns the maps, the null maxima and the run."""
+    if corrector.early_stop is not None:
+        raise DaskmetaError(f"early_stop is not offered for {type(est).__name__}'s Monte "
+                            "Carlo correction; leave it None")
+    maps, h0, mc = est._fwe_montecarlo(result, corrector.n_iters, corrector.seed,
+                                       corrector.batch_size, corrector.progress)
+    suffix = "_corr-FWE_method-montecarlo"
+    out = result.copy()
+    out.add_maps({f"{k}{suffix}": v for k, v in maps.items()}, attrs={
+        "fwe_montecarlo_n_iters": int(corrector.n_iters),
+        "fwe_montecarlo_n_iters_run": int(mc.n_iters_run),
+        "fwe_montecarlo_seed": int(mc.seed),
+        "fwe_montecarlo_batch_size": int(mc.batch_size),
+        "fwe_montecarlo_vfwe_only": True,
+        "fwe_montecarlo_statistic": "max_z_signflip",
+    }, nulls={_VOXEL_NULL: h0})
+    return out
 
 
 def _statistic_name(model) -> str:

@@ -62,6 +62,16 @@ def precompile(log=None) -> float:
                 coll = Collection.build(dataset, kernel, Path(tmp) / f"{name}.zarr")
                 cls(kernel_transformer=kernel).fit(coll, select=dataset.ids[:4])
                 log(f"{cls.__name__}: collection build and fit ({time.perf_counter() - t:.1f} s)")
+            import numpy as np
+
+            from daskmeta.decode import CorrelationDecoder
+
+            t = time.perf_counter()
+            held = np.zeros((dataset.n_experiments, 1))
+            held[: dataset.n_experiments // 2] = 1.0
+            CorrelationDecoder(fwe_iters=2).fit(coll, label_matrix=held,
+                                                label_names=["precompile__half"])
+            log(f"CorrelationDecoder: model and FWE ({time.perf_counter() - t:.1f} s)")
     return time.perf_counter() - t0
 
 

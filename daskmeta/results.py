@@ -136,19 +136,27 @@ class MetaResult:
         The fitted estimator (correctors use it).
     null_distributions : dict, optional
         Null distributions (arrays), e.g. ``histweights_corr-none_method-approximate``.
+    tables : dict of str to pandas.DataFrame, optional
+        Named tables, e.g. the diagnostics' contribution tables
+        (``<map>_diag-Jackknife_tab-counts_tail-positive``), as NiMARE's ``tables``.
 
     Attributes
     ----------
     maps : xarray.Dataset
         One variable per map over the ``voxel`` dimension, with ``x_mm``, ``y_mm``, ``z_mm``
         coordinates.
+    tables : dict of str to pandas.DataFrame
+        Named tables (kept by :meth:`copy` and the corrections, written by
+        :meth:`save_tables`).
     """
 
     def __init__(self, maps: dict, space: Space, attrs: dict | None = None, estimator=None,
-                 null_distributions: dict | None = None):
+                 null_distributions: dict | None = None, tables: dict | None = None):
         self.space = space
         self.estimator = estimator
         self.null_distributions = dict(null_distributions or {})
+        self.tables: dict = {}
+        self.add_tables(tables or {})
         xyz = space.voxel_xyz
         coords = {"x_mm": ("voxel", xyz[:, 0]), "y_mm": ("voxel", xyz[:, 1]),
                   "z_mm": ("voxel", xyz[:, 2])}
@@ -188,11 +196,23 @@ class MetaResult:
         return self.space.to_img(vec)
 
     def copy(self) -> MetaResult:
-        """A copy sharing the estimator; maps and nulls are copied."""
+        """A copy sharing the estimator; maps, nulls and tables are copied."""
         new = MetaResult({k: v.copy() for k, v in ((n, self._vector(n)) for n in self.map_names)},
                          self.space, dict(self.attrs), self.estimator,
-                         {k: np.copy(v) for k, v in self.null_distributions.items()})
+                         {k: np.copy(v) for k, v in self.null_distributions.items()},
+                         {k: v.copy() for k, v in self.tables.items()})
         return new
+
+    def add_tables(self, tables: dict):
+        """Add named tables (pandas DataFrames) in place; used by diagnostics on a copy."""
+        for name, table in tables.items():
+            if not isinstance(name, str) or not name:
+                raise DaskmetaError(f"table names are non-empty strings; got {name!r}")
+            if not isinstance(table, pd.DataFrame):
+                raise DaskmetaError(f"table {name!r} is a {type(table).__name__}; expected a "
+                                    "pandas DataFrame")
+            self.tables[name] = table
+        return self
 
     def add_maps(self, maps: dict, attrs: dict | None = None, nulls: dict | None = None):
         """Add maps (and attributes, nulls) in place; used by correctors on a copy."""
@@ -207,7 +227,8 @@ class MetaResult:
 
     def __repr__(self) -> str:
         est = self.attrs.get("estimator", "?")
-        return f"MetaResult({est}, maps=[{', '.join(self.map_names)}])"
+        tables = f", tables=[{', '.join(self.tables)}]" if self.tables else ""
+        return f"MetaResult({est}, maps=[{', '.join(self.map_names)}]{tables})"
 
     # -- exports ---------------------------------------------------------------------------
     def save_maps(self, output_dir=".", prefix: str = "", names=None) -> list[Path]:
@@ -229,6 +250,26 @@ class MetaResult:
             atomic_write(target, lambda tmp, img=img: img.to_filename(str(tmp)))
         return targets
 
+    def save_tables(self, output_dir=".", prefix: str = "", names=None) -> list[Path]:
+        """Write tables as tab-separated files ``{prefix}_{name}.tsv`` (``{name}.tsv`` without
+        a prefix; NiMARE's naming), without the index, atomically as :meth:`save_maps`.
+
+        Returns the written paths.
+        """
+        out = Path(output_dir)
+        names = list(self.tables if names is None else names)
+        missing = [n for n in names if n not in self.tables]
+        if missing:
+            raise DaskmetaError(f"no table named {missing[0]!r}; available: "
+                                f"{', '.join(self.tables) or 'none'}")
+        targets = [output_path(out, f"{prefix}_{name}.tsv" if prefix else f"{name}.tsv")
+                   for name in names]
+        out.mkdir(parents=True, exist_ok=True)
+        for name, target in zip(names, targets, strict=True):
+            table = self.tables[name]
+            atomic_write(target, lambda tmp, t=table: t.to_csv(tmp, sep="\t", index=False))
+        return targets
+
     def save_provenance(self, path) -> Path:
         """Write the attributes (parameters, provenance) as JSON (atomically)."""
         path = Path(path)
@@ -245,7 +286,8 @@ class MetaResult:
         not a string, a float or an integer of 32 bits (the affine, the mask's shape, a
         64-bit seed, True/False, None) are stored as JSON text, and the attribute
         ``daskmeta_json_attrs`` lists them; :func:`decode_attrs` gives the attributes back
-        as :attr:`attrs` holds them."""
+        as :attr:`attrs` holds them. :attr:`tables` are not part of it (write them with
+        :meth:`save_tables`)."""
         aff = self.space.affine
         if not np.allclose(aff[:3, :3], np.diag(np.diag(aff[:3, :3]))):
             raise DaskmetaError("to_xarray needs an axis-aligned (diagonal) affine")
@@ -310,9 +352,11 @@ class MetaResult:
                   connectivity: int = DEFAULT_CONNECTIVITY, two_sided: bool = False,
                   peak_map: str | None = None, alpha: float | None = None,
                   return_labels: bool = False):
-        """Cluster table of a map (see :func:`cluster_table`).
+        """Cluster table of a map (see :func:`cluster_table`), or a stored table.
 
-        Two rules decide which voxels form clusters:
+        A ``name`` of :attr:`tables` (e.g. a diagnostic's
+        ``<map>_diag-Jackknife_tab-counts_tail-positive``) gives a copy of that table; the
+        other parameters then do not apply. For a map, two rules decide which voxels form clusters:
 
         - ``threshold``: voxels whose value in ``name`` is > ``threshold`` (and
           < -``threshold`` when ``two_sided``); the default for uncorrected maps, at 3.1.
@@ -348,6 +392,11 @@ class MetaResult:
         -------
         pandas.DataFrame, or (DataFrame, ndarray) with ``return_labels``
         """
+        if name in self.tables and name not in self.maps:
+            if threshold is not None or alpha is not None or return_labels:
+                raise DaskmetaError(f"{name!r} is a stored table; threshold, alpha and "
+                                    "return_labels apply only to maps")
+            return self.tables[name].copy()
         if threshold is not None and alpha is not None:
             raise DaskmetaError("give get_table a threshold or an alpha, not both")
         if threshold is None and alpha is None:

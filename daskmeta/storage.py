@@ -8,7 +8,8 @@ millisecond per chunk and far more through orthogonal indexing) and writes a sha
 per inner chunk, so :class:`ShardedRows` does both itself: per shard, an index of the rows'
 (offset, size) pairs, crc32c-protected, after the rows' compressed bytes. It understands
 exactly the layout daskmeta writes (sharding codec; inner ``bytes`` plus optional ``blosc``;
-index ``bytes`` plus ``crc32c``; a local directory store) and says so with
+index ``bytes`` plus ``crc32c``; a local directory or an fsspec URL such as
+``s3://bucket/store.zarr/ma``, read with ranged requests) and says so with
 :meth:`ShardedRows.open` returning ``None`` for anything else, in which case callers go
 through zarr. What it writes, zarr reads (tested).
 
@@ -24,13 +25,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from daskmeta import _integrity
+from daskmeta import _fs, _integrity
 from daskmeta.exceptions import DaskmetaError
 
 __all__ = ["ShardedRows", "read_rows", "read_vector", "scratch_rows", "write_shard"]
@@ -63,7 +63,7 @@ class ShardedRows:
     @classmethod
     def open(cls, path) -> ShardedRows | None:
         """A reader for the array in directory ``path``, or ``None`` if its layout differs."""
-        path = Path(path)
+        path = _fs.as_location(path)
         try:
             meta = json.loads((path / "zarr.json").read_text())
         except (OSError, ValueError):
@@ -132,7 +132,7 @@ class ShardedRows:
             raise self._damaged(shard, f"truncated ({size} bytes, shorter than its index of "
                                 f"{self._index_nbytes})")
         start = size - self._index_nbytes if self._index_at_end else 0
-        raw = os.pread(fh.fileno(), self._index_nbytes, start)
+        raw = fh.pread(self._index_nbytes, start)
         body, crc = raw[:-_CRC_BYTES], raw[-_CRC_BYTES:]
         if len(raw) != self._index_nbytes or (
                 np.uint32(_integrity.crc32c(body)).tobytes() != crc):
@@ -167,7 +167,7 @@ class ShardedRows:
             shard = int(rows[group[0]] // self.rows_per_shard)
             size, written = (None, None) if expect is None else expect.shard(shard)
             try:
-                fh = open(self.path / self._key(shard), "rb")
+                fh = _fs.open_ranged(self.path / self._key(shard))
             except FileNotFoundError:
                 if expect is not None and size is not None:
                     raise self._damaged(shard, f"missing (the build wrote {size} bytes)"
@@ -186,7 +186,7 @@ class ShardedRows:
     def _read_shard(self, fh, shard, rows, group, out, size, written, expect) -> None:
         from numcodecs import blosc
 
-        actual = os.fstat(fh.fileno()).st_size
+        actual = fh.size
         if expect is not None and actual != size:
             what = ("should not exist (the build wrote no such shard)" if size is None else
                     f"{actual} bytes; the build wrote {size} (truncated, replaced or swapped)")
@@ -194,9 +194,11 @@ class ShardedRows:
         index = self._shard_index(fh, shard, actual).tolist()
         written = None if expect is None else written.tolist()
         row_nbytes = self.shape[1] * self.dtype.itemsize
+        wanted = []  # (k, offset, nbytes, crc) of the stored rows to read
         for k in group:
             r = int(rows[k] % self.rows_per_shard)
             offset, nbytes = index[r]
+            crc = None
             if expect is not None:
                 n_written, crc = written[r]
                 stored = offset != _MISSING
@@ -206,7 +208,10 @@ class ShardedRows:
             if offset == _MISSING:
                 out[k] = self.fill_value
                 continue
-            data = os.pread(fh.fileno(), nbytes, offset)
+            wanted.append((k, offset, nbytes, crc))
+        # One read per row (concurrent requests on an object store).
+        datas = fh.preads([(offset, nbytes) for _, offset, nbytes, _ in wanted])
+        for (k, _, nbytes, crc), data in zip(wanted, datas):
             if len(data) != nbytes:
                 raise self._damaged(shard, "truncated")
             if expect is not None and _integrity.crc32c(data) != crc:
@@ -235,17 +240,16 @@ class ShardedRows:
         n_rows = min(self.rows_per_shard, self.shape[0] - shard * self.rows_per_shard)
         table = np.zeros((n_rows, 2), dtype="<u4")
         try:
-            fh = open(file, "rb")
+            fh = _fs.open_ranged(file)
         except FileNotFoundError:
             return {"absent": True, "rows": _b64(table)}
         with fh:
-            size = os.fstat(fh.fileno()).st_size
+            size = fh.size
             index = self._shard_index(fh, shard, size)
-            for r in range(n_rows):
-                offset, nbytes = index[r]
-                if offset != _MISSING:
-                    table[r] = nbytes, _integrity.crc32c(os.pread(fh.fileno(), int(nbytes),
-                                                                  int(offset)))
+            stored = [r for r in range(n_rows) if index[r][0] != _MISSING]
+            datas = fh.preads([(int(index[r][0]), int(index[r][1])) for r in stored])
+            for r, data in zip(stored, datas):
+                table[r] = index[r][1], _integrity.crc32c(data)
         return {"size": size, "rows": _b64(table)}
 
     def write_shard(self, shard: int, block: np.ndarray) -> dict:
@@ -288,15 +292,7 @@ class ShardedRows:
         body = index.tobytes()
         index_bytes = body + np.uint32(_integrity.crc32c(body)).astype("<u4").tobytes()
         parts = parts + [index_bytes] if self._index_at_end else [index_bytes] + parts
-        file = self.path / self._key(shard)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.writelines(parts)
-            os.replace(tmp, file)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _fs.replace_bytes(self.path / self._key(shard), parts)
         return {"size": sum(len(p) for p in parts), "rows": _b64(table)}
 
 
@@ -339,41 +335,44 @@ def _little_endian(codec: dict, dtype: np.dtype) -> bool:
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_layout(path: str, stamp: float) -> ShardedRows | None:
+def _cached_layout(path, stamp) -> ShardedRows | None:
     return ShardedRows.open(path)
 
 
-def _layout(array_path: str) -> ShardedRows | None:
-    """The :class:`ShardedRows` of a local array (cached until its metadata changes), or
-    None (another layout, or not a local directory: go through zarr)."""
+def _layout(array_path) -> ShardedRows | None:
+    """The :class:`ShardedRows` of an array (cached until its metadata changes), or None
+    (another layout, or no metadata: go through zarr)."""
+    location = _fs.as_location(array_path)
     try:
-        stamp = os.stat(os.path.join(array_path, "zarr.json")).st_mtime_ns
+        stamp = _fs.stamp(location / "zarr.json")
     except OSError:
         return None
-    return _cached_layout(array_path, stamp)
+    if stamp is None:
+        return None
+    return _cached_layout(location, stamp)
 
 
 def write_shard(array_path, shard: int, block: np.ndarray) -> dict | None:
     """Write ``block`` as shard ``shard`` of the sharded 2-D Zarr array at ``array_path``:
     directly in daskmeta's layout (:meth:`ShardedRows.write_shard`, returning what a
     manifest records of it), through zarr for any other (returning None)."""
-    layout = _layout(str(array_path))
+    layout = _layout(array_path)
     if layout is not None:
         return layout.write_shard(shard, block)
     import zarr
 
-    array = zarr.open_array(array_path, mode="r+")
+    array = zarr.open_array(_fs.zarr_store(_fs.as_location(array_path)), mode="r+")
     rows = array.shards[0] if array.shards is not None else array.chunks[0]
     array[shard * rows:shard * rows + len(block)] = block
     return None
 
 
-def _through_zarr(array_path: str, read):
+def _through_zarr(array_path, read):
     """``read(zarr array)``, its errors as one-line DaskmetaErrors naming the array."""
     import zarr
 
     try:
-        return read(zarr.open_array(array_path, mode="r"))
+        return read(zarr.open_array(_fs.zarr_store(_fs.as_location(array_path)), mode="r"))
     except DaskmetaError:
         raise
     except Exception as exc:  # zarr's errors: JSON, codecs, missing metadata, ...
@@ -390,7 +389,7 @@ def _rebuilt_is_changed(array_path, manifest):
         yield
     except DaskmetaError:
         if manifest is not None:
-            root = Path(array_path).parent
+            root = _fs.as_location(array_path).parent
             try:
                 now = _integrity.current(root)
             except DaskmetaError:
@@ -400,9 +399,10 @@ def _rebuilt_is_changed(array_path, manifest):
         raise
 
 
-def _unverifiable(array_path: str) -> DaskmetaError:
-    return _integrity.damaged(Path(array_path) / "zarr.json", "not the layout the build "
-                              "wrote (its rows cannot be checked)", Path(array_path).parent)
+def _unverifiable(array_path) -> DaskmetaError:
+    location = _fs.as_location(array_path)
+    return _integrity.damaged(location / "zarr.json", "not the layout the build "
+                              "wrote (its rows cannot be checked)", location.parent)
 
 
 def read_rows(array_path, rows, out: np.ndarray | None = None, *,
@@ -419,7 +419,7 @@ def read_rows(array_path, rows, out: np.ndarray | None = None, *,
     DaskmetaError
         If the store changed since it was opened, or a row is not what the build wrote.
     """
-    array_path = str(array_path)
+    array_path = _fs.as_location(array_path)
     manifest, name = _integrity.table_for(array_path, generation)
     expect = None if manifest is None else manifest.sharded.get(name)
     reader = _layout(array_path)
@@ -457,7 +457,7 @@ def read_vector(array_path, *, generation: str | None = None) -> np.ndarray:
     in a local directory, and through zarr otherwise. In a collection store each chunk file
     is checked against the manifest (as :func:`read_rows`).
     """
-    path = Path(array_path)
+    path = _fs.as_location(array_path)
     manifest, name = _integrity.table_for(path, generation)
     try:
         meta = json.loads((path / "zarr.json").read_text())
@@ -470,8 +470,8 @@ def read_vector(array_path, *, generation: str | None = None) -> np.ndarray:
     if layout is None:
         if recorded:
             with _rebuilt_is_changed(path, manifest):
-                raise _unverifiable(str(path))
-        return _through_zarr(str(path), lambda array: array[:])
+                raise _unverifiable(path)
+        return _through_zarr(path, lambda array: array[:])
     with _rebuilt_is_changed(path, manifest):
         return _read_chunks(path, name, layout, recorded)
 
@@ -479,11 +479,20 @@ def read_vector(array_path, *, generation: str | None = None) -> np.ndarray:
 def _read_chunks(path: Path, name: str, layout, recorded) -> np.ndarray:
     n, chunk, dtype, codec, key, fill = layout
     out = np.empty(-(-n // chunk) * chunk, dtype=dtype)
+    fetched = None
+    if isinstance(path, _fs.RemotePath):  # every chunk in concurrent requests
+        names = [f"{path.path}/{key(i)}" for i in range(len(out) // chunk)]
+        fetched = path.fs.cat(names, on_error="omit")
     for i in range(len(out) // chunk):
         file = path / key(i)
         entry = None if recorded is None else recorded.get(key(i), {"absent": True})
         try:
-            raw = file.read_bytes()
+            if fetched is None:
+                raw = file.read_bytes()
+            elif f"{path.path}/{key(i)}" in fetched:
+                raw = fetched[f"{path.path}/{key(i)}"]
+            else:
+                raise FileNotFoundError(str(file))
         except FileNotFoundError:
             if entry is not None and not entry.get("absent"):
                 raise _integrity.damaged(file, f"chunk {i} of array {name!r}: missing",

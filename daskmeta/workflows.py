@@ -22,7 +22,7 @@ from daskmeta.exceptions import DaskmetaError, DatasetError
 from daskmeta.results import atomic_write, output_path
 
 __all__ = ["run_cbma", "prepare_cbma", "CBMAJob", "ESTIMATORS", "check_prefix",
-           "input_provenance", "MAX_KERNEL_MM"]
+           "check_diagnostics", "input_provenance", "MAX_KERNEL_MM"]
 
 ESTIMATORS = ("ale", "mkda", "kda")
 
@@ -31,6 +31,10 @@ _ALPHA = 0.05
 #: Largest ALE FWHM and (M)KDA radius accepted, in mm: wider kernels cover the whole brain
 #: (and a radius of 1e9 mm would need more memory than exists).
 MAX_KERNEL_MM = 100.0
+#: NiMARE's CBMA workflow's defaults for its diagnostics: the corrected z map thresholded at
+#: 1.65 (``voxel_thresh``), clusters of at least 10 voxels (``cluster_threshold``).
+DIAG_TARGET_THRESHOLD = 1.65
+DIAG_CLUSTER_THRESHOLD = 10
 #: A prefix: a letter, digit or underscore, then those, '.', '+', '=' or '-'; no '..'.
 _PREFIX = re.compile(r"\w[\w.+=-]*")
 _MAX_PREFIX = 100
@@ -164,6 +168,14 @@ def input_provenance(path) -> dict:
         ``input_path`` (absolute), ``input_sha256`` and ``input_sha256_of`` (what was
         hashed).
     """
+    from daskmeta import _fs
+
+    if _fs.is_remote(path):  # a collection store on object storage
+        location = _fs.as_location(path)
+        return {"input_path": str(location),
+                "input_sha256": hashlib.sha256((location / "zarr.json").read_bytes()
+                                               ).hexdigest(),
+                "input_sha256_of": "the collection store's zarr.json (its provenance)"}
     p = Path(path).resolve()
     out = {"input_path": str(p)}
     if p.is_file():
@@ -204,6 +216,9 @@ class CBMAJob:
     n_foci_dropped: int
     margin: float
     provenance: dict = field(default_factory=dict)
+    diagnostics: tuple = ()
+    diag_threshold: float = DIAG_TARGET_THRESHOLD
+    diag_cluster_threshold: int = DIAG_CLUSTER_THRESHOLD
 
     def _name(self, name: str) -> str:
         return f"{self.prefix}_{name}" if self.prefix else name
@@ -258,7 +273,12 @@ class CBMAJob:
             result.attrs.setdefault("label_threshold", float(self.label_threshold))
         out = self.out
         out.mkdir(parents=True, exist_ok=True)
+        diag_tables = {}
+        if self.diagnostics:
+            result = self._diagnose(result, log)
+            diag_tables = dict(result.tables)
         paths = result.save_maps(out, prefix=self.prefix)
+        paths += result.save_tables(out, prefix=self.prefix)
         tables = {}
         if table_map is not None:
             # Clusters that survive correction (corrected p < 0.05), with their peaks in the
@@ -296,18 +316,53 @@ class CBMAJob:
         summary = {"n_experiments": int(result.attrs.get("n_experiments", self.n_experiments)),
                    "n_foci": int(result.attrs.get("n_foci", self.n_foci)),
                    "n_clusters": {k: int(len(v)) for k, v in tables.items()}}
+        if self.diagnostics:
+            summary["diagnostics"] = {k: int(len(v)) for k, v in diag_tables.items()}
         summary_path = output_path(out, self._name("summary.json"))
         text = json.dumps(summary, indent=1)
         atomic_write(summary_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         paths.append(summary_path)
         return {"result": result, "paths": paths, "tables": tables}
 
+    def _diagnose(self, result, log):
+        """NiMARE's workflow: each diagnostic on the corrected z map(s) (the cluster-mass
+        map of a Monte Carlo correction), thresholded at :attr:`diag_threshold` with
+        clusters of at least :attr:`diag_cluster_threshold` voxels."""
+        import warnings
+
+        from daskmeta.diagnostics import DIAGNOSTICS
+        from daskmeta.exceptions import DaskmetaWarning
+
+        mods = ["_desc-mass", "_corr-"] if self.fwe == "montecarlo" else ["_corr-"]
+        targets = [n for n in result.map_names
+                   if n.startswith("z_") and all(m in n for m in mods)]
+        if not targets:
+            raise DaskmetaError(f"no corrected z map ({' and '.join(mods)}) to diagnose; "
+                                f"maps: {', '.join(result.map_names)}")
+        for target in targets:
+            for name in self.diagnostics:
+                diag = DIAGNOSTICS[name](target_image=target,
+                                         target_threshold=self.diag_threshold,
+                                         cluster_threshold=self.diag_cluster_threshold)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", DaskmetaWarning)
+                    result = diag.transform(result)
+                for w in caught:
+                    log(str(w.message))
+                for table in [t for t in result.tables if t.startswith(
+                        f"{target}_diag-{type(diag).__name__}_tab-counts")]:
+                    shape = result.tables[table].shape
+                    log(f"{table}: {shape[0]} experiments x {shape[1] - 1} clusters")
+        return result
+
 
 def prepare_cbma(estimator: str, data, out_dir, *, mask=None, fwhm=None, sample_size=None,
                  r=None, weighting=None, fwe: str = "montecarlo", n_iters: int = 10000,
                  voxel_thresh: float = 0.001, seed: int | None = None, prefix: str = "",
                  select=None, label_threshold: float = 0.001, figures: bool = True,
-                 provenance: dict | None = None) -> CBMAJob:
+                 provenance: dict | None = None, diagnostics=(),
+                 diag_threshold: float = DIAG_TARGET_THRESHOLD,
+                 diag_cluster_threshold: int = DIAG_CLUSTER_THRESHOLD) -> CBMAJob:
     """Check a coordinate-based meta-analysis without computing or writing anything.
 
     Takes the arguments of :func:`run_cbma` (but ``log``), and ``provenance``: attributes
@@ -333,6 +388,7 @@ def prepare_cbma(estimator: str, data, out_dir, *, mask=None, fwhm=None, sample_
 
     if fwe not in ("montecarlo", "bonferroni", "none"):
         raise DaskmetaError(f"fwe must be montecarlo, bonferroni or none; got {fwe!r}")
+    diagnostics = check_diagnostics(diagnostics, fwe, diag_threshold, diag_cluster_threshold)
     prefix = check_prefix(prefix)
     if (isinstance(label_threshold, bool) or not isinstance(label_threshold, numbers.Real)
             or not math.isfinite(label_threshold)):
@@ -387,14 +443,49 @@ def prepare_cbma(estimator: str, data, out_dir, *, mask=None, fwhm=None, sample_
                    prefix=prefix, select=select, label_threshold=float(label_threshold),
                    figures=bool(figures), n_experiments=len(rows),
                    n_experiments_input=dataset.n_experiments, n_foci=kept,
-                   n_foci_dropped=n_foci - kept, margin=margin, provenance=dict(provenance or {}))
+                   n_foci_dropped=n_foci - kept, margin=margin, provenance=dict(provenance or {}),
+                   diagnostics=diagnostics, diag_threshold=float(diag_threshold),
+                   diag_cluster_threshold=int(diag_cluster_threshold))
+
+
+def check_diagnostics(diagnostics, fwe: str, threshold, cluster_threshold) -> tuple:
+    """The diagnostics to run (names of :data:`daskmeta.diagnostics.DIAGNOSTICS`, each
+    once, in order), checked: known names, a correction to give them a corrected map, and
+    a threshold >= 0 and a whole number of voxels >= 0."""
+    from daskmeta.diagnostics import DIAGNOSTICS
+
+    if isinstance(diagnostics, str):
+        diagnostics = [diagnostics]
+    names = []
+    for item in diagnostics or ():
+        for name in str(item).split(","):
+            name = name.strip().lower()
+            if name not in DIAGNOSTICS:
+                raise DaskmetaError(f"unknown diagnostic {name!r}; allowed: "
+                                    f"{', '.join(DIAGNOSTICS)}")
+            if name not in names:
+                names.append(name)
+    if names and fwe == "none":
+        raise DaskmetaError("diagnostics characterise the clusters of a corrected map; with "
+                            "fwe='none' there is none (use montecarlo or bonferroni)")
+    if (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
+            or not (math.isfinite(threshold) and threshold >= 0)):
+        raise DaskmetaError(f"the diagnostics' target threshold must be a number >= 0; got "
+                            f"{threshold!r}")
+    if (isinstance(cluster_threshold, bool) or not isinstance(cluster_threshold, numbers.Integral)
+            or cluster_threshold < 0):
+        raise DaskmetaError(f"the diagnostics' cluster threshold must be a whole number of "
+                            f"voxels >= 0; got {cluster_threshold!r}")
+    return tuple(names)
 
 
 def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_size=None,
              r=None, weighting=None, fwe: str = "montecarlo", n_iters: int = 10000,
              voxel_thresh: float = 0.001, seed: int | None = None, prefix: str = "",
              select=None, label_threshold: float = 0.001, figures: bool = True,
-             provenance: dict | None = None, log=print) -> dict:
+             provenance: dict | None = None, diagnostics=(),
+             diag_threshold: float = DIAG_TARGET_THRESHOLD,
+             diag_cluster_threshold: int = DIAG_CLUSTER_THRESHOLD, log=print) -> dict:
     """Fit a coordinate-based meta-analysis, correct it, and write everything to a folder.
 
     Everything is checked first (:func:`prepare_cbma`): a bad option, an empty selection or
@@ -432,6 +523,15 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
     provenance : dict, optional
         Attributes added to the result and its ``provenance.json`` (e.g.
         :func:`input_provenance` and the command line).
+    diagnostics : sequence of {"jackknife", "focuscounter"}
+        Diagnostics of the corrected z map(s), as NiMARE's CBMA workflow runs them: on the
+        cluster-mass map of a Monte Carlo correction (every corrected z map otherwise),
+        thresholded at ``diag_threshold`` (1.65) with clusters of at least
+        ``diag_cluster_threshold`` voxels (10). Their tables are written as
+        ``{prefix}_{name}.tsv``, their label maps as maps.
+    diag_threshold, diag_cluster_threshold
+        See ``diagnostics`` (NiMARE's workflow's ``voxel_thresh`` and
+        ``cluster_threshold``).
     log : callable
         Receives progress lines.
 
@@ -444,5 +544,7 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
                        sample_size=sample_size, r=r, weighting=weighting, fwe=fwe,
                        n_iters=n_iters, voxel_thresh=voxel_thresh, seed=seed, prefix=prefix,
                        select=select, label_threshold=label_threshold, figures=figures,
-                       provenance=provenance)
+                       provenance=provenance, diagnostics=diagnostics,
+                       diag_threshold=diag_threshold,
+                       diag_cluster_threshold=diag_cluster_threshold)
     return job.run(log=log)

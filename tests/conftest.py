@@ -1,5 +1,5 @@
 """Shared fixtures: paths to ../shared/data, the pain dataset, NiMARE's mask, no-early-compute,
-a real Dask scheduler with worker processes."""
+a real Dask scheduler with worker processes (the deploy/local/cluster.sh recipe)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import dask
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -18,6 +19,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TESTDATA = DATA / "nimare-testdata"
 NIMARE_MASK = TESTDATA / "MNI152_2x2x2_brainmask.nii.gz"
 PAIN_JSON = TESTDATA / "test_pain_dataset.json"
+LOCAL_CLUSTER = Path(__file__).resolve().parents[1] / "deploy" / "local" / "cluster.sh"
 
 
 @pytest.fixture(scope="session")
@@ -74,55 +76,100 @@ def assert_close(a, b, atol, what=""):
     assert diff <= atol, f"{what}: max abs difference {diff:.3g} > {atol:g}"
 
 
+class ClusterProcess:
+    """A process of ``deploy/local/cluster.sh`` (not our child: the script's), by its id."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def running(self) -> bool:
+        import psutil
+
+        try:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the process ended within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.running():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+
+@contextlib.contextmanager
+def local_cluster(directory: Path, n_workers: int = 2, threads: int = 1,
+                  memory_limit: str = "2GiB", extra_env: dict | None = None):
+    """The project's own recipe, ``deploy/local/cluster.sh``: a ``dask scheduler`` and
+    ``n_workers`` ``dask worker`` processes (no nanny) on 127.0.0.1, a free port.
+
+    Yields ``(scheduler address, scheduler file, worker processes)``; stops the cluster (its
+    script, by its process id, which stops each of its processes) at the end."""
+    import os
+    import signal
+
+    directory.mkdir(parents=True, exist_ok=True)
+    started = []
+    log = open(directory / "cluster.log", "w")  # noqa: SIM115 (closed below)
+    env = {**os.environ, "PYTHON": sys.executable, **(extra_env or {})}
+    proc = subprocess.Popen(["bash", str(LOCAL_CLUSTER), "--workers", str(n_workers),
+                             "--threads", str(threads), "--memory-limit", memory_limit,
+                             "--host", "127.0.0.1", "--port", "0", "--dir", str(directory),
+                             "--grace", "5"],
+                            stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    try:
+        address = proc.stdout.readline().strip()
+        if not address.startswith("tcp://127.0.0.1:"):
+            proc.wait(timeout=30)
+            raise RuntimeError("deploy/local/cluster.sh did not start: "
+                               + (directory / "cluster.log").read_text()
+                               + (directory / "scheduler.log").read_text())
+        workers = [ClusterProcess(int((directory / f"worker-{k}.pid").read_text()))
+                   for k in range(n_workers)]
+        started = [ClusterProcess(int((directory / "scheduler.pid").read_text())), *workers]
+        yield address, directory / "scheduler.json", workers
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+        proc.stdout.close()
+        log.close()
+        # The script stops what it started; should it have been killed itself, its
+        # processes are stopped here, by their ids.
+        for process in started:
+            if process.running():
+                os.kill(process.pid, signal.SIGKILL)
+
+
 @pytest.fixture
 def scheduler_and_workers(tmp_path):
-    """A ``dask scheduler`` and two ``dask worker`` processes (no nanny) on 127.0.0.1, and
-    a client of them: ``(client, worker processes)``."""
+    """A ``dask scheduler`` and two ``dask worker`` processes (no nanny) on 127.0.0.1 started
+    by ``deploy/local/cluster.sh``, and a client of them: ``(client, worker processes)``."""
     distributed = pytest.importorskip("distributed")
-    dask_cli = str(Path(sys.executable).parent / "dask")
-    sched_file = tmp_path / "scheduler.json"
-    logs = []
-    procs = []
-
-    def start(args, name):
-        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 (closed at teardown)
-        logs.append(log)
-        proc = subprocess.Popen([dask_cli, *args], stdout=log, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        return proc
-
-    client = None
-    try:
-        start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-               "--scheduler-file", str(sched_file)], "scheduler")
-        deadline = time.monotonic() + 60
-        while not (sched_file.exists() and sched_file.stat().st_size > 0):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the dask scheduler did not start: "
-                                   + (tmp_path / "scheduler.log").read_text())
-            time.sleep(0.1)
-        workers = [
-            start(["worker", "--scheduler-file", str(sched_file), "--nworkers", "1",
-                   "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1",
-                   "--memory-limit", "2GiB", "--death-timeout", "60"], f"worker{i}")
-            for i in range(2)
-        ]
+    with local_cluster(tmp_path / "cluster") as (address, sched_file, workers):
         client = distributed.Client(scheduler_file=str(sched_file), timeout="30s")
-        client.wait_for_workers(2, timeout=60)
-        address = json.loads(sched_file.read_text())["address"]
-        assert address.startswith("tcp://127.0.0.1:")
-        yield client, workers
-    finally:
-        if client is not None:
+        try:
+            client.wait_for_workers(2, timeout=60)
+            assert json.loads(sched_file.read_text())["address"] == address
+            yield client, workers
+        finally:
             client.close()
-        # Workers first, then the scheduler, each waited for.
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
-        for log in logs:
-            log.close()
+
+
+def crop_mask(lo=(16, 61, 27), size=(20, 20, 20)) -> nib.Nifti1Image:
+    """NiMARE's FSL MNI152 2 mm mask cropped to a box around the right insula site (the
+    images live on this small grid, so both programs read them without resampling)."""
+    m = nib.load(str(NIMARE_MASK))
+    lo = np.asarray(lo)
+    sl = tuple(slice(a, a + s) for a, s in zip(lo, size, strict=True))
+    data = np.asarray(m.dataobj)[sl].astype(np.uint8)
+    aff = m.affine.copy()
+    aff[:3, 3] = m.affine[:3, :3] @ lo + m.affine[:3, 3]
+    return nib.Nifti1Image(data, aff)

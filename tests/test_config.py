@@ -31,7 +31,11 @@ def test_defaults_come_from_the_yaml():
     assert config.DEFAULTS == on_disk
     assert on_disk["daskmeta"] == {"chunk-size": 64, "fit-many": {"memory": "2GB"},
                                    "montecarlo": {"batch-size": 100},
-                                   "collection": {"rows-per-shard": 64}}
+                                   "collection": {"rows-per-shard": 64},
+                                   "cache-dir": None, "data-dir": None,
+                                   "scheduler-address": None,
+                                   "s3": {"endpoint-url": None, "region": None, "anon": False,
+                                          "key": None, "secret": None, "lock-lease": 60}}
     assert config.get("chunk-size") == 64
     assert config.get("fit-many.memory") == "2GB"
     assert config.get_bytes("fit-many.memory") == 2_000_000_000

@@ -18,7 +18,8 @@ from daskmeta.io import FORMATS, read, read_sleuth, register_format, unregister_
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SLEUTH = DATA / "nimare-testdata" / "test_sleuth_file.txt"
 
-BUILTIN = ["sleuth", "nimare-json", "table", "neurosynth", "neuroquery", "daskmeta"]
+BUILTIN = ["sleuth", "nimare-json", "table", "neurosynth", "neuroquery", "daskmeta",
+           "neurostore", "nimads"]
 
 FOCI = [
     {"id": "smith2010-1", "x": -16.0, "y": -58.0, "z": -22.0},
@@ -191,8 +192,8 @@ def test_raising_guesser_is_no_match(tmp_path, register, jsonl):
 
 def test_unknown_format_lists_registered_formats(jsonl):
     expected = ("read() got format='nope', which is not a registered format; registered "
-                "formats: sleuth, nimare-json, table, neurosynth, neuroquery, daskmeta, "
-                "foci-jsonl (add one with daskmeta.io.register_format)")
+                "formats: sleuth, nimare-json, table, neurosynth, neuroquery, daskmeta, neurostore, "
+                "nimads, foci-jsonl (add one with daskmeta.io.register_format)")
     with pytest.raises(DaskmetaError) as info:
         read(SLEUTH, format="nope")
     assert str(info.value) == expected

@@ -24,11 +24,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "daskmeta"
 # layer it belongs to.
 LAYERS = {
     0: {"exceptions", "_version", "_stats", "_labels", "_rows", "_docs", "space", "cluster",
-        "config", "_numba_cache"},
+        "config", "_numba_cache", "_fs"},
     1: {"dataset", "io", "results", "storage", "_integrity"},
-    2: {"kernels", "_combine", "_combine_kernels", "_pass", "collection", "_build", "_verify", "simulate"},
-    3: {"estimators", "montecarlo", "correct", "decode"},
-    4: {"workflows", "plotting", "reports", "precompile"},
+    2: {"kernels", "_combine", "_combine_kernels", "_pass", "collection", "_build", "_verify", "simulate",
+        "imagestack"},
+    3: {"estimators", "montecarlo", "correct", "decode", "diagnostics"},
+    4: {"workflows", "plotting", "reports", "precompile", "conjunction", "macm"},
     5: {"cli", "__init__", "__main__"},
 }
 LAYER_OF = {name: level for level, names in LAYERS.items() for name in names}
@@ -37,8 +38,8 @@ LAYER_OF = {name: level for level, names in LAYERS.items() for name in names}
 # under the readers, the readers under the registry that dispatches to them, the registry
 # under the package's __init__. So a reader never imports the registry or daskmeta.io.
 IO_LAYERS = {
-    0: {"_common", "download"},
-    1: {"sleuth", "nimare_json", "table", "neurosynth"},
+    0: {"_common", "download", "_studyset", "_fetch", "_archive", "_neurostore_fetch"},
+    1: {"sleuth", "nimare_json", "table", "neurosynth", "nimads", "neurostore", "neurovault"},
     2: {"_registry"},
     3: {"__init__"},
 }

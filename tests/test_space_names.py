@@ -98,7 +98,7 @@ def test_unknown_space_option_of_the_command(tmp_path):
             in proc.stderr.splitlines())
     code, err = _call(["ale", str(PAIN_JSON.parent / "test_sleuth_file.txt"), "--out",
                        str(tmp_path / "o2"), *BASE, "--unknown-space", "warn"])
-    _one_line_error(code, err, "--unknown-space warn applies to NiMARE JSON input")
+    _one_line_error(code, err, "--unknown-space warn applies to NiMARE JSON, NIMADS and NeuroStore input")
 
 
 _SPACE_WORDS = ["mni", "MNI152", "icbm", "ale", "tal", "Talairach", "unknown", "from",

@@ -44,6 +44,7 @@ def _add_cluster_options(p):
     g = p.add_argument_group("Dask")
     g.add_argument("--scheduler", metavar="ADDR",
                    help="address of a running Dask scheduler (tcp://host:port); default: "
+                        "dask config daskmeta.scheduler-address, else "
                         "$DASK_SCHEDULER_ADDRESS, else an embedded local cluster")
     g.add_argument("--workers", type=int, metavar="N",
                    help="run the embedded local cluster as N worker processes (default: one "
@@ -54,21 +55,21 @@ def _add_cluster_options(p):
 
 def _add_space_option(p):
     p.add_argument("--unknown-space", choices=["error", "warn"], default="error",
-                   help="NiMARE JSON input: a coordinate space that is neither MNI nor "
-                        "Talairach (e.g. 'Dog') is refused (error, the default), or warned "
-                        "about and read as MNI, untransformed, as NiMARE does (warn)")
+                   help="NiMARE JSON, NIMADS and NeuroStore input: a coordinate space that "
+                        "is neither MNI nor Talairach (e.g. 'Dog') is refused (error, the "
+                        "default), or warned about and read as MNI, untransformed, as NiMARE "
+                        "does (warn)")
 
 
 
 def _client(args):
-    """The Client of an analysis command: ``--scheduler`` or ``$DASK_SCHEDULER_ADDRESS``, else
-    an embedded cluster of ``--workers`` processes, else of one worker in this process with a
-    thread per core."""
-    import os
-
+    """The Client of an analysis command: ``--scheduler``, ``daskmeta.scheduler-address`` or
+    ``$DASK_SCHEDULER_ADDRESS``, else an embedded cluster of ``--workers`` processes, else of
+    one worker in this process with a thread per core."""
     from daskmeta.cluster import get_client
+    from daskmeta.config import scheduler_address
 
-    if args.workers is None and not (args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+    if args.workers is None and not scheduler_address(args.scheduler)[0]:
         return get_client(processes=False)
     return get_client(args.scheduler, n_workers=args.workers)
 
@@ -87,8 +88,13 @@ def _describe(client) -> str:
 def _read_input(path, unknown_space: str = "error"):
     """The input: a collection store (a directory with zarr.json), else a Dataset read by
     :func:`daskmeta.io.read` (``unknown_space`` goes to the NiMARE JSON reader)."""
+    from daskmeta import _fs
     from daskmeta.io import read
 
+    if _fs.is_remote(path):  # only collection stores live on object storage
+        from daskmeta.collection import Collection
+
+        return Collection.open(path)
     p = Path(path)
     if p.is_dir() and (p / "zarr.json").is_file():
         from daskmeta.collection import Collection
@@ -97,10 +103,10 @@ def _read_input(path, unknown_space: str = "error"):
     if unknown_space != "error" and p.exists():
         from daskmeta.io._registry import _guess_format
 
-        if _guess_format(p).name == "nimare-json":
+        if _guess_format(p).name in ("nimare-json", "nimads", "neurostore"):
             return read(p, unknown_space=unknown_space)
-        raise DaskmetaError(f"--unknown-space {unknown_space} applies to NiMARE JSON input; "
-                            f"{path} is not one")
+        raise DaskmetaError(f"--unknown-space {unknown_space} applies to NiMARE JSON, NIMADS "
+                            f"and NeuroStore input; {path} is none of them")
     return read(p)
 
 
@@ -157,12 +163,11 @@ def _check_scheduler(address, option: str) -> None:
 
 
 def _check_dask_options(args) -> None:
-    import os
+    from daskmeta.config import scheduler_address
 
     _check_workers(args)
-    _check_scheduler(args.scheduler, "--scheduler")
-    if not args.scheduler:
-        _check_scheduler(os.environ.get("DASK_SCHEDULER_ADDRESS"), "DASK_SCHEDULER_ADDRESS")
+    address, source = scheduler_address(args.scheduler)
+    _check_scheduler(address, source)
 
 
 

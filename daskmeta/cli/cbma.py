@@ -78,6 +78,16 @@ def _add_cbma_parser(sub, name, help_text):
     g.add_argument("--voxel-thresh", type=float, default=0.001,
                    help="cluster-forming p threshold (0.001; 0 < p < 1)")
     g.add_argument("--seed", type=int, default=None, help="Monte Carlo seed (0 to 2**63 - 1)")
+    d = p.add_argument_group("diagnostics")
+    d.add_argument("--diagnostics", action="append", default=None, metavar="NAME",
+                   help="jackknife and/or focuscounter (repeat, or a comma list): each "
+                        "experiment's contribution to each cluster of the corrected z map, "
+                        "written as <map>_diag-<Name>_tab-counts_tail-positive.tsv next to "
+                        "the maps (as NiMARE's workflow)")
+    d.add_argument("--diag-threshold", type=float, default=None,
+                   help="threshold of the corrected z map the diagnostics cluster (1.65)")
+    d.add_argument("--diag-cluster-threshold", type=int, default=None,
+                   help="smallest cluster the diagnostics characterise, in voxels (10)")
     p.add_argument("--prefix", default=None,
                    help="prefix of every output file name (letters, digits, '_', '.', '+', "
                         "'=', '-'; no path separators)")
@@ -106,6 +116,7 @@ def _run_cbma(args) -> None:
         prefix=args.prefix or "", select=args.select, label_threshold=label_threshold,
         figures=not args.no_figures,
         provenance={**input_provenance(args.input), "command_line": args.command_line},
+        diagnostics=args.diagnostics or (), **_diag_options(args),
     )
     client = _client(args)
     _log(f"Dask: {_describe(client)}")
@@ -137,9 +148,45 @@ def _check_cbma_options(args, label_threshold: float) -> None:
         if args.prefix == "":
             raise _bad("--prefix", "", "a non-empty file-name prefix when given")
         check_prefix(args.prefix, "--prefix")
+    _check_diagnostics(args)
     _check_out(args.out)
     _check_dask_options(args)
 
+
+def _diag_options(args) -> dict:
+    """The diagnostics thresholds (their defaults for commands without these options)."""
+    from daskmeta.workflows import DIAG_CLUSTER_THRESHOLD, DIAG_TARGET_THRESHOLD
+
+    threshold = getattr(args, "diag_threshold", None)
+    cluster_threshold = getattr(args, "diag_cluster_threshold", None)
+    return {"diag_threshold": DIAG_TARGET_THRESHOLD if threshold is None else threshold,
+            "diag_cluster_threshold": (DIAG_CLUSTER_THRESHOLD if cluster_threshold is None
+                                       else cluster_threshold)}
+
+
+def _check_diagnostics(args) -> None:
+    from daskmeta.diagnostics import DIAGNOSTICS
+    from daskmeta.workflows import check_diagnostics
+
+    if not hasattr(args, "diagnostics"):  # a command without --diagnostics (scale, macm)
+        return
+    opts = _diag_options(args)
+    if not args.diagnostics and (args.diag_threshold is not None
+                                 or args.diag_cluster_threshold is not None):
+        raise DaskmetaError("--diag-threshold and --diag-cluster-threshold apply to "
+                            "--diagnostics; give --diagnostics jackknife|focuscounter")
+    _check_number(opts["diag_threshold"] if opts["diag_threshold"] != 0 else None,
+                  "--diag-threshold", 0.0, float("inf"), "a number >= 0")
+    _check_int(opts["diag_cluster_threshold"], "--diag-cluster-threshold", 0)
+    for item in args.diagnostics or ():
+        for name in item.split(","):
+            if name.strip().lower() not in DIAGNOSTICS:
+                raise _bad("--diagnostics", name, " or ".join(DIAGNOSTICS))
+    if args.diagnostics and args.fwe == "none":
+        raise DaskmetaError("--diagnostics characterises the clusters of a corrected map; "
+                            "--fwe none gives none (use --fwe montecarlo or bonferroni)")
+    check_diagnostics(args.diagnostics or (), args.fwe, **{
+        "threshold": opts["diag_threshold"], "cluster_threshold": opts["diag_cluster_threshold"]})
 
 
 def _label_threshold(args) -> float:

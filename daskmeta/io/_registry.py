@@ -20,7 +20,9 @@ from types import MappingProxyType
 from daskmeta.dataset import Dataset
 from daskmeta.exceptions import DaskmetaError, ParseError
 from daskmeta.io._common import _read_text
+from daskmeta.io.neurostore import read_neurostore
 from daskmeta.io.neurosynth import read_neuroquery, read_neurosynth
+from daskmeta.io.nimads import read_nimads
 from daskmeta.io.nimare_json import read_nimare_json
 from daskmeta.io.sleuth import read_sleuth
 from daskmeta.io.table import read_table
@@ -63,14 +65,18 @@ def _classify(path: Path) -> str | None:
     ``//``, or a table if that line is a header holding ``id``, ``x``, ``y`` and ``z``.
     """
     if path.is_dir():
+        if (path / "studyset.json").is_file():
+            return "neurostore"
         names = [p.name for p in path.iterdir()]
         if any(n.startswith("data-neurosynth_") for n in names):
             return "neurosynth"
         if any(n.startswith("data-neuroquery_") for n in names):
             return "neuroquery"
         return None
+    if path.name.lower().endswith(".json.gz"):
+        return "nimads"
     if path.suffix.lower() == ".json":
-        return "nimare-json"
+        return "nimads" if _looks_like_nimads(path) else "nimare-json"
     if zipfile.is_zipfile(path):
         return "daskmeta"
     try:
@@ -86,6 +92,28 @@ def _classify(path: Path) -> str | None:
     if {"id", "x", "y", "z"} <= header:
         return "table"
     return None
+
+
+# A NIMADS studyset is an object with a "studies" list; NiMARE's dataset JSON maps study ids
+# to objects holding "contrasts".
+_NIMADS_STUDIES = re.compile(r'"studies"\s*:\s*\[')
+_NIMARE_START = re.compile(r'\s*\{\s*"(?:[^"\\]|\\.)*"\s*:\s*\{\s*"contrasts"\s*:')
+
+
+def _looks_like_nimads(path: Path) -> bool:
+    """A top-level "studies" list: parsed for files up to 32 MiB, else looked for in the
+    first megabyte."""
+    import json
+
+    if path.stat().st_size <= 32 << 20:
+        try:
+            doc = json.loads(path.read_bytes().decode("utf-8-sig"))
+        except (ValueError, RecursionError):
+            return False  # malformed: NiMARE JSON's reader reports where
+        return isinstance(doc, dict) and isinstance(doc.get("studies"), list)
+    with path.open("rb") as fh:
+        head = fh.read(1 << 20).decode("utf-8", errors="replace").removeprefix("\ufeff")
+    return bool(_NIMADS_STUDIES.search(head)) and not _NIMARE_START.match(head)
 
 
 def _builtin_kind(path: Path) -> str | None:
@@ -250,6 +278,10 @@ for _name, _description, _reader in [
     ("neuroquery", "a directory of NeuroQuery release files (data-neuroquery_version-*_*)",
      read_neuroquery),
     ("daskmeta", "a file written by Dataset.save (a .zip with a manifest.json)", _read_saved),
+    ("neurostore", "a NeuroStore parquet studyset (a directory holding studyset.json and "
+     "its parquet tables)", read_neurostore),
+    ("nimads", "a NIMADS studyset (a .json object with a 'studies' list, or a .json.gz)",
+     read_nimads),
 ]:
     register_format(_name, description=_description, guess=_builtin_guess(_name),
                     reader=_reader)
@@ -281,7 +313,8 @@ def _guess_format(path: Path) -> _Format:
     if path.is_dir():
         raise DaskmetaError(
             f"cannot tell the format of directory {str(path)!r}: it holds no "
-            "data-neurosynth_* or data-neuroquery_* files. Accepted formats: " + _accepted()
+            "data-neurosynth_* or data-neuroquery_* files, and no studyset.json. Accepted "
+            "formats: " + _accepted()
             + failed
         )
     suffix = path.suffix.lower()
@@ -299,7 +332,8 @@ def read(path, format=None, **kwargs):
     ----------
     path : str or path-like
         One of: a Sleuth / GingerALE text file (first line ``// Reference=...``); a NiMARE
-        dataset JSON (``.json``); a CSV or TSV of foci with a header holding ``id``, ``x``,
+        dataset JSON (``.json``); a NIMADS studyset (``.json`` with a ``studies`` list, or
+        ``.json.gz``); a NeuroStore parquet studyset (a directory with ``studyset.json``); a CSV or TSV of foci with a header holding ``id``, ``x``,
         ``y``, ``z``; a directory of Neurosynth (``data-neurosynth_*``) or NeuroQuery
         (``data-neuroquery_*``) release files; a ``.zip`` written by
         :meth:`daskmeta.Dataset.save`; or a file of a format added with

@@ -256,7 +256,8 @@ def default_data_dir() -> Path:
     Returns
     -------
     pathlib.Path
-        ``$DASKMETA_DATA`` if that environment variable is set and not empty; otherwise the
+        ``$DASKMETA_DATA`` if that environment variable is set and not empty; else the dask
+        config setting ``daskmeta.data-dir`` (``DASK_DASKMETA__DATA_DIR``); otherwise the
         platform's user cache directory: ``$XDG_CACHE_HOME/daskmeta`` (default
         ``~/.cache/daskmeta``) on Linux and other POSIX systems,
         ``~/Library/Caches/daskmeta`` on macOS, ``%LOCALAPPDATA%\\daskmeta\\Cache`` on
@@ -265,6 +266,11 @@ def default_data_dir() -> Path:
     env = os.environ.get("DASKMETA_DATA")
     if env:
         return Path(env).expanduser()
+    import dask.config
+
+    configured = dask.config.get("daskmeta.data-dir", None)
+    if configured:
+        return Path(str(configured)).expanduser()
     if sys.platform == "win32":
         local = os.environ.get("LOCALAPPDATA")
         base = Path(local) if local else Path.home() / "AppData" / "Local"
