@@ -19,10 +19,17 @@ from daskmeta.estimators import chi2 as chi2_module
 from daskmeta.estimators.subtraction import SubtractionNull
 from daskmeta.exceptions import DaskmetaError, DatasetError
 from daskmeta.kernels import ALEKernel, MKDAKernel
+from daskmeta.montecarlo.permutation import PerMap
 
 MASK = str(NIMARE_MASK)
 MAPS = ("chi2_desc-uniformity", "chi2_desc-association", "z_desc-association",
         "p_desc-association", "logp_desc-uniformity", "prob_desc-FgA", "chi2_desc-group2")
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Whole-collection counts cached in the test's folder, not the user's cache."""
+    monkeypatch.setenv("DASKMETA_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def _ids_with_foci(ds):
@@ -167,9 +174,15 @@ def test_bad_inputs(halves, store, pain_dataset):
 def test_permutation_null_with_observed_labels_gives_the_fit(chi2_result, store):
     model = chi2_result.estimator._null_model()
     stat = model.statistic_at()
+    fast = model._batch_statistic(model.observed)  # the compiled path of the batches
     for test in ("uniformity", "group2", "association"):
         np.testing.assert_array_equal(stat[test],
                                       chi2_result.get_map(f"chi2_desc-{test}", "array"))
+        np.testing.assert_array_equal(fast[test], stat[test])
+    drawn = model.draw(np.random.default_rng(1))
+    slow, fast = model.statistic(drawn), model._batch_statistic(drawn)
+    for test in slow:
+        np.testing.assert_array_equal(fast[test], slow[test])
     res = MKDAChi2().fit(store, select="topic")
     stat = res.estimator._null_model().statistic_at()
     np.testing.assert_array_equal(stat["association"],
@@ -177,6 +190,21 @@ def test_permutation_null_with_observed_labels_gives_the_fit(chi2_result, store)
     # a permutation keeps the group sizes
     drawn = model.draw(np.random.default_rng(0))
     assert len(drawn) == 9 and len(set(drawn)) == 9 and max(drawn) < 19
+
+
+def test_compiled_cluster_summary_equals_numpy(chi2_result):
+    model = chi2_result.estimator._null_model()
+    summary = PerMap(montecarlo.ClusterMaxima(3.84), ("uniformity", "group2", "association"))
+    assert model._compiled_summary(summary)
+    fast = model.run_batch(summary, np.random.default_rng(4), 6)
+    slow = model.run_batch(summary, np.random.default_rng(4), 6, compiled=False)
+    for key in summary.keys:
+        np.testing.assert_allclose(fast[key], slow[key], rtol=1e-12, err_msg=key)
+    assert fast["association:max_size"].max() > 0
+    voxel = PerMap(montecarlo.MaxStatistic(), ("association",))
+    np.testing.assert_array_equal(
+        model.run_batch(voxel, np.random.default_rng(4), 6)["association:max_stat"],
+        slow["association:max_stat"])
 
 
 def test_fwe_montecarlo_maps_and_nulls(chi2_result):

@@ -51,7 +51,7 @@ def test_nulls_on_scheduler_and_two_workers_equal_local(halves, local, scheduler
     ran = client.run(lambda: __import__("daskmeta.montecarlo.permutation",
                                         fromlist=["x"]).loaded_pools())
     assert len(ran) == 2 and all(ran.values())
-    assert all(w.poll() is None for w in workers)
+    assert all(w.running() for w in workers)
     local_chi2, local_fwe, local_sub = local
     for key in SUMMARY.keys:
         np.testing.assert_array_equal(remote_chi2.values[key], local_chi2.values[key],

@@ -15,7 +15,7 @@ import sys
 import warnings
 
 from daskmeta._version import __version__
-from daskmeta.cli import cbma, config, contrasts_extra, data, decode, ibma, report
+from daskmeta.cli import cbma, config, contrasts, contrasts_extra, data, decode, ibma, report
 from daskmeta.cli._common import _format_warning, _one_line, _Parser
 from daskmeta.exceptions import DaskmetaError
 
@@ -24,7 +24,7 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main", "run"]
 #: The modules that define the commands: each has ``add_parsers(sub)``, whose parsers set a
 #: ``handler`` (called with the parsed arguments). A new command goes in one of them, or in
 #: a new module listed here.
-COMMAND_MODULES = (cbma, data, contrasts_extra, ibma, decode, report, config)
+COMMAND_MODULES = (cbma, data, contrasts, contrasts_extra, ibma, decode, report, config)
 
 
 def build_parser() -> argparse.ArgumentParser:

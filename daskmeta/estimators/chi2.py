@@ -21,9 +21,11 @@ import contextlib
 import os
 import tempfile
 import threading
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
+import numba
 import numpy as np
 from scipy import stats
 
@@ -58,8 +60,8 @@ def _read_cached_total(path: Path, key: str, n_voxels: int):
             if str(f["key"]) != key:
                 return None
             total = np.asarray(f["total"])
-    except (OSError, ValueError, KeyError):
-        return None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # missing, damaged or foreign: summed again
     if total.shape != (n_voxels,) or total.dtype != np.float64:
         return None
     return total
@@ -69,11 +71,14 @@ def _write_cached_total(path: Path, key: str, total: np.ndarray) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+    except OSError:  # a read-only cache: the in-memory copy still serves this process
+        return
+    try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, key=np.array(key), total=total)
         os.replace(tmp, path)
-    except OSError:  # a read-only cache: the in-memory copy still serves this process
-        with contextlib.suppress(OSError, UnboundLocalError):
+    except OSError:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
 
 
@@ -114,16 +119,48 @@ def collection_total(collection, chunk_size: int = 64) -> np.ndarray:
     return total
 
 
+@numba.njit(cache=True, nogil=True)
+def _chi2_into(s1, s2, n1, n2, m1, m2, out_u, out_g, out_a):
+    """:func:`one_way` of both groups and :func:`two_way_counts`, voxel by voxel in the same
+    float64 operations (so the same float32 values), into preallocated maps."""
+    total = n1 + n2
+    d1 = m1 * (n1 - m1)
+    d2 = m2 * (n2 - m2)
+    for v in range(s1.shape[0]):
+        a = s1[v]
+        b = s2[v]
+        out_u[v] = 0.0 if d1 == 0 else (a - m1) ** 2 * n1 / d1
+        out_g[v] = 0.0 if d2 == 0 else (b - m2) ** 2 * n2 / d2
+        row0 = a + b
+        row1 = total - row0
+        num = total * (a * n2 - b * n1) ** 2
+        den = row0 * row1 * n1 * n2
+        out_a[v] = 2.0 if den == 0 else num / den
+
+
 class Chi2Statistic:
     """The permutation statistic of MKDAChi2: chi2 maps of the uniformity (group 1),
     group-2 and association tests from the groups' sums (float32, as NiMARE's maps)."""
 
     token = "mkda-chi2"
+    non_negative = True
 
     def __call__(self, sum1, sum2, n1, n2):
         return {"uniformity": one_way(sum1, n1).astype(np.float32),
                 "group2": one_way(sum2, n2).astype(np.float32),
                 "association": two_way_counts(sum1, sum2, n1, n2).astype(np.float32)}
+
+    @staticmethod
+    def empty(n_voxels: int) -> dict:
+        return {k: np.zeros(n_voxels, dtype=np.float32)
+                for k in ("uniformity", "group2", "association")}
+
+    def into(self, sum1, sum2, n1, n2, maps):
+        """:meth:`__call__` into ``maps`` (from :meth:`empty`), compiled."""
+        _chi2_into(sum1, sum2, float(n1), float(n2), float(np.mean(sum1)),
+                   float(np.mean(sum2)), maps["uniformity"], maps["group2"],
+                   maps["association"])
+        return maps
 
 
 def _prior_ok(value) -> bool:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numbers
 
+import numba
 import numpy as np
 from scipy import ndimage
 
@@ -56,6 +57,20 @@ class AleDifference:
     def __call__(self, sum1, sum2, n1, n2):
         return (1.0 - np.exp(sum1)) - (1.0 - np.exp(sum2))
 
+    @staticmethod
+    def empty(n_voxels: int) -> np.ndarray:
+        return np.zeros((2, n_voxels))
+
+    def into(self, sum1, sum2, n1, n2, buf):
+        """:meth:`__call__` in ``buf`` (from :meth:`empty`), allocating nothing."""
+        a, b = buf
+        np.exp(sum1, out=a)
+        np.subtract(1.0, a, out=a)
+        np.exp(sum2, out=b)
+        np.subtract(1.0, b, out=b)
+        np.subtract(a, b, out=a)
+        return a
+
 
 class SubtractionNull(Summary):
     """What each permutation of an ALE subtraction records: per voxel, the iterations whose
@@ -83,14 +98,34 @@ class SubtractionNull(Summary):
         return out
 
     def record(self, out, i, stat, geometry):
-        out["upper"] += stat >= self.observed
-        out["lower"] += stat <= self.observed
-        absolute = np.abs(stat).astype(np.float32)
-        out["max_abs"][i] = absolute.max() if absolute.size else 0.0
-        if self.hist:
-            idx = np.minimum((absolute.astype(np.float64) / _HIST_STEP).astype(np.int64),
-                             len(out["abs_hist"]) - 1)
-            out["abs_hist"] += np.bincount(idx, minlength=len(out["abs_hist"]))
+        hist = out["abs_hist"] if self.hist else out["upper"][:0]
+        out["max_abs"][i] = _record_difference(np.asarray(stat, dtype=np.float64),
+                                               self.observed, out["upper"], out["lower"],
+                                               hist, self.hist)
+
+
+@numba.njit(cache=True, nogil=True)
+def _record_difference(stat, observed, upper, lower, hist, with_hist):
+    """One permutation of :class:`SubtractionNull`: counts where the difference is >= and <=
+    the observed (float32, compared in float64 as NumPy does), the histogram of |difference|
+    as float32 on bins of :data:`_HIST_STEP` (the last bin takes the rest); returns the
+    maximum |difference| (float32)."""
+    top = np.float32(0.0)
+    last = hist.shape[0] - 1
+    for v in range(stat.shape[0]):
+        d = stat[v]
+        o = np.float64(observed[v])
+        if d >= o:
+            upper[v] += 1
+        if d <= o:
+            lower[v] += 1
+        a = np.float32(abs(d))
+        if a > top:
+            top = a
+        if with_hist:
+            b = int(np.float64(a) / _HIST_STEP)
+            hist[min(b, last)] += 1
+    return top
 
 
 def _hist_quantile(hist: np.ndarray, q: float) -> float:

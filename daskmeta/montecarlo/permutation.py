@@ -39,6 +39,7 @@ _LOAD_ROWS = 256
 _MAX_POOLS = 2
 _POOLS: OrderedDict = OrderedDict()
 _POOLS_LOCK = threading.Lock()
+_WORKSPACES = threading.local()
 _FACES = ndimage.generate_binary_structure(3, 1)
 
 
@@ -152,6 +153,9 @@ class PairStatistic:
     def __call__(self, sum1, sum2, n1: int, n2: int):
         raise NotImplementedError
 
+    # Optional, for speed: ``into(sum1, sum2, n1, n2, maps)`` computes the same into the
+    # buffers ``empty(n_voxels)`` made, reused from one iteration to the next.
+
 
 class GroupPermutation(NullModel):
     """Null data sets of permuted group labels over the pooled experiments of a contrast.
@@ -206,20 +210,48 @@ class GroupPermutation(NullModel):
             self._total = packed.total()
         return self._total
 
-    def sums(self, group1_rows) -> tuple[np.ndarray, np.ndarray]:
+    def _workspace(self, packed) -> dict:
+        """This thread's buffers for this model (iterations allocate nothing: a worker under
+        a nanny returns freed memory to the system at once, so a fresh 2 MB array per
+        iteration costs page faults)."""
+        ws = getattr(_WORKSPACES, "ws", None)
+        if ws is None or ws["token"] != self.token:
+            n = self.n_voxels
+            binary = packed.constant is not None
+            ws = {"token": self.token,
+                  "acc": np.zeros(n, dtype=np.int64 if binary else np.float64),
+                  "diff": np.zeros(n + 1, dtype=np.int32), "s1": np.zeros(n),
+                  "s2": np.zeros(n), "rest": np.zeros(self.pool.n_rows, dtype=bool)}
+            _WORKSPACES.ws = ws
+        return ws
+
+    def sums(self, group1_rows, out=None) -> tuple[np.ndarray, np.ndarray]:
         """The two groups' float64 sums when ``group1_rows`` (pooled row indices) are group
         1 and the rest group 2: the smaller group is summed, the other is the pooled total
-        minus it."""
+        minus it. With ``out`` (``(s1, s2)`` float64 arrays) the sums are written there."""
         packed = self.pool.packed()
         total = self._pooled_total(packed)
+        ws = self._workspace(packed)
+        acc = ws["acc"]
+        s1, s2 = out if out is not None else (np.empty(self.n_voxels),
+                                              np.empty(self.n_voxels))
         g1 = np.sort(np.asarray(group1_rows, dtype=np.int64))
-        if len(g1) <= self.pool.n_rows - len(g1):
-            s1 = packed.total(g1)
-            return s1, total - s1
-        rest = np.ones(self.pool.n_rows, dtype=bool)
-        rest[g1] = False
-        s2 = packed.total(np.flatnonzero(rest))
-        return total - s2, s2
+        small, big = (s1, s2) if len(g1) <= self.pool.n_rows - len(g1) else (s2, s1)
+        if small is s1:
+            rows = g1
+        else:
+            rest = ws["rest"]
+            rest[:] = True
+            rest[g1] = False
+            rows = np.flatnonzero(rest)
+        acc[:] = 0
+        packed.add(rows, acc, ws["diff"])
+        if packed.constant is not None:
+            np.multiply(acc, float(packed.constant), out=small)
+        else:
+            small[:] = acc
+        np.subtract(total, small, out=big)
+        return s1, s2
 
     def draw(self, rng):
         """Group 1 of a permutation: the first ``n1`` of a shuffle of the pooled experiments
@@ -230,14 +262,74 @@ class GroupPermutation(NullModel):
         s1, s2 = self.sums(drawn)
         return self.statistic_(s1, s2, self.n1, self.n2)
 
+    def _batch_statistic(self, drawn):
+        """:meth:`statistic` into this thread's buffers (valid until the next call)."""
+        ws = self._workspace(self.pool.packed())
+        s1, s2 = self.sums(drawn, out=(ws["s1"], ws["s2"]))
+        stat = getattr(self.statistic_, "into", None)
+        if stat is None:
+            return self.statistic_(s1, s2, self.n1, self.n2)
+        if "maps" not in ws:
+            ws["maps"] = self.statistic_.empty(self.n_voxels)
+        return stat(s1, s2, self.n1, self.n2, ws["maps"])
+
     def statistic_at(self, group1_rows=None):
         """The statistic with ``group1_rows`` as group 1 (default: the observed labels, which
         give the fit's own maps)."""
         return self.statistic(self.observed if group1_rows is None else group1_rows)
 
-    def run_batch(self, summary: Summary, rng, n_iters: int) -> dict:
+    def run_batch(self, summary: Summary, rng, n_iters: int, compiled: bool = True) -> dict:
         self.pool.packed()  # load once, before the first iteration's clock
-        return super().run_batch(summary, rng, n_iters)
+        out = summary.start(n_iters, self.n_voxels)
+        fast = compiled and self._compiled_summary(summary)
+        for i in range(n_iters):
+            stat = self._batch_statistic(self.draw(rng))
+            if fast:
+                self._summarize(summary, out, i, stat)
+            else:
+                summary.record(out, i, stat, self.geometry)
+        return out
+
+    def _compiled_summary(self, summary) -> bool:
+        """Whether ``summary`` runs in the Monte Carlo's compiled cluster code: the maximum
+        and cluster maxima of each map of a statistic whose maps are never negative (where
+        it gives the same numbers as :class:`ClusterMaxima` and :class:`MaxStatistic`)."""
+        from daskmeta.montecarlo.models import ClusterMaxima, MaxStatistic
+
+        return (isinstance(summary, PerMap) and type(summary.summary) in (ClusterMaxima,
+                                                                          MaxStatistic)
+                and bool(getattr(self.statistic_, "non_negative", False)))
+
+    def _summarize(self, summary, out, i, stat) -> None:
+        from daskmeta._combine import combine_context, identity
+        from daskmeta.montecarlo._compiled import STAT_IDENTITY, summarize
+
+        ws = self._workspace(self.pool.packed())
+        if "cl" not in ws:
+            n = self.n_voxels
+            ctx = combine_context(f"perm-mask-{self.token}", self.geometry.mask,
+                                  np.array([0, 1]), np.zeros((1, 3), dtype=np.int32),
+                                  np.ones(1, dtype=np.float32), identity)
+            ws["cl"] = {"ctx": ctx, "acc": np.zeros(n), "mark": np.zeros(n, dtype=np.int64),
+                        "visited": np.zeros(n, dtype=np.int64),
+                        "sval": np.zeros(n, dtype=np.float32),
+                        "supra": np.zeros(n, dtype=np.int32),
+                        "stack": np.zeros(n, dtype=np.int32), "itag": 0}
+        cl = ws["cl"]
+        ctx = cl["ctx"]
+        inner = summary.summary
+        clusters = hasattr(inner, "threshold")
+        thr = inner.threshold if clusters else np.inf
+        for name in summary.names:
+            cl["acc"][:] = stat[name]
+            cl["itag"] += 1
+            s, n, m = summarize(cl["acc"], STAT_IDENTITY, thr, 0.0, clusters, ctx.voxel_base,
+                                ctx.lut, ctx.nb_delta, cl["mark"], cl["visited"], cl["sval"],
+                                cl["supra"], cl["stack"], cl["itag"])
+            out[f"{name}:max_stat"][i] = s
+            if clusters:
+                out[f"{name}:max_size"][i] = n
+                out[f"{name}:max_mass"][i] = m
 
 
 class PerMap(Summary):
