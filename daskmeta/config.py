@@ -5,23 +5,23 @@ The defaults are in the package's ``daskmeta.yaml``, loaded with
 :func:`dask.config.set`, in dask's YAML config files or in ``DASK_DASKMETA__...`` environment
 variables take precedence:
 
-==========================================  =======  ==============================================
-key                                         default  environment variable
-==========================================  =======  ==============================================
-``daskmeta.progress``                       auto     ``DASK_DASKMETA__PROGRESS``
-``daskmeta.chunk-size``                     64       ``DASK_DASKMETA__CHUNK_SIZE``
-``daskmeta.fit-many.memory``                2GB      ``DASK_DASKMETA__FIT_MANY__MEMORY``
-``daskmeta.montecarlo.batch-size``          100      ``DASK_DASKMETA__MONTECARLO__BATCH_SIZE``
-``daskmeta.collection.rows-per-shard``      64       ``DASK_DASKMETA__COLLECTION__ROWS_PER_SHARD``
-``daskmeta.cache-dir``                      null     ``DASK_DASKMETA__CACHE_DIR``
-``daskmeta.data-dir``                       null     ``DASK_DASKMETA__DATA_DIR``
-``daskmeta.scheduler-address``              null     ``DASK_DASKMETA__SCHEDULER_ADDRESS``
-``daskmeta.s3.endpoint-url``                null     ``DASK_DASKMETA__S3__ENDPOINT_URL``
-``daskmeta.s3.region``                      null     ``DASK_DASKMETA__S3__REGION``
-``daskmeta.s3.anon``                        false    ``DASK_DASKMETA__S3__ANON``
-``daskmeta.s3.key`` / ``daskmeta.s3.secret`` null    ``DASK_DASKMETA__S3__KEY`` / ``..._SECRET``
-``daskmeta.s3.lock-lease`` (seconds)        60       ``DASK_DASKMETA__S3__LOCK_LEASE``
-==========================================  =======  ==============================================
+=============================================  =======  ==============================================
+key                                            default  environment variable
+=============================================  =======  ==============================================
+``daskmeta.progress``                          auto     ``DASK_DASKMETA__PROGRESS``
+``daskmeta.chunk-size``                        64       ``DASK_DASKMETA__CHUNK_SIZE``
+``daskmeta.fit-many.memory``                   2GB      ``DASK_DASKMETA__FIT_MANY__MEMORY``
+``daskmeta.montecarlo.batch-size``             100      ``DASK_DASKMETA__MONTECARLO__BATCH_SIZE``
+``daskmeta.collection.rows-per-shard``         64       ``DASK_DASKMETA__COLLECTION__ROWS_PER_SHARD``
+``daskmeta.cache-dir``                         null     ``DASK_DASKMETA__CACHE_DIR``
+``daskmeta.data-dir``                          null     ``DASK_DASKMETA__DATA_DIR``
+``daskmeta.scheduler-address``                 null     ``DASK_DASKMETA__SCHEDULER_ADDRESS``
+``daskmeta.s3.endpoint-url``                   null     ``DASK_DASKMETA__S3__ENDPOINT_URL``
+``daskmeta.s3.region``                         null     ``DASK_DASKMETA__S3__REGION``
+``daskmeta.s3.anon``                           false    ``DASK_DASKMETA__S3__ANON``
+``daskmeta.s3.key`` / ``daskmeta.s3.secret``   null     ``DASK_DASKMETA__S3__KEY`` / ``..._SECRET``
+``daskmeta.s3.lock-lease`` (seconds)           60       ``DASK_DASKMETA__S3__LOCK_LEASE``
+=============================================  =======  ==============================================
 
 :func:`settings` lists every setting with its value in force (``daskmeta config`` prints
 them).

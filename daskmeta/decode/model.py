@@ -184,7 +184,9 @@ def _moments(values: np.ndarray):
     norm = np.empty(len(values))
     for i, row in enumerate(values):  # one label at a time: no float64 copy of the block
         dev = row.astype(np.float64) - mean[i]
-        norm[i] = np.sqrt(np.dot(dev, dev))
+        # numpy's pairwise sum, not BLAS's dot: the same bits whatever BLAS's thread count
+        # (a worker process may run BLAS on one thread, this process on several).
+        norm[i] = np.sqrt(np.sum(dev * dev))
     return mean, norm
 
 

@@ -113,10 +113,11 @@ class IBMAEstimator(Estimator):
     ``_needs_sample_size`` and implement ``_model(arrays, studies)``, which fits one bag
     (arrays ``(n_studies, n_voxels)`` of float64 with NaN for NiMARE's invalid varcopes;
     ``studies`` indexes the fit's experiments, whose sample sizes are
-    ``self._sizes[studies]``) and returns one value or array per map.
+    ``self._sizes[studies]``) and returns one value or array per map. The parameters below
+    are those of every image-based estimator.
 
-    Parameters common to all
-    ------------------------
+    Parameters
+    ----------
     aggressive_mask : bool
         True: only voxels usable in every experiment are analysed. False (NiMARE's
         default): each voxel with the experiments usable there (at least two).

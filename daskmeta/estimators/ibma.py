@@ -391,7 +391,7 @@ class PermutedOLS(IBMAEstimator):
     Voxel-level FWE correction: ``FWECorrector(method="montecarlo")`` flips every image's
     sign at random (one sign per image, shared by all voxels), seeded in batches as Dask
     tasks (identical on any number of workers), and records the maximum z of each
-    iteration (per bag of voxels, the maximum |t| converted to z with the bag's dof).
+    iteration (per bag of voxels, the maximum absolute t converted to z with the bag's dof).
 
     Parameters
     ----------
