@@ -374,7 +374,10 @@ def read(path, format=None, **kwargs):
         )
     path = Path(path)
     if not path.exists():
-        raise DaskmetaError(f"{str(path)!r} does not exist. Accepted formats: " + _accepted())
+        # The names only: a missing path needs no description of every format (and the
+        # command prints errors on one line of at most 500 characters).
+        raise DaskmetaError(f"{str(path)!r} does not exist. Accepted formats: "
+                            f"{', '.join(FORMATS)} (daskmeta.io.FORMATS describes each)")
     fmt = _REGISTRY[format] if format is not None else _guess_format(path)
     dataset = fmt.reader(path, **kwargs)
     if not isinstance(dataset, Dataset):
