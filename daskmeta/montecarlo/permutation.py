@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from daskmeta.exceptions import DaskmetaError
 from daskmeta.montecarlo._packed import PackedRows
-from daskmeta.montecarlo.models import NullModel, Summary, _Geometry
+from daskmeta.montecarlo.models import ClusterMaxima, NullModel, Summary, _Geometry
 
 __all__ = ["GroupPermutation", "PairStatistic", "PerMap", "PlanPool", "StorePool",
            "TwoSidedClusterMaxima", "loaded_pools"]
@@ -294,7 +294,7 @@ class GroupPermutation(NullModel):
         """Whether ``summary`` runs in the Monte Carlo's compiled cluster code: the maximum
         and cluster maxima of each map of a statistic whose maps are never negative (where
         it gives the same numbers as :class:`ClusterMaxima` and :class:`MaxStatistic`)."""
-        from daskmeta.montecarlo.models import ClusterMaxima, MaxStatistic
+        from daskmeta.montecarlo.models import MaxStatistic
 
         return (isinstance(summary, PerMap) and type(summary.summary) in (ClusterMaxima,
                                                                           MaxStatistic)
@@ -368,28 +368,17 @@ class PerMap(Summary):
         return {n: {k: values[f"{n}:{k}"] for k in self.summary.keys} for n in self.names}
 
 
-class TwoSidedClusterMaxima(Summary):
+class TwoSidedClusterMaxima(ClusterMaxima):
     """The maximum absolute statistic and the largest cluster's size and mass of each
     iteration, clusters taken on both sides: face-connected voxels with ``stat >
     threshold``, and separately those with ``stat < -threshold``; mass is ``sum(|stat| -
     threshold)`` (NiMARE's two-tailed cluster measures)."""
 
-    keys = ("max_stat", "max_size", "max_mass")
-    early_stop_keys = ("max_stat", "max_size")
-
     def __init__(self, threshold: float):
-        self.threshold = float(threshold)
-        if not np.isfinite(self.threshold) or self.threshold < 0:
+        super().__init__(threshold)
+        if self.threshold < 0:
             raise DaskmetaError(f"cluster-forming threshold must be finite and >= 0; got "
                                 f"{threshold!r}")
-
-    def _token_parts(self):
-        return (self.threshold,)
-
-    def start(self, n_iters, n_voxels):
-        return {"max_stat": np.zeros(n_iters, dtype=np.float32),
-                "max_size": np.zeros(n_iters, dtype=np.int64),
-                "max_mass": np.zeros(n_iters, dtype=np.float64)}
 
     def record(self, out, i, stat, geometry):
         vol = np.zeros(geometry.shape, dtype=np.float32)
