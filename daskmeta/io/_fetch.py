@@ -22,12 +22,11 @@ from urllib.parse import urlsplit
 
 from daskmeta.exceptions import DaskmetaError, DaskmetaWarning
 from daskmeta.io.download import (
-    CHUNK_SIZE,
     DEFAULT_TIMEOUT,
-    _content_range_start,
     _hash_file,
     _open,
     _reason,
+    _stream,
     _unlink,
 )
 
@@ -65,19 +64,6 @@ def get_json(url: str, what: str, timeout: float = DEFAULT_TIMEOUT, limit: int =
         return json.loads(body.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise DaskmetaError(f"{what} at {url} is not JSON ({str(exc)[:120]})") from None
-
-
-def _total_from(response, offset: int) -> int | None:
-    """The full size of the file the response is part of, if the server says it."""
-    if response.status == 206:
-        value = response.headers.get("Content-Range") or ""
-        total = value.rpartition("/")[2].strip()
-        if total.isdigit():
-            return int(total)
-    length = response.headers.get("Content-Length")
-    if length is not None and length.strip().isdigit():
-        return int(length) + (offset if response.status == 206 else 0)
-    return None
 
 
 def fetch_url(url: str, final: Path, *, size: int | None = None, sha256: str | None = None,
@@ -129,36 +115,7 @@ def fetch_url(url: str, final: Path, *, size: int | None = None, sha256: str | N
         _unlink(part)
         offset = 0
 
-    response = _open(url, offset, timeout)
-    try:
-        if offset and response.status == 206:
-            if _content_range_start(response.headers.get("Content-Range")) != offset:
-                response.close()
-                response = _open(url, 0, timeout)
-                offset = 0
-        elif offset:
-            offset = 0
-        total = size if size is not None else _total_from(response, offset)
-        done = offset
-        read = getattr(response, "read1", response.read)
-        with open(part, "ab" if offset else "wb") as out:
-            while total is None or done <= total:
-                try:
-                    chunk = read(CHUNK_SIZE)
-                except (http.client.HTTPException, OSError) as exc:
-                    raise DaskmetaError(
-                        f"download of {name} from {url} was interrupted after {done} of "
-                        f"{total if total is not None else '?'} bytes ({_reason(exc)}); the "
-                        f"partial file {part.name} is kept and the next fetch resumes it"
-                    ) from exc
-                if not chunk:
-                    break
-                out.write(chunk)
-                done += len(chunk)
-                if report is not None:
-                    report(name, done, total or 0)
-    finally:
-        response.close()
+    total = _stream(url, part, offset, name, size, report, timeout)
 
     got_size, digest = _hash_file(part)
     if total is not None and got_size < total:

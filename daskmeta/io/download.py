@@ -420,20 +420,17 @@ def _fetch_file(
         _unlink(part)
         offset = 0
 
-    _download(rfile, url, part, offset, report, timeout)
+    _stream(url, part, offset, rfile.name, rfile.size, report, timeout)
     _verify_part(rfile, url, part)
     os.replace(part, final)
 
 
-def _download(
-    rfile: ReleaseFile,
-    url: str,
-    part: Path,
-    offset: int,
-    report: ProgressCallback | None,
-    timeout: float,
-) -> None:
-    """Stream ``url`` into ``part``, resuming at ``offset`` when the server allows it."""
+def _stream(url: str, part: Path, offset: int, name: str, size: int | None,
+            report: ProgressCallback | None, timeout: float) -> int | None:
+    """Stream ``url`` into ``part``, resuming at ``offset`` when the server allows it.
+
+    Returns the file's full size: ``size`` when known, else what the server says, else None.
+    """
     response = _open(url, offset, timeout)
     try:
         status = response.status
@@ -447,30 +444,46 @@ def _download(
         elif offset:
             offset = 0  # 200: the server ignored the Range header and sends everything.
 
+        total = size if size is not None else _total_from(response, offset)
         done = offset
         # read1 returns what has arrived (up to CHUNK_SIZE) without waiting for a full chunk,
         # so a stall loses nothing already received, and progress is reported as bytes come.
         read = getattr(response, "read1", response.read)
         with open(part, "ab" if offset else "wb") as out:
-            while done <= rfile.size:  # a longer body is corrupt: _verify_part rejects it
+            # A longer body than the size is corrupt: the caller's verification rejects it.
+            while total is None or done <= total:
                 try:
                     chunk = read(CHUNK_SIZE)
                 except (http.client.HTTPException, OSError) as exc:
                     # Connection lost mid-body, or a timeout (an OSError). The bytes received
                     # so far stay in the .part for the next fetch to resume.
                     raise DaskmetaError(
-                        f"download of {rfile.name} from {url} was interrupted after {done} of "
-                        f"{rfile.size} bytes ({_reason(exc)}); the partial file {part.name} "
-                        f"is kept and the next fetch resumes it"
+                        f"download of {name} from {url} was interrupted after {done} of "
+                        f"{total if total is not None else '?'} bytes ({_reason(exc)}); the "
+                        f"partial file {part.name} is kept and the next fetch resumes it"
                     ) from exc
                 if not chunk:
                     break
                 out.write(chunk)
                 done += len(chunk)
-                if report is not None and done <= rfile.size:
-                    report(rfile.name, done, rfile.size)
+                if report is not None and (total is None or done <= total):
+                    report(name, done, total or 0)
     finally:
         response.close()
+    return total
+
+
+def _total_from(response, offset: int) -> int | None:
+    """The full size of the file the response is part of, if the server says it."""
+    if response.status == 206:
+        value = response.headers.get("Content-Range") or ""
+        total = value.rpartition("/")[2].strip()
+        if total.isdigit():
+            return int(total)
+    length = response.headers.get("Content-Length")
+    if length is not None and length.strip().isdigit():
+        return int(length) + (offset if response.status == 206 else 0)
+    return None
 
 
 def _verify_part(rfile: ReleaseFile, url: str, part: Path) -> None:
