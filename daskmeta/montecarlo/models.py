@@ -225,6 +225,15 @@ class _Geometry:
         self.mask = mask
         self.shape = mask.shape
 
+    @classmethod
+    def of_packed(cls, model) -> _Geometry:
+        """The geometry of a null model whose mask travels as packed bits (``mask_bits``,
+        ``shape``), unpacked once per process (``_geometry``, left out of its pickle)."""
+        if "_geometry" not in model.__dict__:
+            mask = np.unpackbits(model.mask_bits, count=int(np.prod(model.shape)))
+            model._geometry = cls(mask.astype(bool).reshape(model.shape))
+        return model._geometry
+
 
 class FociNull(NullModel):
     """Null data sets of relocated foci for a coordinate-based estimator.
@@ -293,10 +302,7 @@ class FociNull(NullModel):
 
     @property
     def geometry(self):
-        if "_geometry" not in self.__dict__:
-            mask = np.unpackbits(self.mask_bits, count=int(np.prod(self.shape)))
-            self._geometry = _Geometry(mask.astype(bool).reshape(self.shape))
-        return self._geometry
+        return _Geometry.of_packed(self)
 
     def context(self):
         """The combine's lookup tables, built once per process."""

@@ -194,10 +194,7 @@ class GroupPermutation(NullModel):
 
     @property
     def geometry(self):
-        if "_geometry" not in self.__dict__:
-            mask = np.unpackbits(self.mask_bits, count=int(np.prod(self.shape)))
-            self._geometry = _Geometry(mask.astype(bool).reshape(self.shape))
-        return self._geometry
+        return _Geometry.of_packed(self)
 
     def __getstate__(self):
         state = dict(self.__dict__)
