@@ -227,14 +227,15 @@ def test_model_built_on_a_scheduler_and_two_workers_equals_local(
     # Rows of 4 per task and 16 labels per map task: several tasks for both workers.
     monkeypatch.setattr(build, "ROWS_PER_SUM_TASK", 4)
     coll = Collection.open(toy_collection.path)
-    remote = CorrelationDecoder(labels="toy", meta_estimator=MKDAChi2(chunk_size=4)).fit(
-        coll, store=tmp_path / "remote.zarr")
+    remote = CorrelationDecoder(labels="toy", meta_estimator=MKDAChi2(chunk_size=4),
+                                fwe_iters=60, seed=3).fit(coll, store=tmp_path / "remote.zarr")
     executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
     assert len(executed) == 2 and min(executed.values()) > 0, executed
     client.close()
-    local = CorrelationDecoder(labels="toy").fit(coll, store=tmp_path / "local.zarr")
+    local = CorrelationDecoder(labels="toy", fwe_iters=60, seed=3).fit(
+        coll, store=tmp_path / "local.zarr")
     a, b = remote.model_.to_xarray(), local.model_.to_xarray()
-    for key in ("maps", "map_mean", "map_norm", "n_studies"):
+    for key in ("maps", "map_mean", "map_norm", "n_studies", "fwe_null", "fwe_threshold"):
         assert np.array_equal(a[key].values, b[key].values), key
     assert list(a["label"].values) == list(b["label"].values)
 
@@ -304,3 +305,37 @@ def test_model_maps_equal_mkdachi2_fits_of_each_label(toy_collection, model_path
         res = MKDAChi2().fit(toy_collection, select=label, label_threshold=0.001)
         assert np.array_equal(model.get_map(label, return_type="array"),
                               res.get_map("z_desc-association", return_type="array"))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_null_maxima_by_classes_equal_every_voxel(seed):
+    """The null's per-class shortcut gives the maximum over every voxel, bit for bit: random
+    binary rows with voxels no study activates, voxels every study activates, studies with
+    no active voxel, and sizes from 1 to all the studies but one; a group of one study
+    without active voxels has no positive z (the scan of every voxel then)."""
+    from daskmeta.decode._build import target_map
+    from daskmeta.decode.fwe import null_maxima, total_classes
+
+    rng = np.random.default_rng(seed)
+    n_studies, n_vox = 40, 300
+    binary = (rng.random((n_studies, n_vox)) < rng.uniform(0.02, 0.6, n_vox)).astype(np.int64)
+    binary[:, :7] = 0
+    binary[:, 7:11] = 1
+    binary[3] = 0
+    totals = binary.sum(axis=0)
+    m = sparse.csr_matrix(binary)
+    indptr, indices = m.indptr.astype(np.int64), m.indices.astype(np.int32)
+    sizes = np.array([1, 2, 3, 5, 13, 20, 39], dtype=np.int64)
+    perms = np.stack([rng.permutation(n_studies) for _ in range(6)])
+    i = int(np.flatnonzero(perms[0] == 3)[0])
+    perms[0, [0, i]] = perms[0, [i, 0]]  # the study without active voxels first
+    klass, class_totals = total_classes(totals)
+    out = np.empty((len(perms), len(sizes)), dtype=np.float32)
+    null_maxima(indptr, indices, perms, sizes, klass, class_totals, totals, n_studies, out)
+    for it, perm in enumerate(perms):
+        for s, n in enumerate(sizes):
+            counts = binary[perm[:n]].sum(axis=0)[None, :]
+            z = target_map("z_desc-association", counts, [n], totals[None, :] - counts,
+                           [n_studies - n])
+            assert z.max() == out[it, s], (it, n)
+    assert perms[0, 0] == 3 and out[0, 0] == 0.0

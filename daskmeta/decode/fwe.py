@@ -4,8 +4,11 @@ Under the null a label's studies are a random group of its size. A prefix of one
 permutation of all the studies is a random group of every size at once, so one ordered pass
 per iteration serves every label: the active counts of the first ``n`` studies are added up
 row by row, and at every size ``n`` some label has, the maximum over voxels of the
-association z of that group is recorded (the same compiled arithmetic as the maps). Batches
-of iterations are seeded Dask tasks (:func:`daskmeta.montecarlo.runner.batch_seed`), so the
+association z of that group is recorded (the same compiled arithmetic as the maps). That
+maximum needs only the largest count among the voxels of each whole-collection total
+(:func:`total_classes`), so each size costs a few thousand chi2 values, not one per voxel. Batches
+of iterations are the Monte Carlo runner's seeded Dask tasks
+(:func:`daskmeta.montecarlo.run_montecarlo` with :class:`PrefixPermutationNull`), so the
 nulls are the same on any number of workers. Each worker process reads the binary MA rows
 once into a compressed sparse row matrix (about 4 bytes per active voxel of a study).
 
@@ -22,12 +25,12 @@ import dask
 import numba
 import numpy as np
 
-from daskmeta.cluster import compute
 from daskmeta.decode._kernels import association_z_at
 from daskmeta.exceptions import DaskmetaError
-from daskmeta.montecarlo.runner import batch_bounds, batch_seed
+from daskmeta.montecarlo import NullModel, Summary, run_montecarlo
 
-__all__ = ["binary_rows", "label_fwe", "null_maxima"]
+__all__ = ["PrefixPermutationNull", "SizeMaxima", "binary_rows", "label_fwe", "null_maxima",
+           "total_classes"]
 
 _CACHE: dict = {}
 _LOCK = threading.Lock()
@@ -62,7 +65,7 @@ def binary_rows(store, rows, generation=None):
 
 @numba.njit(cache=True, nogil=True, fastmath={"nnan", "ninf"})
 def _max_positive_chi2(counts, totals, n_selected, n_total):
-    """The largest association chi2 over the voxels where the group is more often active
+    """The largest association chi2 over the entries where the group is more often active
     than the rest (``a n2 > b n1``, exact in float64 for counts below 2**26: the sign of
     NiMARE's ``p(A|F) - p(A|U)``), or -1 if there is none. The chi2 is
     :func:`association_z_at`'s, operation for operation."""
@@ -83,25 +86,49 @@ def _max_positive_chi2(counts, totals, n_selected, n_total):
     return best
 
 
+def total_classes(totals):
+    """``(klass, class_totals)``: the voxels grouped by their whole-collection active count.
+
+    For a group of ``n1`` of ``N`` studies, a voxel active in ``a`` of the group's studies
+    and ``T`` of all has ``d = a n2 - (T - a) n1 = a N - T n1`` (exact integers in float64)
+    and chi2 ``N d**2 / (T (N - T) n1 n2)``: among voxels of one ``T`` the chi2 of a positive
+    ``d`` rises with ``a`` (each rounding step is monotone), so the largest is that of the
+    voxel with the largest count. The null thus needs, per class of ``T``, only the largest
+    count, and the chi2 of a few thousand classes instead of every voxel, with the same
+    float64 operations on the same numbers: the same maxima to the last bit.
+    """
+    class_totals, klass = np.unique(np.asarray(totals, dtype=np.int64), return_inverse=True)
+    return klass.astype(np.int32), class_totals.astype(np.int64)
+
+
 @numba.njit(cache=True, nogil=True)
-def null_maxima(indptr, indices, perms, sizes, totals, n_total, out):
+def null_maxima(indptr, indices, perms, sizes, klass, class_totals, totals, n_total, out):
     """``out[i, s]``: the largest association z over voxels of the first ``sizes[s]`` studies
     of permutation ``perms[i]`` (sizes ascending): ``sqrt`` of the largest chi2 of a positive
     z in float32 (sqrt and rounding keep the order), else (no positive z) the largest z of
-    all voxels by :func:`association_z_at`."""
+    all voxels by :func:`association_z_at`. The largest chi2 is taken over the classes of
+    :func:`total_classes` (``klass[v]``: voxel ``v``'s class, whose total is
+    ``class_totals[klass[v]]``), from the largest count of each class."""
     n_vox = totals.shape[0]
-    counts = np.zeros(n_vox, dtype=np.int64)
+    counts = np.zeros(n_vox, dtype=np.int32)
+    top = np.zeros(class_totals.shape[0], dtype=np.int32)
     for it in range(perms.shape[0]):
         counts[:] = 0
+        top[:] = 0
         s = 0
         for k in range(perms.shape[1]):
             if s >= sizes.shape[0]:
                 break
             r = perms[it, k]
             for p in range(indptr[r], indptr[r + 1]):
-                counts[indices[p]] += 1
+                v = indices[p]
+                c = counts[v] + 1
+                counts[v] = c
+                g = klass[v]
+                if c > top[g]:
+                    top[g] = c
             while s < sizes.shape[0] and sizes[s] == k + 1:
-                chi2 = _max_positive_chi2(counts, totals, k + 1, n_total)
+                chi2 = _max_positive_chi2(top, class_totals, k + 1, n_total)
                 if chi2 >= 0.0:
                     out[it, s] = np.float32(np.sqrt(chi2))
                 else:
@@ -114,15 +141,36 @@ def null_maxima(indptr, indices, perms, sizes, totals, n_total, out):
                 s += 1
 
 
-def _batch(store, generation, rows, sizes, totals, seed, batch, a, b):
-    indptr, indices = binary_rows(store, rows, generation)
-    rng = np.random.default_rng(batch_seed(seed, batch))
-    perms = np.empty((b - a, len(rows)), dtype=np.int64)
-    for i in range(b - a):
-        perms[i] = rng.permutation(len(rows))
-    out = np.empty((b - a, len(sizes)), dtype=np.float32)
-    null_maxima(indptr, indices, perms, sizes, totals, len(rows), out)
-    return out
+class PrefixPermutationNull(NullModel):
+    """The decoder's label-permutation null as a Monte Carlo null model: each iteration is
+    one random permutation of the studies, and records, for every group size of
+    ``sizes``, the largest association z of the permutation's first ``size`` studies
+    (:func:`null_maxima`). The binary rows are read once per process (:func:`binary_rows`);
+    the model itself carries only the row indices, sizes and totals."""
+
+    def __init__(self, store, generation, rows, sizes, totals, token):
+        self.store, self.generation = str(store), generation
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.totals = np.asarray(totals, dtype=np.int64)
+        self.token = token
+
+    def run_batch(self, summary, rng, n_iters: int) -> dict:
+        indptr, indices = binary_rows(self.store, self.rows, self.generation)
+        perms = np.empty((n_iters, len(self.rows)), dtype=np.int64)
+        for i in range(n_iters):
+            perms[i] = rng.permutation(len(self.rows))
+        out = np.empty((n_iters, len(self.sizes)), dtype=np.float32)
+        klass, class_totals = total_classes(self.totals)
+        null_maxima(indptr, indices, perms, self.sizes, klass, class_totals, self.totals,
+                    len(self.rows), out)
+        return {"max_z": out}
+
+
+class SizeMaxima(Summary):
+    """Per iteration, the null maxima of every group size (an iterations x sizes array)."""
+
+    keys = ("max_z",)
 
 
 def label_fwe(model, collection, n_iters: int, seed: int = 0, batch_size: int = 25,
@@ -165,19 +213,16 @@ def label_fwe(model, collection, n_iters: int, seed: int = 0, batch_size: int = 
     indptr, indices = binary_rows(collection.path, rows, collection.generation)
     totals = np.bincount(indices, minlength=collection.space.n_voxels).astype(np.int64)
     sizes = np.unique(model.n_studies).astype(np.int64)
-    bounds = batch_bounds(n_iters, batch_size)
-    token = dask.base.tokenize(collection.content_token(), rows, sizes, seed)
-    task = dask.delayed(_batch, pure=True)
-    store, generation = str(collection.path), collection.generation
-    parts = [task(store, generation, rows, sizes, totals, seed, i, a, b,
-                  dask_key_name=f"decode-fwe-{token}-{i}") for i, (a, b) in enumerate(bounds)]
-    done = []
-    step = max(1, len(parts) // 10)
-    for c in range(0, len(parts), step):
-        done.extend(compute(*parts[c:c + step]))
-        if progress is not None:
-            progress(min(n_iters, bounds[min(c + step, len(parts)) - 1][1]), n_iters)
-    by_size = np.vstack(done)  # iterations x sizes
+    token = dask.base.tokenize("decode-fwe", collection.content_token(), rows, sizes)
+    null_model = PrefixPermutationNull(collection.path, collection.generation, rows, sizes,
+                                       totals, token)
+    on_batch = None
+    if progress is not None:
+        def on_batch(_batch, n_done):
+            progress(min(n_iters, n_done * batch_size), n_iters)
+    nulls = run_montecarlo(null_model, SizeMaxima(), n_iters, batch_size=batch_size,
+                           seed=seed, on_batch=on_batch)
+    by_size = nulls.values["max_z"]  # iterations x sizes
     where = np.searchsorted(sizes, model.n_studies)
     null = np.ascontiguousarray(by_size[:, where].T)  # labels x iterations
     threshold = np.quantile(null.astype(np.float64), 1 - alpha, axis=1)
