@@ -33,6 +33,7 @@ def test_defaults_come_from_the_yaml():
                                    "fit-many": {"memory": "2GB"},
                                    "montecarlo": {"batch-size": 100},
                                    "collection": {"rows-per-shard": 64},
+                                   "fetch": {"max-extracted-bytes": "64GB"},
                                    "cache-dir": None, "data-dir": None,
                                    "scheduler-address": None,
                                    "s3": {"endpoint-url": None, "region": None, "anon": False,

@@ -265,3 +265,34 @@ def test_neurovault_truncated_image_resumed_and_corrupt_cache_refetched(vault, t
     with pytest.warns(DaskmetaWarning, match=r"does not match its sha256"):
         read_neurovault(77, data_dir=tmp_path, url=vault.url)
     assert gzip.decompress(target.read_bytes()) == vault.images[1][3]
+
+
+def test_decompression_bomb_refused(site, tmp_path):
+    """An archive that extracts to more than the configured cap is refused before anything is
+    written (from its members' declared sizes), and the config setting sets the cap."""
+    import dask
+
+    from daskmeta.io._archive import extract_safely
+
+    zeros = b"\0" * 3_000_000
+    url = site.publish(_tar([*_release_members(), ("release-2026-09/zeros.bin", zeros, "file")]))
+    with dask.config.set({"daskmeta.fetch.max-extracted-bytes": "2MB"}), pytest.raises(
+            DaskmetaError, match=r"archive a\.tar\.gz: extracting it \(at member "
+                                 r"'release-2026-09/zeros\.bin'\) would write more than "
+                                 r"2,000,000 bytes .*decompression bomb, nothing was extracted"):
+        fetch_neurostore(data_dir=tmp_path / "d", url=url)
+    assert not (tmp_path / "d" / "neurostore" / "2026-09").exists()
+    path = fetch_neurostore(data_dir=tmp_path / "d", url=url)  # the default cap lets it by
+    assert (path / "zeros.bin").stat().st_size == len(zeros)
+    # A zip: refused from its members' declared sizes too.
+    import zipfile
+
+    zpath = tmp_path / "zeros.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big.bin", zeros)
+    with pytest.raises(DaskmetaError, match=r"archive zeros\.zip: extracting it \(at member "
+                                            r"'big\.bin'\) would write more than 2,000,000"):
+        extract_safely(zpath, tmp_path / "out", max_bytes="2MB")
+    assert not (tmp_path / "out").exists()
+    assert (extract_safely(zpath, tmp_path / "out", max_bytes=len(zeros)) / "big.bin"
+            ).stat().st_size == len(zeros)
