@@ -3,9 +3,9 @@
 :class:`CorrelationDecoder` computes the meta-analytic map of every label (MKDAChi2 of the
 label's studies against the others by default, or any CBMA estimator's fit on the label's
 studies) in passes over the MA rows (a collection's store, or a Dataset's foci) into a
-:class:`~daskmeta.decode.DecoderModel` and correlates images with all of them at once. :class:`CorrelationDistributionDecoder`
-correlates an image with every study's map and summarizes the (Fisher z) correlations of
-each label's studies.
+:class:`~daskmeta.decode.DecoderModel` and correlates images with all of them at once.
+:class:`CorrelationDistributionDecoder` correlates an image with every study's map and
+summarizes the (Fisher z) correlations of each label's studies.
 """
 
 from __future__ import annotations
