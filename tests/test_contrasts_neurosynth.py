@@ -19,8 +19,10 @@ PAIN = "LDA50__32_pain_somatosensory_stimulation"
 
 @pytest.mark.slow
 def test_pain_topic_against_rest_of_neurosynth_equals_nimare(neurosynth, neurosynth_mkda,
-                                                             nimare_neurosynth):
+                                                             nimare_neurosynth, tmp_path,
+                                                             monkeypatch):
     mkda = pytest.importorskip("nimare.meta.cbma.mkda")
+    monkeypatch.setenv("DASKMETA_CACHE_DIR", str(tmp_path / "cache"))  # the totals' cache
     ours = MKDAChi2().fit(neurosynth_mkda, select=PAIN, label_threshold=0.05)
     assert (ours.attrs["n_experiments1"], ours.attrs["n_experiments2"]) == (865, 13506)
     selected = set(neurosynth.get_studies_by_label(PAIN, label_threshold=0.05))

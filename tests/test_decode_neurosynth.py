@@ -19,8 +19,10 @@ from daskmeta.decode import CorrelationDecoder
 
 @pytest.mark.slow
 def test_correlation_decoder_on_whole_neurosynth_equals_nimare(neurosynth_mkda,
-                                                               nimare_neurosynth, tmp_path):
+                                                               nimare_neurosynth, tmp_path,
+                                                               monkeypatch):
     continuous = pytest.importorskip("nimare.decode.continuous")
+    monkeypatch.setenv("DASKMETA_CACHE_DIR", str(tmp_path / "cache"))
     labels = [f"LDA50__{t}" for t in TOPICS]
     t0 = time.perf_counter()
     ours = CorrelationDecoder(labels=labels).fit(neurosynth_mkda, store=tmp_path / "m.zarr")
