@@ -16,6 +16,10 @@
    pain topic): its set-up and per-label times, measured, then extrapolated per label to
    the 50 topics and the 4,111 terms (stated as such), its peak RSS, and the largest
    absolute difference between its map and daskmeta's, and between the r of a test image.
+6. ``cbma``: a decoder model of the LDA50 topics with ``meta_estimator=MKDADensity()``,
+   ``target_image="z"`` (each topic's own fit, fit_many's passes), and NiMARE's
+   ``CorrelationDecoder`` with the same estimator on three topics (measured, extrapolated
+   to 50), with the map and r differences of each.
 
 Each piece runs in its own subprocess whose process tree's RSS is sampled (psutil). Run it
 under the heavy lock: ``flock /tmp/daskmeta-heavy.lock python benchmarks/decode.py``.
@@ -151,6 +155,74 @@ def child_nimare(ns_model: str, img_path: str) -> None:
                       "r_diff": abs(r_ours - r_theirs)}))
 
 
+TOPICS = ["32_pain_somatosensory_stimulation", "17_motor_cortex_hand", "40_face_faces_facial"]
+
+
+def child_cbma_build(store: str, out: str) -> None:
+    from daskmeta import Collection
+    from daskmeta.decode import CorrelationDecoder
+    from daskmeta.estimators import MKDADensity
+
+    coll = Collection.open(store)
+    t0 = time.perf_counter()
+    dec = CorrelationDecoder(labels="LDA50", meta_estimator=MKDADensity(),
+                             target_image="z").fit(coll, store=out, overwrite=True)
+    print(json.dumps({"time": time.perf_counter() - t0, "n_labels": len(dec.features_)}))
+
+
+def child_cbma_nimare(model_path: str, img_path: str) -> None:
+    import warnings
+
+    import nibabel as nib
+    from nimare.decode.continuous import CorrelationDecoder as NiMARE
+    from nimare.io import convert_neurosynth_to_dataset
+    from nimare.meta.cbma import MKDADensity
+
+    from daskmeta.decode import DecoderModel
+
+    p = "data-neurosynth_version-7_"
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nds = convert_neurosynth_to_dataset(
+            str(NEUROSYNTH / f"{p}coordinates.tsv.gz"), str(NEUROSYNTH / f"{p}metadata.tsv.gz"),
+            annotations_files={
+                "features": str(NEUROSYNTH / f"{p}vocab-LDA50_source-abstract_type-weight_"
+                                             "features.npz"),
+                "vocabulary": str(NEUROSYNTH / f"{p}vocab-LDA50_vocabulary.txt")})
+        nds.masker = str(MASK)
+    t_read = time.perf_counter() - t0
+    per_label = []
+    original = NiMARE._run_fit
+
+    def timed(self, feature, dataset):
+        t = time.perf_counter()
+        out = original(self, feature, dataset)
+        per_label.append(time.perf_counter() - t)
+        return out
+
+    NiMARE._run_fit = timed
+    dec = NiMARE(feature_group="LDA50_abstract_weight", features=TOPICS,
+                 meta_estimator=MKDADensity(), target_image="z")
+    t1 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dec.fit(nds)
+        fit = time.perf_counter() - t1
+        r_theirs = dec.transform(nib.load(img_path))["r"]
+    model = DecoderModel.open(model_path)
+    r_ours = model.transform(img_path)["r"]
+    diffs = {}
+    for t in TOPICS:
+        theirs = dec.results_.maps[f"LDA50_abstract_weight__{t}"]
+        ours = model.get_map(f"LDA50__{t}", return_type="array")
+        diffs[t] = [float(np.abs(ours - theirs).max()),
+                    abs(float(r_ours[f"LDA50__{t}"]) - float(r_theirs[
+                        f"LDA50_abstract_weight__{t}"]))]
+    print(json.dumps({"read": t_read, "fit": fit, "per_label": per_label,
+                      "setup": fit - sum(per_label), "diffs": diffs}))
+
+
 # -- the benchmark ------------------------------------------------------------------------------
 def ensure_collection(source: Path, store: Path) -> None:
     if (store / "zarr.json").exists():
@@ -212,7 +284,7 @@ def main() -> None:
     ap.add_argument("--no-nimare", action="store_true")
     ap.add_argument("--fwe-iters", type=int, default=200)
     ap.add_argument("--only", nargs="*",
-                    default=["build", "decode", "serve", "fwe", "nimare"])
+                    default=["build", "decode", "serve", "fwe", "nimare", "cbma"])
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -295,12 +367,39 @@ def main() -> None:
             total = info["setup"] + n * per
             print(f"  EXTRAPOLATED for {n:,} {what}: {total / 60:.0f} min "
                   f"({total / 3600:.1f} h) on 1 core")
+    if "cbma" in args.only:
+        cbma_model = work / "ns-lda50-mkdadensity.zarr"
+        res = run_measured(me("cbma_build", ns_store, cbma_model))
+        info = child_json(res)
+        print(f"model of {info['n_labels']} LDA50 topics with MKDADensity (z of each topic's "
+              f"studies, fit_many's passes): fit {info['time']:.1f} s, process "
+              f"{res['wall']:.1f} s, peak RSS {res['peak'] / MiB:.0f} MiB")
+        if not args.no_nimare:
+            import nibabel as nib
+
+            from daskmeta.decode import DecoderModel
+
+            m = DecoderModel.open(cbma_model)
+            img_path = work / "ns-image-cbma.nii.gz"
+            nib.save(m.space.to_img(np.random.default_rng(4).normal(size=m.space.n_voxels)
+                                    .astype(np.float32)
+                                    + m.get_map(f"LDA50__{PAIN}", "array")), img_path)
+            res = run_measured(me("cbma_nimare", cbma_model, img_path), timeout=7200)
+            info = child_json(res)
+            per = statistics.median(info["per_label"])
+            print(f"NiMARE CorrelationDecoder(MKDADensity, z), whole Neurosynth, 3 topics "
+                  f"MEASURED: dataset {info['read']:.1f} s, set-up {info['setup']:.1f} s, "
+                  f"{per:.1f} s per label (median), peak RSS {res['peak'] / GiB:.1f} GiB; "
+                  f"EXTRAPOLATED to the 50 topics {(info['setup'] + 50 * per) / 60:.1f} min")
+            for t, (d_map, d_r) in info["diffs"].items():
+                print(f"  {t}: map max abs diff vs daskmeta {d_map:.3g}, r diff {d_r:.3g}")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         {"build": child_build, "decode": child_decode, "fwe": child_fwe,
-         "nimare": child_nimare}[sys.argv[2]](
+         "nimare": child_nimare, "cbma_build": child_cbma_build,
+         "cbma_nimare": child_cbma_nimare}[sys.argv[2]](
             *sys.argv[3:])
     else:
         main()

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import dask
@@ -52,6 +53,57 @@ def nimare_pain():
     """NiMARE's Dataset of the same file, with NiMARE's default mask."""
     nimare_dataset = pytest.importorskip("nimare.dataset")
     return nimare_dataset.Dataset(str(PAIN_JSON), mask=str(NIMARE_MASK))
+
+
+@pytest.fixture(scope="session")
+def neurosynth():
+    """The whole Neurosynth v7 (14,371 studies), read by daskmeta (for the slow tests)."""
+    from daskmeta.io import read_neurosynth
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return read_neurosynth(DATA / "neurosynth-v7")
+
+
+@pytest.fixture(scope="session")
+def neurosynth_mkda(neurosynth, tmp_path_factory):
+    """An MKDA (r = 10 mm) collection of the whole Neurosynth on NiMARE's mask, built once
+    per session for the whole-database tests."""
+    from daskmeta import Collection
+    from daskmeta.kernels import MKDAKernel
+
+    root = tmp_path_factory.mktemp("neurosynth-mkda")
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        mp.setenv("DASKMETA_CACHE_DIR", str(root / "cache"))
+        warnings.simplefilter("ignore")  # the foci far outside the mask (counted elsewhere)
+        return Collection.build(neurosynth, MKDAKernel(r=10), root / "ns.zarr",
+                                mask=str(NIMARE_MASK))
+
+
+@pytest.fixture(scope="session")
+def nimare_neurosynth(neurosynth):
+    """NiMARE's Dataset of the same experiments and MNI foci (``benchmarks/run.py``'s
+    ``to_nimare_dataset``) on NiMARE's mask, with the LDA50 topic weights as NiMARE
+    annotations (feature group ``LDA50``): built once per session (about 7 GB of NiMARE)."""
+    import pandas as pd
+
+    pytest.importorskip("nimare")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from run import to_nimare_dataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = to_nimare_dataset(neurosynth, NIMARE_MASK)
+    cols = [i for i, n in enumerate(neurosynth.label_names) if n.startswith("LDA50__")]
+    rows = pd.Index(neurosynth.ids).get_indexer(data.ids)
+    weights = neurosynth.labels.tocsr()[rows][:, cols].toarray()
+    table = pd.DataFrame(weights, columns=[neurosynth.label_names[c] for c in cols])
+    ids = pd.Series(data.ids)
+    table.insert(0, "id", ids.to_numpy())
+    table.insert(1, "study_id", ids.str.rpartition("-")[0].to_numpy())
+    table.insert(2, "contrast_id", ids.str.rpartition("-")[2].to_numpy())
+    data.annotations = table
+    return data
 
 
 def _refuse_compute(*args, **kwargs):

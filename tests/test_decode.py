@@ -24,6 +24,7 @@ from daskmeta.decode import (
     ROIAssociationDecoder,
     tfidf,
 )
+from daskmeta.estimators import ALE, KDA, ALESubtraction, MKDADensity
 from daskmeta.exceptions import DaskmetaError
 from daskmeta.io import read_neurosynth
 from daskmeta.kernels import MKDAKernel
@@ -220,6 +221,52 @@ def test_fit_from_a_dataset_equals_fit_from_its_collection(ns_subset, tmp_path):
     assert (from_store.model_.n_studies >= 40).all()
 
 
+@pytest.mark.parametrize("name, ours_est, theirs_kw, target, source", [
+    ("MKDADensity", MKDADensity(), {}, "z", "collection"),
+    # (a margin keeping every focus: NiMARE keeps the far ones, whose kernels reach inside)
+    ("ALE", ALE(kernel__fwhm=10, mask=str(NIMARE_MASK), mask_margin=100),
+     {"kernel__fwhm": 10}, "stat", "dataset"),
+    ("KDA", KDA(mask=str(NIMARE_MASK)), {}, "p", "dataset"),
+])
+def test_correlation_decoder_with_a_cbma_estimator_equals_nimare(
+        ns_subset, nimare_subset, name, ours_est, theirs_kw, target, source):
+    """Each label's map is the estimator's fit on the label's studies (fit_many's passes),
+    from a collection's store or from a Dataset's foci."""
+    import nimare.meta.cbma as nimare_cbma
+    from nimare.decode.continuous import CorrelationDecoder as NiMARECorrelationDecoder
+
+    data = ns_subset[2] if source == "collection" else ns_subset[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a Dataset's foci far outside the mask are dropped
+        ours = CorrelationDecoder(labels=TOPICS, frequency_threshold=0.05,
+                                  meta_estimator=ours_est, target_image=target).fit(data)
+    attrs = ours.model_.attrs
+    assert (attrs["meta_estimator"], attrs["target_image"]) == (name, target)
+    assert attrs["meta_estimator_params"]["kernel__r" if name != "ALE" else "kernel__fwhm"] == 10
+    assert ours_est.__dict__.get("kernel_") is None  # the user's estimator is not fitted
+    theirs = NiMARECorrelationDecoder(feature_group=NIMARE_GROUP, features=TOPICS,
+                                      frequency_threshold=0.05,
+                                      meta_estimator=getattr(nimare_cbma, name)(**theirs_kw),
+                                      target_image=target)
+    img = _test_image(ns_subset[2].space)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs.fit(nimare_subset)
+        r_theirs = theirs.transform(img)
+    r_ours = ours.transform(img)
+    assert len(r_theirs) == 3
+    for label, row in r_theirs.iterrows():
+        n = len(set(nimare_subset.get_studies_by_label([label], 0.05))
+                & set(theirs.inputs_["id"]))
+        assert ours.model_.n_studies[ours.features_.index(_ours(label))] == n
+        a = ours.model_.get_map(_ours(label), return_type="array").astype(np.float64)
+        b = np.asarray(theirs.results_.maps[label], dtype=np.float64)
+        tol = 1e-6 * max(1.0, float(np.abs(b).max()))  # float32 maps in the model
+        diff = float(np.abs(a - b).max())
+        assert diff <= tol, f"{name} {label}: map max abs difference {diff:.3g}"
+        assert abs(r_ours.loc[_ours(label), "r"] - row["r"]) <= 1e-6
+
+
 def test_save_and_store_refuse_to_overwrite(fitted, tmp_path, ns_subset):
     saved = fitted.save(tmp_path / "copy.zarr")
     assert saved.labels == fitted.model_.labels
@@ -244,8 +291,20 @@ def test_save_and_store_refuse_to_overwrite(fitted, tmp_path, ns_subset):
     ({"frequency_threshold": 0}, r"frequency_threshold must be a number > 0"),
     ({"min_studies": 0}, r"min_studies must be an integer >= 1"),
     ({"min_studies": 10**6}, r"no label is left to decode"),
-    ({"target_image": "stat"}, r"target_image must be an MKDAChi2 map name"),
-    ({"meta_estimator": object()}, r"meta_estimator must be an MKDAChi2; got object"),
+    ({"target_image": "stat"}, r"target_image 'stat' is not a map of MKDAChi2; allowed: "
+                               r"z_desc-uniformity, z_desc-association, "),
+    ({"target_image": 3}, r"target_image must be a map name"),
+    ({"meta_estimator": object()}, r"meta_estimator must be one of MKDAChi2, ALE, "
+                                   r"MKDADensity, KDA \(an instance\); got object"),
+    ({"meta_estimator": ALE}, r"meta_estimator must be one of .*; got ALE"),
+    ({"meta_estimator": ALESubtraction()}, r"meta_estimator must be one of .*; got "
+                                           r"ALESubtraction"),
+    ({"meta_estimator": MKDADensity()}, r"target_image 'z_desc-association' is not a map of "
+                                        r"MKDADensity; allowed: stat, p, z, logp$"),
+    ({"meta_estimator": MKDADensity(), "target_image": "z", "fwe_iters": 10},
+     r"fwe_iters needs meta_estimator MKDAChi2, target_image 'z_desc-association'"),
+    ({"meta_estimator": KDA(), "target_image": "z"}, r"holds MA maps of MKDAKernel.*KDA needs "
+                                                     r"KDAKernel maps"),
 ])
 def test_bad_decoder_parameters(ns_subset, kwargs, match):
     with pytest.raises(DaskmetaError, match=match):

@@ -91,6 +91,8 @@ def test_cli_build_equals_python_and_decode_prints_ranked_labels(model_path, toy
      "--labels must be a vocabulary or comma-separated label names"),
     (["decoder", "build", "--collection", "COLL", "--out", "x.zarr", "--labels", "nope"],
      "labels='nope' is neither a vocabulary"),
+    (["decoder", "build", "--collection", "COLL", "--out", "x.zarr", "--target-image", "z"],
+     "target_image 'z' is not a map of MKDAChi2; allowed: z_desc-uniformity, "),
     (["decode", "MODEL", "missing.nii.gz"], "cannot read missing.nii.gz"),
     (["serve", "MODEL", "--port", "70000"], "--port must be an integer from 0 to 65,535"),
 ])

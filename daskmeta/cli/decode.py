@@ -108,6 +108,7 @@ def _run_build(args) -> None:
                                  min_studies=args.min_studies, fwe_iters=args.fwe_iters,
                                  seed=args.seed)
     decoder._validate_params()
+    decoder._meta()  # the map name, before any work
     from daskmeta._pass import has_foci
     from daskmeta.decode.labels import select_labels
 

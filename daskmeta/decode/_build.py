@@ -9,10 +9,16 @@ turn the counts into the target map with the MKDAChi2 functions
 (:mod:`daskmeta.estimators._chi2`) and write whole chunks of the model. Groups are as large
 as the ``daskmeta.fit-many.memory`` setting allows, so the 50 LDA50 topics are one pass and
 the 4,111 NeuroQuery terms a few.
+
+With another CBMA estimator (ALE, MKDADensity, KDA: NiMARE's ``meta_estimator``), a label's
+map is the estimator's fit on the label's studies alone: :func:`estimator_maps` runs
+:func:`daskmeta.estimators._many.fit_rows` (``fit_many``'s engine: one pass per group of
+labels) and each task of labels writes its ``target_image`` map to the model.
 """
 
 from __future__ import annotations
 
+import functools
 import operator
 
 import dask
@@ -26,7 +32,7 @@ from daskmeta.decode._kernels import association_z
 from daskmeta.decode.model import LABELS_PER_CHUNK, write_maps_block
 from daskmeta.estimators import _chi2
 
-__all__ = ["association_maps", "target_map"]
+__all__ = ["association_maps", "estimator_maps", "target_map"]
 
 
 def target_map(target: str, selected, n_selected, unselected, n_unselected, prior=0.5):
@@ -157,4 +163,48 @@ def association_maps(selection, source, n_voxels: int, writer, target: str, prio
             means[s0:s0 + len(mean)], norms[s0:s0 + len(norm)] = mean, norm
         if progress is not None:
             progress(g1, n_labels)
+    return means, norms
+
+
+def _write_target(maps_path: str, target: str, maps: dict, start: int):
+    """A fit_rows sink: write one map of a task's labels to the model (whole chunks)."""
+    return write_maps_block(maps_path, start, maps[target])
+
+
+def estimator_maps(estimator, data, selection, writer, target: str, progress=None):
+    """Every label's ``target`` map of a CBMA estimator's fit on the label's studies, in
+    passes over the MA rows (:func:`~daskmeta.estimators._many.fit_rows`), into a model
+    writer; returns per-label (mean, norm).
+
+    Parameters
+    ----------
+    estimator : CBMAEstimator
+        Validated.
+    data : Collection or Dataset
+    selection : LabelSelection
+    writer : model writer (its ``maps_path`` receives the maps)
+    target : str
+        One of the estimator's maps (``stat``, ``p``, ``z``, ``logp``).
+    progress : callable, optional
+        ``progress(n_done, n_total)`` after each pass.
+    """
+    from daskmeta.estimators._many import FIT_MANY_SELECTIONS_PER_TASK, fit_rows
+
+    if LABELS_PER_CHUNK % FIT_MANY_SELECTIONS_PER_TASK:
+        raise AssertionError("a model chunk must hold whole tasks of labels")
+    weights = sparse.csr_matrix(selection.weights)
+    rows_of = [np.sort(weights.indices[weights.indptr[i]:weights.indptr[i + 1]])
+               for i in range(weights.shape[0])]
+    n_labels = len(rows_of)
+    means, norms = np.empty(n_labels), np.empty(n_labels)
+
+    def collect(g0, g1, results):
+        for s0, (mean, norm) in results:
+            means[g0 + s0:g0 + s0 + len(mean)], norms[g0 + s0:g0 + s0 + len(norm)] = mean, norm
+        if progress is not None:
+            progress(g1, n_labels)
+
+    fit_rows(estimator, data, rows_of, collect,
+             sink=functools.partial(_write_target, writer.maps_path, target),
+             align=LABELS_PER_CHUNK)
     return means, norms

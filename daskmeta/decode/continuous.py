@@ -1,10 +1,11 @@
 """Decoding unthresholded images by correlation (NiMARE's ``nimare.decode.continuous``).
 
-:class:`CorrelationDecoder` computes the MKDAChi2 map of every label in passes over the MA
-rows (a collection's store, or a Dataset's foci) into a :class:`~daskmeta.decode.DecoderModel`
-and correlates images with all of them at once. :class:`CorrelationDistributionDecoder`
-correlates an image with every study's map and summarizes the (Fisher z) correlations of
-each label's studies.
+:class:`CorrelationDecoder` computes the meta-analytic map of every label (MKDAChi2 of the
+label's studies against the others by default, or any CBMA estimator's fit on the label's
+studies) in passes over the MA rows (a collection's store, or a Dataset's foci) into a
+:class:`~daskmeta.decode.DecoderModel` and correlates images with all of them at once.
+:class:`CorrelationDistributionDecoder` correlates an image with every study's map and
+summarizes the (Fisher z) correlations of each label's studies.
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ import numpy as np
 import pandas as pd
 
 from daskmeta._pass import has_foci
-from daskmeta.decode._build import association_maps
+from daskmeta.decode._build import association_maps, estimator_maps
 from daskmeta.decode.labels import select_labels
 from daskmeta.decode.model import DecoderModel, _Writer, images_to_matrix
 from daskmeta.estimators._chi2 import CHI2_MAP_NAMES
-from daskmeta.estimators.base import Estimator, non_negative, one_of
+from daskmeta.estimators.base import Estimator, non_negative
 from daskmeta.exceptions import DaskmetaError
 
 __all__ = ["CorrelationDecoder", "CorrelationDistributionDecoder"]
+
+#: The maps of a CBMA estimator's fit a decoder can correlate with (``fit_many``'s).
+CBMA_MAP_NAMES = ("stat", "p", "z", "logp")
 
 _LABEL_DOC = """labels : None, str or list of str
         None: every label of the data; a vocabulary (``"LDA50"``: its every label); or label
@@ -45,10 +49,11 @@ def _min_studies_ok(value) -> bool:
 class CorrelationDecoder(Estimator):
     """Decode images by correlating them with the meta-analytic map of every label.
 
-    NiMARE's ``CorrelationDecoder`` with ``MKDAChi2``, at whole-database scale: ``fit``
-    computes every label's map (MKDAChi2 of the label's studies against all the others) in
-    passes over the MA rows, into a decoder model on disk; ``transform`` correlates images
-    with every map as one matrix product over blocks of maps.
+    NiMARE's ``CorrelationDecoder`` at whole-database scale: ``fit`` computes every label's
+    map (by default MKDAChi2 of the label's studies against all the others; with another
+    CBMA ``meta_estimator``, its fit on the label's studies) in passes over the MA rows,
+    into a decoder model on disk; ``transform`` correlates images with every map as one
+    matrix product over blocks of maps.
 
     Parameters
     ----------
@@ -57,12 +62,15 @@ class CorrelationDecoder(Estimator):
         names (the ``VOCAB__`` prefix may be left out where unambiguous).
     frequency_threshold : float
         A label holds for a study whose weight is at least this (NiMARE's).
-    meta_estimator : MKDAChi2, optional
-        Its kernel, mask, mask margin and prior are used (default ``MKDAChi2()``: MKDA kernel
-        of r = 10 mm, prior 0.5).
+    meta_estimator : MKDAChi2, ALE, MKDADensity or KDA, optional
+        The meta-analysis of each label (default ``MKDAChi2()``: MKDA kernel of r = 10 mm,
+        prior 0.5): MKDAChi2 contrasts the label's studies with all the others (its kernel,
+        mask, mask margin and prior are used); ALE, MKDADensity and KDA are fitted on the
+        label's studies alone (their kernel, parameters, mask and mask margin are used).
     target_image : str
-        The MKDAChi2 map of each label to correlate with (NiMARE's name), default
-        ``"z_desc-association"``.
+        The map of each label to correlate with (NiMARE's name): one of MKDAChi2's maps
+        (default ``"z_desc-association"``), or ``"stat"``, ``"p"``, ``"z"`` or ``"logp"``
+        of the other estimators.
     min_studies : int
         Leave out labels holding for fewer studies (default 1: NiMARE's rule).
     fwe_iters : int, optional
@@ -84,8 +92,8 @@ class CorrelationDecoder(Estimator):
     _parameter_constraints = {
         "labels": (_labels_ok, "None, a vocabulary name or a list of label names"),
         "frequency_threshold": (lambda v: non_negative(v) and v > 0, "a number > 0"),
-        "target_image": (one_of(*CHI2_MAP_NAMES), "an MKDAChi2 map name such as "
-                         "'z_desc-association'"),
+        "target_image": (lambda v: isinstance(v, str), "a map name such as "
+                         "'z_desc-association' (MKDAChi2) or 'z'"),
         "min_studies": (_min_studies_ok, "an integer >= 1"),
         "fwe_iters": (lambda v: v is None or _min_studies_ok(v), "None or an integer >= 1"),
         "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
@@ -103,14 +111,25 @@ class CorrelationDecoder(Estimator):
         self.seed = seed
 
     def _meta(self):
-        from daskmeta.estimators import MKDAChi2
+        """The validated meta-estimator (a copy) and whether it is MKDAChi2."""
+        from daskmeta.estimators import ALE, KDA, MKDAChi2, MKDADensity
 
         meta = MKDAChi2() if self.meta_estimator is None else self.meta_estimator
-        if not isinstance(meta, MKDAChi2):
-            raise DaskmetaError(f"CorrelationDecoder: meta_estimator must be an MKDAChi2; got "
-                                f"{type(meta).__name__}")
+        allowed = (MKDAChi2, ALE, MKDADensity, KDA)
+        if type(meta) not in allowed:
+            raise DaskmetaError(
+                f"CorrelationDecoder: meta_estimator must be one of "
+                f"{', '.join(c.__name__ for c in allowed)} (an instance); got "
+                f"{meta.__name__ if isinstance(meta, type) else type(meta).__name__}")
+        chi2 = type(meta) is MKDAChi2
+        maps = CHI2_MAP_NAMES if chi2 else CBMA_MAP_NAMES
+        if self.target_image not in maps:
+            raise DaskmetaError(
+                f"CorrelationDecoder: target_image {self.target_image!r} is not a map of "
+                f"{type(meta).__name__}; allowed: {', '.join(maps)}")
+        meta = meta.clone()  # fitting sets per-label state on it
         meta._validate_params()
-        return meta, meta.prior
+        return meta, chi2
 
     def fit(self, data, label_matrix=None, label_names=None, store=None,
             overwrite: bool = False, progress=None):
@@ -136,22 +155,24 @@ class CorrelationDecoder(Estimator):
         self
         """
         self._validate_params()
-        meta, prior = self._meta()
+        meta, chi2 = self._meta()
+        prior = meta.prior if chi2 else None
         dataset, space, kernel, collection = meta._source(data)
-        if self.fwe_iters is not None and (collection is None
+        if self.fwe_iters is not None and (not chi2 or collection is None
                                            or self.target_image != "z_desc-association"):
-            raise DaskmetaError("fwe_iters needs a Collection input and target_image "
-                                "'z_desc-association'")
+            raise DaskmetaError("fwe_iters needs meta_estimator MKDAChi2, target_image "
+                                "'z_desc-association' and a Collection input")
         from daskmeta.kernels import MKDAKernel
 
-        if type(kernel) is not MKDAKernel:
+        if chi2 and type(kernel) is not MKDAKernel:
             raise DaskmetaError(f"CorrelationDecoder needs MKDA maps (binary spheres); the "
                                 f"meta-estimator's kernel is {kernel!r}")
+        # NiMARE drops a label holding for every study only for a pairwise estimator.
         selection = select_labels(dataset, has_foci(dataset), self.labels,
                                   self.frequency_threshold, self.min_studies,
-                                  label_matrix, label_names)
+                                  label_matrix, label_names, require_unselected=chi2)
         plan = None
-        if collection is None:
+        if collection is None and chi2:
             plan = kernel.plan(dataset, space, float(meta.mask_margin))
         tmp = None
         if store is None:
@@ -165,7 +186,10 @@ class CorrelationDecoder(Estimator):
         attrs = {"decoder": type(self).__name__, "target_image": self.target_image,
                  "frequency_threshold": float(self.frequency_threshold),
                  "min_studies": int(self.min_studies), "prior": prior,
-                 "meta_estimator": "MKDAChi2", "kernel": type(kernel).__name__,
+                 "meta_estimator": type(meta).__name__,
+                 "meta_estimator_params": {k: v for k, v in meta.get_params().items()
+                                           if k != "mask"},
+                 "kernel": type(kernel).__name__,
                  "kernel_params": kernel.get_params(), "n_total_studies": selection.n_total,
                  "source": str(collection.path) if collection is not None else
                  (dataset.name or "Dataset"),
@@ -176,9 +200,13 @@ class CorrelationDecoder(Estimator):
         writer = None
         try:
             writer = _Writer(path, selection.names, selection.n_studies, space, attrs)
-            mean, norm = association_maps(selection, (collection, plan), space.n_voxels,
-                                          writer, self.target_image, prior,
-                                          chunk_size=meta._chunk_size(), progress=progress)
+            if chi2:
+                mean, norm = association_maps(selection, (collection, plan), space.n_voxels,
+                                              writer, self.target_image, prior,
+                                              chunk_size=meta._chunk_size(), progress=progress)
+            else:
+                mean, norm = estimator_maps(meta, data, selection, writer, self.target_image,
+                                            progress=progress)
             model = writer.finish(mean, norm, overwrite=overwrite)
             if self.fwe_iters is not None:
                 from daskmeta.decode.fwe import label_fwe
