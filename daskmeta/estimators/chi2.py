@@ -163,6 +163,25 @@ class Chi2Statistic:
         return maps
 
 
+def _restrict_association(maps, difference, group1, group2) -> None:
+    """NiMARE's directional inference maps: the association test only where group 1's
+    effect (``p(A|F) > p(A|U)``, ``difference > 0``) lies in ``group1`` or group 2's in
+    ``group2`` (boolean in-mask vectors, None: nowhere); elsewhere chi2 and z are 0, p 1
+    and logp 0. Nothing to do when neither is given."""
+    if group1 is None and group2 is None:
+        return
+    sign = np.sign(difference)
+    keep = np.zeros(sign.shape, dtype=bool)
+    if group1 is not None:
+        keep |= (sign > 0) & group1
+    if group2 is not None:
+        keep |= (sign < 0) & group2
+    for name, value in (("chi2", 0.0), ("z", 0.0), ("p", 1.0), ("logp", 0.0)):
+        values = np.array(maps[f"{name}_desc-association"], dtype=np.float32)
+        values[~keep] = value
+        maps[f"{name}_desc-association"] = values
+
+
 def _prior_ok(value) -> bool:
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool)
                              and 0 <= value <= 1)
@@ -175,6 +194,12 @@ class MKDAChi2(PairwiseCBMAEstimator):
     Maps (NiMARE's names): ``{chi2,p,z,logp}_desc-{uniformity,association}``, the same of
     ``group1`` (= uniformity) and ``group2`` (the second group's uniformity test), and
     ``prob_desc-{A,AgF,AgU,FgA,group1,group2}`` (``prob_desc-{AgF,FgA}_prior`` with a prior).
+
+    ``fit(..., inference_map1=, inference_map2=)`` (NiMARE's directional inference maps, an
+    in-mask vector or an image on the mask's grid): the association test is kept only
+    where group 1's effect lies in ``inference_map1 > 0`` or group 2's in
+    ``inference_map2 > 0``; elsewhere its chi2 and z are 0, p 1 and logp 0 (the other maps,
+    and the Monte Carlo null, are unrestricted, as NiMARE's).
 
     Parameters
     ----------
@@ -192,6 +217,7 @@ class MKDAChi2(PairwiseCBMAEstimator):
 
     _kernel_cls = MKDAKernel
     _parameter_constraints = {"prior": (_prior_ok, "None or a number in [0, 1]")}
+    _takes_inference_maps = True
 
     def __init__(self, kernel_transformer=None, prior=0.5, mask=None,
                  mask_margin=DEFAULT_MASK_MARGIN, chunk_size=None, **kwargs):
@@ -244,8 +270,19 @@ class MKDAChi2(PairwiseCBMAEstimator):
                                     with_summaries=False, rows_per_task=chunk)
                 count1, count2 = total[0].astype(np.float64), total[1].astype(np.float64)
         maps = chi2_maps(count1, len(rows1), count2, len(rows2), prior=self.prior)
+        self.inference_masks_ = self._inference_masks(space)
+        _restrict_association(maps, count1 / len(rows1) - count2 / len(rows2),
+                              *self.inference_masks_)
         self.null_distributions_ = {}
         return self._make_result(maps, {})
+
+    def describe(self) -> dict:
+        out = super().describe()
+        for group, found in zip((1, 2), getattr(self, "inference_masks_", (None, None)),
+                                strict=True):
+            if found is not None:
+                out[f"inference_map{group}_voxels"] = int(found.sum())
+        return out
 
     def _row_summaries(self, block):
         return []
