@@ -114,3 +114,127 @@ def test_inference_map_errors(halves, plain, tmp_path):
     np.testing.assert_array_equal(again.get_map("z_desc-association", "array"),
                                   plain.get_map("z_desc-association", "array"))
     assert "inference_map1_voxels" not in again.attrs
+
+
+# -- MKDAChi2(fwe_null_method="random-foci") ------------------------------------------------
+N_NULL = 100
+
+
+@pytest.fixture(scope="module")
+def random_foci(halves):
+    return MKDAChi2(mask=MASK, fwe_null_method="random-foci").fit(*halves)
+
+
+def _nimare_intended_random_foci(nimare_halves, n_iters, seed):
+    """The per-iteration maximum chi2 of NiMARE's random-foci null as its code means it:
+    NiMARE's own uniform in-mask coordinates (``_mask_coverage_to_null_ijk``), kernel and
+    chi2 tests, with the coordinates' voxel indices recomputed from the drawn positions.
+    (NiMARE 0.22.1 passes the observed ``i, j, k`` columns along with the drawn ``x, y,
+    z``, and its kernel reads the former: every iteration there repeats the observed maps;
+    see test_nimare_random_foci_repeats_the_observed_maps.)"""
+    from nimare.meta.cbma import MKDAChi2 as NiChi2
+    from nimare.meta.cbma.mkda import one_way, two_way_counts
+    from nimare.utils import _mask_coverage_to_null_ijk, vox2mm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = NiChi2(fwe_null_method="random-foci").fit(*nimare_halves).estimator
+    null_xyz = vox2mm(_mask_coverage_to_null_ijk(est.masker, mask_coverage=est.mask_coverage),
+                      est.masker.mask_img.affine)
+    frames = [est.inputs_[f"coordinates{g}"].drop(columns=["i", "j", "k"]) for g in (1, 2)]
+    n1, n2 = len(est.inputs_["id1"]), len(est.inputs_["id2"])
+    rng = np.random.default_rng(seed)
+    out = {"uniformity": [], "group2": [], "association": []}
+    for _ in range(n_iters):
+        counts = []
+        for frame in frames:
+            frame = frame.copy()
+            frame[["x", "y", "z"]] = null_xyz[rng.integers(0, len(null_xyz), len(frame))]
+            counts.append(np.squeeze(est.kernel_transformer.transform(
+                frame, est.masker, return_type="summary_array")))
+        out["uniformity"].append(np.max(one_way(counts[0], n1)))
+        out["group2"].append(np.max(one_way(counts[1], n2)))
+        out["association"].append(np.max(two_way_counts(counts[0], counts[1], n1, n2)))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def test_random_foci_null_agrees_with_nimare_in_distribution(random_foci, nimare_halves):
+    from scipy import stats
+
+    corr = FWECorrector("montecarlo", n_iters=N_NULL, seed=3, vfwe_only=True,
+                        progress=False).transform(random_foci)
+    assert corr.attrs["fwe_montecarlo_null"] == "random-foci"
+    theirs = _nimare_intended_random_foci(nimare_halves, N_NULL, seed=3)
+    names = {"uniformity": "pAgF", "group2": "group2", "association": "pFgA"}
+    observed = {t: random_foci.get_map(f"chi2_desc-{t}", "array").max() for t in names}
+    for test, null_name in names.items():
+        ours = corr.null_distributions[
+            f"values_desc-{null_name}_level-voxel_corr-fwe_method-montecarlo"]
+        assert ours.shape == (N_NULL,) and np.unique(ours).size > 3  # not one value
+        # Compared in float32, the maps' precision: the association test's maxima take a
+        # few values, which the two would otherwise hold 1 ulp apart.
+        ks = stats.ks_2samp(ours, theirs[test].astype(np.float32))
+        print(f"{test}: median max chi2 ours {np.median(ours):.3f}, NiMARE's "
+              f"{np.median(theirs[test]):.3f}, KS p {ks.pvalue:.3f}")
+        assert ks.pvalue > 0.01, test
+        # Relocated foci give smaller maxima than the observed concentration of group 1.
+        if test != "association":
+            assert np.median(ours) < observed[test]
+
+
+def test_random_foci_null_model(random_foci, halves, tmp_path):
+    import dask
+
+    from daskmeta import Collection, montecarlo
+    from daskmeta.kernels import MKDAKernel
+    from daskmeta.montecarlo.permutation import PerMap
+
+    est = random_foci.estimator
+    model = est._null_model()
+    # With the fit's own foci, the null's statistic is the fit's chi2 maps.
+    stat = model.statistic_at(est.plan_.focus_ijk)
+    for test in ("uniformity", "group2", "association"):
+        np.testing.assert_array_equal(stat[test],
+                                      random_foci.get_map(f"chi2_desc-{test}", "array"))
+    summary = PerMap(montecarlo.ClusterMaxima(10.0), ("uniformity", "group2", "association"))
+    one = montecarlo.run_montecarlo(model, summary, 12, 4, 7, progress=False)
+    with dask.config.set(scheduler="threads", num_workers=3):
+        threads = montecarlo.run_montecarlo(model, summary, 12, 4, 7, progress=False)
+    # The compiled summaries equal the NumPy ones on the same draws.
+    plain = PerMap(montecarlo.ClusterMaxima(10.0), ("uniformity", "group2", "association"))
+    rng = np.random.default_rng(0)
+    fast = model.run_batch(summary, np.random.default_rng(0), 3)
+    slow = {k: np.zeros(3) for k in fast}
+    for i in range(3):
+        plain.record(slow, i, model.statistic(model.draw(rng)), model.geometry)
+    for key in fast:
+        np.testing.assert_allclose(fast[key], slow[key], rtol=1e-6, err_msg=key)
+    # From a Collection: the same null for the same seed.
+    store = Collection.build(halves[0].merge(halves[1]), MKDAKernel(),
+                             tmp_path / "mkda.zarr", mask=MASK)
+    from_store = MKDAChi2(fwe_null_method="random-foci").fit(store,
+                                                             select=list(halves[0].ids))
+    again = montecarlo.run_montecarlo(from_store.estimator._null_model(), summary, 12, 4, 7,
+                                      progress=False)
+    for key in one.values:
+        np.testing.assert_array_equal(one.values[key], threads.values[key], err_msg=key)
+        np.testing.assert_array_equal(one.values[key], again.values[key], err_msg=key)
+    with pytest.raises(DaskmetaError, match="fwe_null_method must be 'label-permutation' or "
+                                            "'random-foci'"):
+        MKDAChi2(fwe_null_method="random").fit(*halves)
+
+
+def test_nimare_random_foci_repeats_the_observed_maps(nimare_halves):
+    """The documented difference: NiMARE 0.22.1's random-foci null is the observed maxima
+    at every iteration (its kernel reads the observed i, j, k)."""
+    from nimare.correct import FWECorrector as NiFWE
+    from nimare.meta.cbma import MKDAChi2 as NiChi2
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = NiChi2(fwe_null_method="random-foci", random_state=0).fit(*nimare_halves)
+        corr = NiFWE("montecarlo", n_iters=2).transform(res)
+    null = corr.estimator.null_distributions_[
+        "values_desc-pAgF_level-voxel_corr-fwe_method-montecarlo"]
+    observed = res.get_map("chi2_desc-uniformity", return_type="array").max()
+    np.testing.assert_allclose(null, [observed, observed], rtol=1e-6)

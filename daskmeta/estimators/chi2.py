@@ -10,9 +10,10 @@ names its build), so a contrast costs one pass over the selected rows only.
 
 Monte Carlo FWE correction (``FWECorrector(method="montecarlo")``) is NiMARE's label
 permutation: the pooled experiments dealt at random into groups of the observed sizes
-(:mod:`daskmeta.montecarlo.permutation`), voxel-level (maximum chi2) and cluster-level
-(size and mass above ``chi2.isf(voxel_thresh, 1)``) nulls of the uniformity, group-2 and
-association tests. FDR correction (``FDRCorrector``) corrects the same three tests.
+(:mod:`daskmeta.montecarlo.permutation`), or with ``fwe_null_method="random-foci"`` every
+focus relocated uniformly in the mask (:mod:`daskmeta.montecarlo.pairfoci`); voxel-level
+(maximum chi2) and cluster-level (size and mass above ``chi2.isf(voxel_thresh, 1)``) nulls
+of the uniformity, group-2 and association tests. FDR correction (``FDRCorrector``) corrects the same three tests.
 """
 
 from __future__ import annotations
@@ -208,6 +209,11 @@ class MKDAChi2(PairwiseCBMAEstimator):
     prior : float or None
         Uniform prior probability of a feature being present (for the ``_prior`` maps;
         None or 0 leaves them out, as NiMARE).
+    fwe_null_method : {"label-permutation", "random-foci"}
+        The null of ``FWECorrector(method="montecarlo")`` (NiMARE's): the pooled
+        experiments dealt at random into groups of the observed sizes, or every focus of
+        both groups moved to a voxel drawn uniformly in the mask (each experiment keeping
+        its group and number of foci).
     %(mask)s
     %(mask_margin)s
     %(chunk_size)s
@@ -216,14 +222,19 @@ class MKDAChi2(PairwiseCBMAEstimator):
     """
 
     _kernel_cls = MKDAKernel
-    _parameter_constraints = {"prior": (_prior_ok, "None or a number in [0, 1]")}
+    _parameter_constraints = {
+        "prior": (_prior_ok, "None or a number in [0, 1]"),
+        "fwe_null_method": (lambda v: v in ("label-permutation", "random-foci"),
+                            "'label-permutation' or 'random-foci'"),
+    }
     _takes_inference_maps = True
 
-    def __init__(self, kernel_transformer=None, prior=0.5, mask=None,
-                 mask_margin=DEFAULT_MASK_MARGIN, chunk_size=None, **kwargs):
+    def __init__(self, kernel_transformer=None, prior=0.5, fwe_null_method="label-permutation",
+                 mask=None, mask_margin=DEFAULT_MASK_MARGIN, chunk_size=None, **kwargs):
         super().__init__(kernel_transformer=kernel_transformer, mask=mask,
                          mask_margin=mask_margin, chunk_size=chunk_size, **kwargs)
         self.prior = prior
+        self.fwe_null_method = fwe_null_method
 
     def _validate_params(self):
         super()._validate_params()
@@ -289,14 +300,22 @@ class MKDAChi2(PairwiseCBMAEstimator):
 
     # -- Monte Carlo -----------------------------------------------------------------------
     def _null_model(self, sampler=None):
-        """NiMARE's label-permutation null of this fit (the pooled experiments' rows, the
-        observed group sizes)."""
+        """NiMARE's null of this fit: ``fwe_null_method="label-permutation"`` (the pooled
+        experiments' rows, the observed group sizes) or ``"random-foci"`` (the fit's foci
+        relocated by ``sampler``, uniformly in the mask by default)."""
         from daskmeta.montecarlo.permutation import GroupPermutation, PlanPool, StorePool
 
-        if sampler is not None:
-            raise DaskmetaError("MKDAChi2's Monte Carlo null permutes group labels; it takes "
-                                "no foci sampler")
         self._check_fitted()
+        if self.fwe_null_method == "random-foci":
+            from daskmeta.montecarlo.pairfoci import PairFociNull
+
+            light = self._light_copy()
+            return PairFociNull(self.plan_, self.groups_[0], light._block_values,
+                                self._func_name(), Chi2Statistic(), sampler=sampler,
+                                params=self._func_name())
+        if sampler is not None:
+            raise DaskmetaError("MKDAChi2's label-permutation null permutes group labels; it "
+                                "takes no foci sampler (fwe_null_method='random-foci' does)")
         value = float(self.kernel_.value)
         if self.collection_ is None:
             pool = PlanPool(self.plan_, None, value, "MKDAChi2")
@@ -359,7 +378,7 @@ class MKDAChi2(PairwiseCBMAEstimator):
                  "fwe_montecarlo_voxel_thresh": float(corrector.voxel_thresh),
                  "fwe_montecarlo_vfwe_only": bool(corrector.vfwe_only),
                  "fwe_montecarlo_statistic": "chi2",
-                 "fwe_montecarlo_null": "label-permutation",
+                 "fwe_montecarlo_null": result.estimator.fwe_null_method,
                  "fwe_montecarlo_connectivity": "faces"}
         if clusters:
             attrs["fwe_montecarlo_cluster_threshold"] = thr
