@@ -238,3 +238,91 @@ def test_nimare_random_foci_repeats_the_observed_maps(nimare_halves):
         "values_desc-pAgF_level-voxel_corr-fwe_method-montecarlo"]
     observed = res.get_map("chi2_desc-uniformity", return_type="array").max()
     np.testing.assert_allclose(null, [observed, observed], rtol=1e-6)
+
+
+# -- ALESubtraction: FWECorrector(target="main-effects" | "all") -----------------------------
+@pytest.fixture(scope="module")
+def subtraction(halves):
+    return ALESubtraction(mask=MASK, n_iters=20, seed=1).fit(*halves)
+
+
+def test_subtraction_main_effects_match_nimare(subtraction, halves, nimare_halves):
+    from nimare.correct import FWECorrector as NiFWE
+    from nimare.meta.cbma import ALESubtraction as NiSubtraction
+
+    from daskmeta.estimators import ALE
+
+    n_iters = 50
+    ours = FWECorrector("montecarlo", n_iters=n_iters, seed=2, target="main-effects",
+                        progress=False).transform(subtraction)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs_fit = NiSubtraction(n_iters=20).fit(*nimare_halves)
+        theirs = NiFWE("montecarlo", n_iters=n_iters, target="main-effects").transform(
+            theirs_fit)
+    assert sorted(ours.map_names) == sorted(theirs.maps)
+    added = sorted(set(theirs.maps) - set(theirs_fit.maps))
+    assert len(added) == 12 and "z_desc-group2Size_level-cluster_corr-FWE_method-montecarlo" in added
+    assert not any("group1MinusGroup2_level-voxel" in n for n in ours.map_names)
+    for name in added:
+        a, b = ours.get_map(name, "array"), theirs.get_map(name, return_type="array")
+        r = np.corrcoef(a, b)[0, 1]
+        print(f"{name}: correlation with NiMARE at {n_iters} iterations {r:.4f}")
+        assert a.dtype == np.float32 and r >= 0.95, name
+    # Each group's correction is that of the group's one-sample ALE fit.
+    group1 = ALE(mask=MASK).fit(halves[0])
+    np.testing.assert_array_equal(group1.get_map("stat", "array"),
+                                  subtraction.get_map("stat_desc-group1", "array"))
+    seed1 = ours.attrs["fwe_montecarlo_group1_seed"]
+    alone = FWECorrector("montecarlo", n_iters=n_iters, seed=seed1,
+                         progress=False).transform(group1)
+    np.testing.assert_array_equal(
+        alone.get_map("z_desc-size_level-cluster_corr-FWE_method-montecarlo", "array"),
+        ours.get_map("z_desc-group1Size_level-cluster_corr-FWE_method-montecarlo", "array"))
+    np.testing.assert_array_equal(
+        alone.null_distributions["values_level-voxel_corr-fwe_method-montecarlo"],
+        ours.null_distributions["values_desc-group1_level-voxel_corr-fwe_method-montecarlo"])
+    assert ours.attrs["fwe_montecarlo_target"] == "main-effects"
+
+
+def test_subtraction_target_all_and_errors(subtraction, plain):
+    both = FWECorrector("montecarlo", n_iters=20, seed=4, vfwe_only=True, target="all",
+                        progress=False).transform(subtraction)
+    pairwise = FWECorrector("montecarlo", n_iters=20, seed=4, vfwe_only=True,
+                            progress=False).transform(subtraction)
+    main = FWECorrector("montecarlo", n_iters=20, seed=4, vfwe_only=True,
+                        target="main-effects", progress=False).transform(subtraction)
+    assert set(both.map_names) == set(pairwise.map_names) | set(main.map_names)
+    for name in both.map_names:
+        source = pairwise if name in pairwise.map_names else main
+        np.testing.assert_array_equal(both.get_map(name, "array"),
+                                      source.get_map(name, "array"), err_msg=name)
+    assert "z_desc-group1_level-voxel_corr-FWE_method-montecarlo" in both.map_names
+    assert not any("level-cluster_corr" in n for n in both.map_names)  # vfwe_only
+    with pytest.raises(DaskmetaError, match="target='main-effects' applies to ALESubtraction "
+                                            "results; this one comes from MKDAChi2"):
+        FWECorrector("montecarlo", n_iters=5, target="main-effects").transform(plain)
+    with pytest.raises(DaskmetaError, match="target='both' is not supported; allowed with "
+                                            "method='montecarlo'"):
+        FWECorrector("montecarlo", target="both")
+    with pytest.raises(DaskmetaError, match="target='all' is not supported"):
+        FWECorrector("bonferroni", target="all")
+
+
+def test_subtraction_main_effects_from_a_collection(subtraction, halves, tmp_path):
+    from daskmeta import Collection
+    from daskmeta.kernels import ALEKernel
+
+    store = Collection.build(halves[0].merge(halves[1]), ALEKernel(), tmp_path / "ale.zarr",
+                             mask=MASK)
+    from_store = ALESubtraction(n_iters=20, seed=1, chunk_size=4).fit(
+        store, select=list(halves[0].ids))
+    corr = {}
+    for name, res in (("store", from_store), ("datasets", subtraction)):
+        corr[name] = FWECorrector("montecarlo", n_iters=10, seed=6, target="main-effects",
+                                  progress=False).transform(res)
+    names = [n for n in corr["datasets"].map_names if n.endswith("_corr-FWE_method-montecarlo")]
+    assert len(names) == 12
+    for name in names:
+        np.testing.assert_array_equal(corr["store"].get_map(name, "array"),
+                                      corr["datasets"].get_map(name, "array"), err_msg=name)

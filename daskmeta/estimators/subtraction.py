@@ -213,6 +213,8 @@ class ALESubtraction(PairwiseCBMAEstimator, ALE):
     """
 
     _kernel_cls = ALEKernel
+    #: ``FWECorrector(target=...)`` applies (NiMARE's main-effects correction).
+    _fwe_targets = True
     _parameter_constraints = {
         "n_iters": (positive_int, "a positive integer"),
         "voxel_thresh": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
@@ -312,7 +314,13 @@ class ALESubtraction(PairwiseCBMAEstimator, ALE):
     def _correct_fwe_montecarlo(self, result, corrector):
         """NiMARE's ``ALESubtraction.correct_fwe_montecarlo`` (target ``"pairwise"``): the
         fit's nulls when ``n_iters``, ``voxel_thresh`` and ``vfwe_only`` are the fit's (and
-        the corrector's seed is None or the fit's), else new permutations."""
+        the corrector's seed is None or the fit's), else new permutations. With the
+        corrector's ``target="main-effects"`` or ``"all"``, each group's one-sample ALE
+        maps are corrected too (:mod:`daskmeta.estimators._subtraction_targets`)."""
+        if getattr(corrector, "target", None) not in (None, "pairwise"):
+            from daskmeta.estimators._subtraction_targets import correct_targets
+
+            return correct_targets(result.estimator, result, corrector, corrector.target)
         from daskmeta._stats import p_to_logp, p_to_z
         from daskmeta.montecarlo import null_to_p
 
