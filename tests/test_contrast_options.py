@@ -12,7 +12,7 @@ import pytest
 from conftest import NIMARE_MASK
 
 from daskmeta.correct import FWECorrector
-from daskmeta.estimators import ALESubtraction, MKDAChi2
+from daskmeta.estimators import ALESubtraction, BalancedALESubtraction, MKDAChi2
 from daskmeta.exceptions import DaskmetaError
 
 MASK = str(NIMARE_MASK)
@@ -106,8 +106,12 @@ def test_inference_map_errors(halves, plain, tmp_path):
     with pytest.raises(DaskmetaError, match="inference_map1 must be an in-mask vector or an "
                                             "image on the mask's grid; got dict"):
         est.fit(*halves, inference_map1={"a": 1})
-    with pytest.raises(DaskmetaError, match="ALESubtraction.fit takes no inference_map1"):
-        ALESubtraction(mask=MASK, n_iters=10).fit(*halves, inference_map1=np.ones(n))
+    with pytest.raises(DaskmetaError, match="BalancedALESubtraction.fit takes no "
+                                            "inference_map1/inference_map2"):
+        BalancedALESubtraction(mask=MASK).fit(*halves, inference_map1=np.ones(n))
+    with pytest.raises(DaskmetaError, match="needs at least one voxel > 0 in inference_map1 "
+                                            "or inference_map2; both are empty"):
+        ALESubtraction(mask=MASK, n_iters=10).fit(*halves, inference_map2=np.zeros(n))
     # A later fit without the maps is unrestricted again.
     est.fit(*halves, inference_map1=np.ones(n))
     again = est.fit(*halves)
@@ -326,3 +330,65 @@ def test_subtraction_main_effects_from_a_collection(subtraction, halves, tmp_pat
     for name in names:
         np.testing.assert_array_equal(corr["store"].get_map(name, "array"),
                                       corr["datasets"].get_map(name, "array"), err_msg=name)
+
+
+# -- ALESubtraction: directional inference maps ---------------------------------------------
+@pytest.mark.parametrize("restrict", [False, True])
+def test_subtraction_inference_maps_match_nimare(restrict, subtraction, halves,
+                                                 nimare_halves):
+    from nimare.meta.cbma import ALESubtraction as NiSubtraction
+    from scipy import stats
+
+    # NiMARE's cluster nulls cost a second per permutation here: only with the restriction.
+    n_iters, vfwe_only = (50, False) if restrict else (200, True)
+    g1 = subtraction.get_map("z_desc-group1", "array")
+    g2 = subtraction.get_map("z_desc-group2", "array")
+    maps = {"inference_map1": (g1 > 1.65).astype(np.float32),
+            "inference_map2": subtraction.space.to_img((g2 > 1.65).astype(np.float32))}
+    ours = ALESubtraction(mask=MASK, n_iters=n_iters, seed=3, vfwe_only=vfwe_only,
+                          restrict_to_inference_mask=restrict).fit(*halves, **maps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = NiSubtraction(n_iters=n_iters, vfwe_only=vfwe_only, random_state=3,
+                               restrict_to_inference_mask=restrict).fit(*nimare_halves, **maps)
+    assert sorted(ours.map_names) == sorted(theirs.maps)
+    diff = "group1MinusGroup2"
+    stat = ours.get_map(f"stat_desc-{diff}", "array")
+    np.testing.assert_array_equal(stat, theirs.get_map(f"stat_desc-{diff}",
+                                                       return_type="array"))
+    # The one-sided structure is deterministic: where each side is tested, and its sign.
+    pos = (g1 > 1.65) & (stat > 0)
+    neg = (g2 > 1.65) & (stat < 0)
+    tested = pos | neg
+    assert pos.any() and neg.any()
+    z_ours = ours.get_map(f"z_desc-{diff}", "array")
+    z_theirs = theirs.get_map(f"z_desc-{diff}", return_type="array")
+    for z in (z_ours, z_theirs):
+        assert (z[~tested] == 0).all()
+    p_ours = ours.get_map(f"p_desc-{diff}", "array")
+    assert (p_ours[~tested] == 1).all()
+    strong = tested & (p_ours < 0.5)  # one-tailed z: positive below p = 0.5, times the side
+    assert strong.any()
+    assert (np.sign(z_ours[strong]) == np.where(pos, 1, -1)[strong]).all()
+    r = np.corrcoef(z_ours[tested], z_theirs[tested])[0, 1]
+    null = "values_level-voxel_corr-fwe_method-montecarlo"
+    a, b = ours.null_distributions[null], theirs.estimator.null_distributions_[null]
+    ks = stats.ks_2samp(a, b)
+    print(f"restrict={restrict}: z correlation {r:.4f} over {tested.sum()} tested voxels; "
+          f"max |diff| null median {np.median(a):.5f} vs {np.median(b):.5f} (KS p "
+          f"{ks.pvalue:.3f})")
+    assert r >= 0.98 and ks.pvalue > 0.01
+    if not vfwe_only:
+        key = "summary_stat_thresh_level-voxel_corr-fwe_method-montecarlo"
+        thr = (float(ours.null_distributions[key]),
+               float(theirs.estimator.null_distributions_[key]))
+        size = "values_desc-size_level-cluster_corr-fwe_method-montecarlo"
+        ks_size = stats.ks_2samp(ours.null_distributions[size],
+                                 theirs.estimator.null_distributions_[size])
+        print(f"cluster-forming threshold {thr[0]:.6f} vs {thr[1]:.6f}; max cluster size "
+              f"KS p {ks_size.pvalue:.3f}")
+        assert abs(thr[0] - thr[1]) <= 0.1 * thr[1] and ks_size.pvalue > 0.01
+    assert ours.attrs["inference_map1_voxels"] == int((g1 > 1.65).sum())
+    if restrict:  # the null's maxima lie in the union, below the whole mask's
+        plain = subtraction.null_distributions[null]
+        assert np.median(a) < np.median(plain)

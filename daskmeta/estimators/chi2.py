@@ -287,14 +287,6 @@ class MKDAChi2(PairwiseCBMAEstimator):
         self.null_distributions_ = {}
         return self._make_result(maps, {})
 
-    def describe(self) -> dict:
-        out = super().describe()
-        for group, found in zip((1, 2), getattr(self, "inference_masks_", (None, None)),
-                                strict=True):
-            if found is not None:
-                out[f"inference_map{group}_voxels"] = int(found.sum())
-        return out
-
     def _row_summaries(self, block):
         return []
 

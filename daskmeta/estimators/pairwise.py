@@ -263,4 +263,8 @@ class PairwiseCBMAEstimator(CBMAEstimator):
         in_first = self.groups_[0]
         out.update({"n_experiments1": int(in_first.sum()),
                     "n_experiments2": int((~in_first).sum())})
+        for group, found in zip((1, 2), getattr(self, "inference_masks_", (None, None)),
+                                strict=True):
+            if found is not None:
+                out[f"inference_map{group}_voxels"] = int(found.sum())
         return out
