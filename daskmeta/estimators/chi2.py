@@ -281,7 +281,6 @@ class MKDAChi2(PairwiseCBMAEstimator):
                                     with_summaries=False, rows_per_task=chunk)
                 count1, count2 = total[0].astype(np.float64), total[1].astype(np.float64)
         maps = chi2_maps(count1, len(rows1), count2, len(rows2), prior=self.prior)
-        self.inference_masks_ = self._inference_masks(space)
         _restrict_association(maps, count1 / len(rows1) - count2 / len(rows2),
                               *self.inference_masks_)
         self.null_distributions_ = {}

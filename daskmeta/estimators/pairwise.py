@@ -167,6 +167,8 @@ class PairwiseCBMAEstimator(CBMAEstimator):
                         shown2, label_threshold):
         """Fitted state of a contrast (pooled dataset in dataset order, its plan, group
         labels, selection provenance); returns ``(sub, plan, rows, in_first)``."""
+        # Inference maps are read before any work: a map on another grid fails at once.
+        self.inference_masks_ = self._inference_masks(space)
         rows = np.concatenate([rows1, rows2])
         order = np.argsort(rows, kind="stable")
         rows = rows[order]

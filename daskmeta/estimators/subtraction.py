@@ -274,7 +274,6 @@ class ALESubtraction(PairwiseCBMAEstimator, ALE):
         self.diff_ = diff
         from daskmeta.estimators import _subtraction_inference as directional
 
-        self.inference_masks_ = self._inference_masks(self.space_)
         union = directional.inference_union(*self.inference_masks_)
         restricted = union if self.restrict_to_inference_mask else None
         null = (SubtractionNull(diff, hist=not self.vfwe_only) if restricted is None
