@@ -4,6 +4,8 @@ and their errors."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import warnings
 
 import nibabel as nib
@@ -16,6 +18,11 @@ from daskmeta.estimators import ALESubtraction, BalancedALESubtraction, MKDAChi2
 from daskmeta.exceptions import DaskmetaError
 
 MASK = str(NIMARE_MASK)
+
+
+@contextlib.contextmanager
+def _no_raise():
+    yield
 
 
 def _ids_with_foci(ds):
@@ -392,3 +399,61 @@ def test_subtraction_inference_maps_match_nimare(restrict, subtraction, halves,
     if restrict:  # the null's maxima lie in the union, below the whole mask's
         plain = subtraction.null_distributions[null]
         assert np.median(a) < np.median(plain)
+
+
+# -- command line ---------------------------------------------------------------------------
+def test_cli_contrast_options(tmp_path, halves, plain, capsys):
+    import pandas as pd
+
+    from daskmeta.cli import main
+
+    a, b = tmp_path / "a.zip", tmp_path / "b.zip"
+    halves[0].save(a)
+    halves[1].save(b)
+    inf1 = tmp_path / "inf1.nii.gz"
+    nib.save(plain.space.to_img((plain.get_map("z_desc-group1", "array") > 1)
+                                .astype(np.float32)), inf1)
+    out = tmp_path / "chi2"
+    assert main(["mkda-chi2", str(a), str(b), "--out", str(out), "--mask", MASK, "--n-iters",
+                 "20", "--seed", "1", "--voxel-thresh", "0.05", "--fwe-null-method",
+                 "random-foci", "--inference-map1", str(inf1), "--diagnostics",
+                 "jackknife,focuscounter", "--no-figures"]) == 0
+    err = capsys.readouterr().err
+    target = "z_desc-associationMass_level-cluster_corr-FWE_method-montecarlo"
+    assert f"{target}_diag-Jackknife_tab-counts_tail-positive: 9 experiments x" in err
+    table = pd.read_csv(out / f"{target}_diag-FocusCounter_tab-counts_tail-positive.tsv",
+                        sep="\t")
+    assert list(table["id"]) == list(halves[0].ids)
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["fwe_montecarlo_null"] == "random-foci"
+    assert prov["inference_map1_voxels"] == int((plain.get_map("z_desc-group1", "array")
+                                                 > 1).sum())
+    z = nib.load(out / "z_desc-association.nii.gz").get_fdata()[plain.space.mask]
+    assert (z[(plain.get_map("z_desc-association", "array") < 0)] == 0).all()
+    sub = tmp_path / "sub"
+    assert main(["subtraction", str(a), str(b), "--out", str(sub), "--mask", MASK,
+                 "--n-iters", "10", "--seed", "1", "--target", "main-effects",
+                 "--no-figures"]) == 0
+    assert (sub / "z_desc-group2Size_level-cluster_corr-FWE_method-montecarlo.nii.gz").exists()
+    assert not (sub / "z_desc-group1MinusGroup2_level-voxel_corr-FWE_method-montecarlo"
+                      ".nii.gz").exists()
+    capsys.readouterr()
+    for argv, message in (
+            (["subtraction", str(a), str(b), "--fwe", "none", "--target", "all"],
+             "--target all applies to --fwe montecarlo; got --fwe none"),
+            (["subtraction", str(a), str(b), "--restrict-to-inference-mask"],
+             "--restrict-to-inference-mask needs --inference-map1 and/or --inference-map2"),
+            (["mkda-chi2", str(a), str(b), "--inference-map2", str(tmp_path / "no.nii.gz")],
+             "--inference-map2 must be an existing image file; got"),
+            (["mkda-chi2", str(a), str(b), "--fwe", "fdr", "--diagnostics", "jackknife"],
+             "--diagnostics characterises the clusters of the cluster-mass corrected z map "
+             "of --fwe montecarlo; got --fwe fdr"),
+            (["mkda-chi2", str(a), str(b), "--fwe-null-method", "shuffle"],
+             "invalid choice: 'shuffle'")):
+        with pytest.raises(SystemExit) if "invalid choice" in message else \
+                _no_raise():
+            rc = main([*argv, "--out", str(tmp_path / "bad"), "--mask", MASK])
+            assert rc != 0
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert not (tmp_path / "bad").exists()
