@@ -1,6 +1,7 @@
-"""NiMARE 0.22.1's remaining contrast options: MKDAChi2's directional inference maps
-(``fit(..., inference_map1=, inference_map2=)``), against NiMARE on two halves of pain21,
-and their errors."""
+"""NiMARE 0.22.1's remaining contrast options, against NiMARE on two halves of pain21:
+directional inference maps (MKDAChi2, ALESubtraction with and without
+restrict_to_inference_mask), MKDAChi2's random-foci null, ALESubtraction's main-effects
+correction; their command-line options, errors, and a real scheduler with two workers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import warnings
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import NIMARE_MASK
 
@@ -405,8 +407,6 @@ def test_subtraction_inference_maps_match_nimare(restrict, subtraction, halves,
 
 # -- command line ---------------------------------------------------------------------------
 def test_cli_contrast_options(tmp_path, halves, plain, capsys):
-    import pandas as pd
-
     from daskmeta.cli import main
 
     a, b = tmp_path / "a.zip", tmp_path / "b.zip"
@@ -459,3 +459,31 @@ def test_cli_contrast_options(tmp_path, halves, plain, capsys):
         err = capsys.readouterr().err
         assert message in err, err
         assert not (tmp_path / "bad").exists()
+
+
+def test_worker_processes_give_the_same_random_foci_null_and_tables(scheduler_and_workers,
+                                                                    random_foci):
+    """A real scheduler and two worker processes on loopback: the random-foci null of a
+    seed, and a pairwise Jackknife, are those of this process."""
+    from daskmeta import montecarlo
+    from daskmeta.diagnostics import Jackknife
+    from daskmeta.montecarlo.permutation import PerMap
+
+    client, _ = scheduler_and_workers
+    model = random_foci.estimator._null_model()
+    summary = PerMap(montecarlo.ClusterMaxima(10.0), ("uniformity", "group2", "association"))
+    target = "z_desc-association_corr-FWE_method-manual"
+    z = random_foci.get_map("z_desc-association", "array")
+    res = random_foci.copy()
+    res.add_maps({target: np.where(np.abs(z) > 2, z, 0).astype(np.float32)})
+    jack = Jackknife(target_image=target, display_second_group=True)
+    with client.as_current():
+        remote = montecarlo.run_montecarlo(model, summary, 12, 3, 7, progress=False)
+        remote_tables = jack.transform(res).tables
+    local = montecarlo.run_montecarlo(model, summary, 12, 3, 7, progress=False)
+    for key in local.values:
+        np.testing.assert_array_equal(remote.values[key], local.values[key], err_msg=key)
+    local_tables = jack.transform(res).tables
+    assert len(local_tables) == 3
+    for name, table in local_tables.items():
+        pd.testing.assert_frame_equal(remote_tables[name], table, atol=0, rtol=0)
