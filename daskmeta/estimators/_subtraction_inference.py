@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from daskmeta.estimators.subtraction import SubtractionNull
 from daskmeta.exceptions import DaskmetaError
+from daskmeta.montecarlo.models import Summary
 from daskmeta.montecarlo.permutation import TwoSidedClusterMaxima
 
 __all__ = ["RestrictedClusters", "RestrictedNull", "directional_p", "inference_union"]
@@ -53,22 +53,27 @@ def directional_p(diff, upper, lower, n_iters, group1, group2):
     return p, sign
 
 
-class RestrictedNull(SubtractionNull):
-    """:class:`~daskmeta.estimators.subtraction.SubtractionNull` over the voxels ``union``
-    only (its counts have one entry per voxel of ``union``; see :meth:`full_counts`)."""
+class RestrictedNull(Summary):
+    """A :class:`~daskmeta.estimators.subtraction.SubtractionNull` (``inner``, built on the
+    observed difference at the voxels ``union``) applied to those voxels only: its counts
+    have one entry per voxel of ``union`` (see :meth:`full_counts`)."""
 
-    def __init__(self, observed, hist: bool, union):
+    def __init__(self, inner, union):
+        self.inner = inner
         self.union = np.asarray(union, dtype=np.int64)
-        super().__init__(np.asarray(observed)[self.union], hist)
+        self.keys = inner.keys
+        self.per_iteration = inner.per_iteration
+        self.summed_keys = inner.summed_keys
+        self.early_stop_keys = inner.early_stop_keys
 
     def _token_parts(self):
-        return (*super()._token_parts(), "restricted", self.union)
+        return (self.inner.token, self.union)
 
     def start(self, n_iters, n_voxels):
-        return super().start(n_iters, len(self.union))
+        return self.inner.start(n_iters, len(self.union))
 
     def record(self, out, i, stat, geometry):
-        super().record(out, i, np.asarray(stat)[self.union], geometry)
+        self.inner.record(out, i, np.asarray(stat)[self.union], geometry)
 
     def full_counts(self, values, n_voxels: int):
         """The run's ``(upper, lower)`` counts over all in-mask voxels (0 outside)."""

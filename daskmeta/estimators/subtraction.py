@@ -277,7 +277,8 @@ class ALESubtraction(PairwiseCBMAEstimator, ALE):
         union = directional.inference_union(*self.inference_masks_)
         restricted = union if self.restrict_to_inference_mask else None
         null = (SubtractionNull(diff, hist=not self.vfwe_only) if restricted is None
-                else directional.RestrictedNull(diff, not self.vfwe_only, restricted))
+                else directional.RestrictedNull(
+                    SubtractionNull(diff[restricted], hist=not self.vfwe_only), restricted))
         run = self._permutations(null)
         tail = "two"
         if union is None:
