@@ -158,6 +158,10 @@ class FWECorrector:
         Show the Monte Carlo batches done on standard error, under any scheduler
         (:mod:`daskmeta.progress`); None: as the Dask config ``daskmeta.progress`` says, by
         default only when standard error is a terminal.
+    target : {"pairwise", "main-effects", "all"}, optional
+        ALESubtraction only (NiMARE's ``correct_fwe_montecarlo(target=)``): correct the
+        difference map (``"pairwise"``, the default), each group's one-sample ALE maps
+        (``"main-effects"``), or both (``"all"``).
 
     Examples
     --------
@@ -169,7 +173,7 @@ class FWECorrector:
     _methods = ("bonferroni", "montecarlo")
 
     def __init__(self, method="bonferroni", n_iters=10000, voxel_thresh=0.001, vfwe_only=False,
-                 seed=None, early_stop=None, batch_size=None, progress=None):
+                 seed=None, early_stop=None, batch_size=None, progress=None, target=None):
         self.method = method
         self.n_iters = n_iters
         self.voxel_thresh = voxel_thresh
@@ -178,6 +182,7 @@ class FWECorrector:
         self.early_stop = early_stop
         self.batch_size = batch_size
         self.progress = progress
+        self.target = target
         self._validate()
 
     def __repr__(self) -> str:
@@ -186,7 +191,8 @@ class FWECorrector:
         return (f"FWECorrector(method='montecarlo', n_iters={self.n_iters}, "
                 f"voxel_thresh={self.voxel_thresh}, vfwe_only={self.vfwe_only}, "
                 f"seed={self.seed}, early_stop={self.early_stop}, "
-                f"batch_size={self.batch_size})")
+                f"batch_size={self.batch_size}"
+                + ("" if self.target is None else f", target={self.target!r}") + ")")
 
     def _validate(self):
         if self.method not in self._methods:
@@ -194,6 +200,11 @@ class FWECorrector:
                 f"FWECorrector: method={self.method!r} is not supported; allowed: "
                 f"{', '.join(repr(m) for m in self._methods)}"
             )
+        if self.target is not None and (self.method != "montecarlo" or self.target not in (
+                "pairwise", "main-effects", "all")):
+            raise DaskmetaError(f"FWECorrector: target={self.target!r} is not supported; "
+                                "allowed with method='montecarlo': None, 'pairwise', "
+                                "'main-effects', 'all' (ALESubtraction)")
         if self.method != "montecarlo":
             return
         if not _is_int(self.n_iters) or self.n_iters < 1:
@@ -274,6 +285,10 @@ class FWECorrector:
                 "the result's estimator snapshot does not match the result's input (a result "
                 "built by hand from another fit?); correct the result its fit returned"
             )
+        if self.target not in (None, "pairwise") and not getattr(est, "_fwe_targets", False):
+            raise DaskmetaError(f"FWECorrector: target={self.target!r} applies to "
+                                f"ALESubtraction results; this one comes from "
+                                f"{type(est).__name__}")
         own = getattr(est, "_correct_fwe_montecarlo", None)
         if own is not None:
             # Contrasts (MKDAChi2, ALESubtraction) and PermutedOLS correct their own maps, as

@@ -41,6 +41,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--radius", type=float, default=None, help="sphere radius in mm (10)")
     p.add_argument("--prior", type=float, default=0.5, help="prior of a feature (0.5)")
     _common_options(p, ("montecarlo", "fdr", "none"), 10000)
+    p.add_argument("--fwe-null-method", choices=["label-permutation", "random-foci"],
+                   default="label-permutation",
+                   help="Monte Carlo null (NiMARE's): permuted group labels (default) or "
+                        "every focus relocated uniformly in the mask")
     p.set_defaults(handler=_run_chi2)
     s = sub.add_parser(
         "subtraction", help="ALE subtraction of two groups (permutation test)",
@@ -53,6 +57,11 @@ def add_parsers(sub) -> None:
     s.add_argument("--sample-size", type=float,
                    help="fixed sample size for every experiment's kernel")
     _common_options(s, ("montecarlo", "none"), 5000)
+    s.add_argument("--target", choices=["pairwise", "main-effects", "all"], default=None,
+                   help="what --fwe montecarlo corrects (NiMARE's target): the difference "
+                        "(default), each group's one-sample ALE maps, or both")
+    s.add_argument("--restrict-to-inference-mask", action="store_true",
+                   help="with inference maps: permutation nulls over their voxels only")
     s.set_defaults(handler=_run_subtraction)
 
 
@@ -72,6 +81,23 @@ def _common_options(p, fwe, n_iters):
     g.add_argument("--voxel-thresh", type=float, default=0.001,
                    help="cluster-forming p threshold (0.001; 0 < p < 1)")
     g.add_argument("--seed", type=int, default=None, help="permutation seed (0 to 2**63 - 1)")
+    i = p.add_argument_group("directional inference (NiMARE's inference maps)")
+    i.add_argument("--inference-map1", metavar="IMG",
+                   help="test group 1 > group 2 only where this image (on the mask's grid) "
+                        "is > 0")
+    i.add_argument("--inference-map2", metavar="IMG",
+                   help="test group 2 > group 1 only where this image is > 0")
+    d = p.add_argument_group("diagnostics")
+    d.add_argument("--diagnostics", action="append", default=None, metavar="NAME",
+                   help="jackknife and/or focuscounter (repeat, or a comma list), with --fwe "
+                        "montecarlo: each experiment's contribution to each cluster of the "
+                        "cluster-mass corrected z map (positive tail: group 1's experiments, "
+                        "negative tail: group 2's), written as <map>_diag-<Name>_tab-counts_"
+                        "tail-<tail>.tsv next to the maps")
+    d.add_argument("--diag-threshold", type=float, default=None,
+                   help="threshold of the corrected z map the diagnostics cluster (1.65)")
+    d.add_argument("--diag-cluster-threshold", type=int, default=None,
+                   help="smallest cluster the diagnostics characterise, in voxels (10)")
     p.add_argument("--prefix", default=None, help="prefix of every output file name")
     p.add_argument("--no-figures", action="store_true", help="do not write PNG figures")
     _add_cluster_options(p)
@@ -100,6 +126,24 @@ def _check_options(args) -> None:
         if args.prefix == "":
             raise _bad("--prefix", "", "a non-empty file-name prefix when given")
         check_prefix(args.prefix, "--prefix")
+    for option in ("inference_map1", "inference_map2"):
+        value = getattr(args, option)
+        if value is not None and not Path(value).is_file():
+            raise _bad(f"--{option.replace('_', '-')}", value, "an existing image file")
+    if getattr(args, "restrict_to_inference_mask", False) and not (args.inference_map1
+                                                                   or args.inference_map2):
+        raise DaskmetaError("--restrict-to-inference-mask needs --inference-map1 and/or "
+                            "--inference-map2")
+    if getattr(args, "target", None) is not None and args.fwe != "montecarlo":
+        raise DaskmetaError(f"--target {args.target} applies to --fwe montecarlo; got --fwe "
+                            f"{args.fwe}")
+    if args.fwe != "montecarlo" and (args.diagnostics or args.diag_threshold is not None
+                                     or args.diag_cluster_threshold is not None):
+        raise DaskmetaError("--diagnostics characterises the clusters of the cluster-mass "
+                            f"corrected z map of --fwe montecarlo; got --fwe {args.fwe}")
+    from daskmeta.cli.cbma import _check_diagnostics
+
+    _check_diagnostics(args)
     _check_out(args.out)
     _check_dask_options(args)
 
@@ -164,19 +208,19 @@ def _run_chi2(args) -> None:
     data, data2, select, select2 = _inputs(args, need_select2=False)
     kw = {} if args.radius is None else {"kernel__r": args.radius}
     mask = None if data2 is None else args.mask
-    est = MKDAChi2(prior=args.prior, mask=mask, **kw)
+    est = MKDAChi2(prior=args.prior, fwe_null_method=args.fwe_null_method, mask=mask, **kw)
     if data2 is None:
         est._validate_params()
         est._source(data)  # the store's kernel must be the estimator's: before any work
     corrector = _corrector(args, vfwe_only=False)
     client = _client(args)
     _log(f"Dask: {_describe(client)}")
-    result = (est.fit(data, data2) if data2 is not None
+    result = (est.fit(data, data2, **_inference(args)) if data2 is not None
               else est.fit(data, select=select, select2=select2,
-                           label_threshold=args.label_threshold))
+                           label_threshold=args.label_threshold, **_inference(args)))
     _log(f"MKDAChi2: {result.attrs['n_experiments1']} experiments in group 1, "
          f"{result.attrs['n_experiments2']} in group 2")
-    result = _correct(result, corrector, args)
+    result = _diagnose(_correct(result, corrector, args), args, "association")
     _write(result, args, t0, "z_desc-association", "association z")
 
 
@@ -193,7 +237,8 @@ def _run_subtraction(args) -> None:
         kw["kernel__sample_size"] = args.sample_size
     est = ALESubtraction(n_iters=args.n_iters, voxel_thresh=args.voxel_thresh,
                          vfwe_only=args.fwe != "montecarlo", seed=args.seed,
-                         mask=None if data2 is None else args.mask, **kw)
+                         mask=None if data2 is None else args.mask,
+                         restrict_to_inference_mask=args.restrict_to_inference_mask, **kw)
     est._validate_params()
     if data2 is None:
         est._source(data)
@@ -201,15 +246,50 @@ def _run_subtraction(args) -> None:
     client = _client(args)
     _log(f"Dask: {_describe(client)}")
     _log(f"ALE subtraction with {args.n_iters} label permutations")
-    result = (est.fit(data, data2) if data2 is not None
+    result = (est.fit(data, data2, **_inference(args)) if data2 is not None
               else est.fit(data, select=select, select2=select2,
-                           label_threshold=args.label_threshold))
+                           label_threshold=args.label_threshold, **_inference(args)))
     _log(f"ALESubtraction: {result.attrs['n_experiments1']} experiments in group 1, "
          f"{result.attrs['n_experiments2']} in group 2")
     if corrector is not None:
         corrector.seed = result.attrs.get("subtraction_seed")  # the fit's own permutations
-    result = _correct(result, corrector, args)
+        corrector.target = args.target
+    result = _diagnose(_correct(result, corrector, args), args, "group1MinusGroup2")
     _write(result, args, t0, "z_desc-group1MinusGroup2", "group 1 minus group 2 z")
+
+
+def _inference(args) -> dict:
+    return {"inference_map1": args.inference_map1, "inference_map2": args.inference_map2}
+
+
+def _diagnose(result, args, test: str):
+    """``--diagnostics``: each diagnostic on the cluster-mass corrected z map of ``test``,
+    both tails (group 1's experiments for the positive, group 2's for the negative)."""
+    import warnings
+
+    from daskmeta.cli.cbma import _diag_options
+    from daskmeta.diagnostics import DIAGNOSTICS
+    from daskmeta.exceptions import DaskmetaWarning
+
+    names = [n.strip().lower() for item in args.diagnostics or () for n in item.split(",")]
+    if not names:
+        return result
+    target = f"z_desc-{test}Mass_level-cluster_corr-FWE_method-montecarlo"
+    opts = _diag_options(args)
+    for name in dict.fromkeys(names):
+        diag = DIAGNOSTICS[name](target_image=target, target_threshold=opts["diag_threshold"],
+                                 cluster_threshold=opts["diag_cluster_threshold"],
+                                 display_second_group=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DaskmetaWarning)
+            result = diag.transform(result)
+        for w in caught:
+            _log(str(w.message))
+        for table in [t for t in result.tables if "_tab-counts" in t
+                      and f"_diag-{type(diag).__name__}_" in t]:
+            shape = result.tables[table].shape
+            _log(f"{table}: {shape[0]} experiments x {shape[1] - 1} clusters")
+    return result
 
 
 def _corrector(args, vfwe_only: bool):
@@ -242,6 +322,8 @@ def _write(result, args, t0, z_name, title) -> None:
     prefix = args.prefix or ""
     result.attrs["command_line"] = args.command_line
     paths = result.save_maps(out, prefix=prefix)
+    if result.tables:
+        paths.extend(result.save_tables(out, prefix=prefix))
 
     def name(n: str) -> str:
         return f"{prefix}_{n}" if prefix else n

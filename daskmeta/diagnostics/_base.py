@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from daskmeta.estimators.base import Estimator, non_negative
+from daskmeta.estimators.pairwise import PairwiseCBMAEstimator
 from daskmeta.exceptions import DaskmetaError, DaskmetaWarning
 from daskmeta.results import MetaResult
 
@@ -40,8 +41,8 @@ def table_names(target_image: str, diag_name: str) -> dict:
 
 
 def fitted_estimator(result, who: str):
-    """The frozen estimator snapshot behind ``result``, which must be a single-sample
-    coordinate-based fit (ALE, MKDADensity, KDA)."""
+    """The frozen estimator snapshot behind ``result``, which must be a coordinate-based
+    fit (ALE, MKDADensity, KDA; pairwise MKDAChi2, ALESubtraction)."""
     from daskmeta.estimators.cbma import CBMAEstimator
 
     if not isinstance(result, MetaResult):
@@ -52,8 +53,9 @@ def fitted_estimator(result, who: str):
         raise DaskmetaError(f"{who} needs the fitted estimator behind the result; this result "
                             "has none (results read back from files keep no estimator)")
     if not isinstance(est, CBMAEstimator) or not hasattr(est, "plan_"):
-        raise DaskmetaError(f"{who} supports results of ALE, MKDADensity and KDA fits; this "
-                            f"result comes from {type(est).__name__}")
+        raise DaskmetaError(f"{who} supports results of ALE, MKDADensity, KDA, MKDAChi2 and "
+                            f"ALESubtraction fits; this result comes from "
+                            f"{type(est).__name__}")
     want = result.attrs.get("input_hash")
     if want is not None and want != est.dataset_.fingerprint():
         raise DaskmetaError(f"the result's estimator snapshot does not match the result's "
@@ -124,8 +126,10 @@ class Diagnostics(Estimator):
     cluster_threshold : int, optional
         Smallest cluster, in voxels (None: no limit).
     display_second_group : bool
-        NiMARE's option for pairwise results (accepted; pairwise results are not supported
-        yet).
+        Of a pairwise result (MKDAChi2, ALESubtraction), also characterise the negative
+        tail's clusters by the second group's experiments (default: only the positive
+        tail's, by the first group's; a one-tailed target is always characterised by its
+        tail's group).
     n_cores : int
         Accepted for NiMARE compatibility; the work runs on the active Dask client.
     target_threshold : float, optional
@@ -140,6 +144,7 @@ class Diagnostics(Estimator):
                               "None or a number of voxels >= 0"),
         "voxel_thresh": (lambda v: v is None or non_negative(v), "None or a number >= 0"),
         "target_threshold": (lambda v: v is None or non_negative(v), "None or a number >= 0"),
+        "display_second_group": (lambda v: isinstance(v, bool | np.bool_), "True or False"),
     }
 
     def __init__(self, target_image=DEFAULT_TARGET, voxel_thresh=None, cluster_threshold=None,
@@ -165,8 +170,9 @@ class Diagnostics(Estimator):
         Parameters
         ----------
         result : MetaResult
-            From an ALE, MKDADensity or KDA fit (from a Dataset or a Collection), usually
-            corrected by :class:`~daskmeta.correct.FWECorrector`.
+            From an ALE, MKDADensity or KDA fit, or a pairwise MKDAChi2 or ALESubtraction
+            fit (from Datasets or a Collection), usually corrected by
+            :class:`~daskmeta.correct.FWECorrector`.
 
         Returns
         -------
@@ -176,7 +182,10 @@ class Diagnostics(Estimator):
             ``<target>_diag-<Name>_tab-counts_tail-<tail>`` (one row per experiment, ``id``
             then one column per cluster, ``PositiveTail 1``, ...), and the label maps
             ``label_<target without its first entity>_tail-<tail>``. A target without
-            clusters gives the (empty) clusters table only, with a warning.
+            clusters gives the (empty) clusters table only, with a warning. Of a pairwise
+            result (NiMARE's rule), the positive tail's table lists the first group's
+            experiments and the negative tail's the second group's (only with
+            ``display_second_group`` when the target has both tails); tables are per tail.
 
         Raises
         ------
@@ -226,6 +235,13 @@ class Diagnostics(Estimator):
         maps = {f"{names['label']}_tail-{_TAIL_OF_SIGN[s]}": lab
                 for s, lab in zip(signs, labels, strict=True)}
         cluster_ids = [np.unique(lab[lab > 0]) for lab in labels]
+        out_tables = {names["clusters"]: table}
+        out.add_maps(maps)
+        if isinstance(est, PairwiseCBMAEstimator):
+            out_tables.update(self._pair_tables(result, est, names["counts"], signs, labels,
+                                                cluster_ids))
+            out.add_tables(out_tables)
+            return out
         values = self._contributions(result, est, labels, cluster_ids)
         ids = list(est.dataset_.ids)
         tables = []
@@ -233,13 +249,29 @@ class Diagnostics(Estimator):
             frame = pd.DataFrame(vals, columns=[f"{sign} {int(c)}" for c in cids])
             frame.insert(0, "id", ids)
             tables.append(frame)
-        out_tables = {names["clusters"]: table}
         if len(tables) == 2:  # both tails of one group: one table (NiMARE's merge)
             out_tables[names["counts"]] = tables[0].merge(tables[1], how="outer").fillna(0)
         else:
             out_tables[f"{names['counts']}_tail-{_TAIL_OF_SIGN[signs[0]]}"] = tables[0]
-        out.add_maps(maps)
         out.add_tables(out_tables)
+        return out
+
+    def _pair_tables(self, result, est, stem, signs, labels, cluster_ids) -> dict:
+        """NiMARE's tables of a pairwise result: the positive tail's clusters characterised
+        by the first group's experiments, the negative tail's by the second group's; of a
+        two-tailed target only the positive tail unless ``display_second_group``. One table
+        per tail, ``<stem>_tail-<tail>`` (never merged)."""
+        tails = list(zip(signs, labels, cluster_ids, strict=True))
+        if len(tails) == 2 and not self.display_second_group:
+            tails = tails[:1]
+        out = {}
+        for sign, lab, cids in tails:
+            group = 0 if sign == POSTAIL_LBL else 1
+            members = np.flatnonzero(est.groups_[group])
+            values = self._pair_contributions(result, est, group, members, lab, cids)
+            frame = pd.DataFrame(values, columns=[f"{sign} {int(c)}" for c in cids])
+            frame.insert(0, "id", list(np.asarray(est.dataset_.ids)[members]))
+            out[f"{stem}_tail-{_TAIL_OF_SIGN[sign]}"] = frame
         return out
 
     def _peak_table(self, result, label_maps, two_sided):
@@ -260,6 +292,13 @@ class Diagnostics(Estimator):
         vol = np.where(support, vol, 0).astype(np.float32)
         return _clusters_table(nib.Nifti1Image(vol, result.space.affine), 0, 0,
                                two_sided or bool((vol < 0).any()))
+
+    def _pair_contributions(self, result, est, group, members, labels, cluster_ids):
+        """For a pairwise result: an ``(len(members), clusters)`` array, each experiment of
+        group ``group`` (0 or 1; ``members`` its positions in ``est.dataset_``) against each
+        cluster of one tail (``labels`` its in-mask cluster ids, ``cluster_ids`` in column
+        order)."""
+        raise NotImplementedError
 
     def _contributions(self, result, est, labels, cluster_ids) -> list:
         """Per tail, an ``(experiments, clusters)`` array: each experiment's contribution to

@@ -53,10 +53,12 @@ class PlanRows:
         return total, out
 
 
-def row_pass(est, reduction, weights) -> list:
+def row_pass(est, reduction, weights, members=None) -> list:
     """One summary per experiment of the fit behind ``est`` (a CBMA estimator snapshot), in
     ``est.dataset_`` order: ``reduction._add_block`` over its MA rows, ``weights`` (a
-    ``(k, n_experiments)`` matrix) passed along column by column."""
+    ``(k, n_experiments)`` matrix) passed along column by column. ``members`` (positions in
+    ``est.dataset_``, increasing) restricts the pass to those experiments (``weights`` then
+    has one column per member)."""
     collection = getattr(est, "collection_", None)
     if collection is None:
         source = PlanRows(est.plan_)
@@ -64,6 +66,8 @@ def row_pass(est, reduction, weights) -> list:
     else:
         source = StoredRows(collection, est._chunk_size())
         rows = collection.row_indices(est.dataset_.ids)
+    if members is not None:
+        rows = rows[np.asarray(members, dtype=np.int64)]
     _, summaries = run_pass(source, rows, weights, reduction, np.float64,
                             with_summaries=True, rows_per_task=ROWS_PER_TASK)
     return summaries

@@ -53,7 +53,10 @@ class FocusCounter(Diagnostics):
     cluster_threshold : int, optional
         Smallest cluster, in voxels.
     display_second_group : bool
-        NiMARE's option for pairwise results (not supported yet).
+        Of a pairwise result (MKDAChi2, ALESubtraction), also characterise the negative
+        tail's clusters by the second group's experiments (default: only the positive
+        tail's, by the first group's; a one-tailed target is always characterised by its
+        tail's group).
     n_cores : int
         Accepted for NiMARE compatibility.
     target_threshold : float, optional
@@ -76,3 +79,11 @@ class FocusCounter(Diagnostics):
             volume[space.mask] = lab
             out.append(count_foci(ids, dataset.foci, volume, space.affine, cids))
         return out
+
+    def _pair_contributions(self, result, est, group, members, labels, cluster_ids):
+        space = result.space
+        ids = list(np.asarray(est.dataset_.ids)[members])
+        volume = np.zeros(space.shape, dtype=np.int64)
+        volume[space.mask] = labels
+        foci = est.dataset_.foci
+        return count_foci(ids, foci[foci["id"].isin(ids)], volume, space.affine, cluster_ids)

@@ -10,9 +10,10 @@ names its build), so a contrast costs one pass over the selected rows only.
 
 Monte Carlo FWE correction (``FWECorrector(method="montecarlo")``) is NiMARE's label
 permutation: the pooled experiments dealt at random into groups of the observed sizes
-(:mod:`daskmeta.montecarlo.permutation`), voxel-level (maximum chi2) and cluster-level
-(size and mass above ``chi2.isf(voxel_thresh, 1)``) nulls of the uniformity, group-2 and
-association tests. FDR correction (``FDRCorrector``) corrects the same three tests.
+(:mod:`daskmeta.montecarlo.permutation`), or with ``fwe_null_method="random-foci"`` every
+focus relocated uniformly in the mask (:mod:`daskmeta.montecarlo.pairfoci`); voxel-level
+(maximum chi2) and cluster-level (size and mass above ``chi2.isf(voxel_thresh, 1)``) nulls
+of the uniformity, group-2 and association tests. FDR correction (``FDRCorrector``) corrects the same three tests.
 """
 
 from __future__ import annotations
@@ -163,6 +164,25 @@ class Chi2Statistic:
         return maps
 
 
+def _restrict_association(maps, difference, group1, group2) -> None:
+    """NiMARE's directional inference maps: the association test only where group 1's
+    effect (``p(A|F) > p(A|U)``, ``difference > 0``) lies in ``group1`` or group 2's in
+    ``group2`` (boolean in-mask vectors, None: nowhere); elsewhere chi2 and z are 0, p 1
+    and logp 0. Nothing to do when neither is given."""
+    if group1 is None and group2 is None:
+        return
+    sign = np.sign(difference)
+    keep = np.zeros(sign.shape, dtype=bool)
+    if group1 is not None:
+        keep |= (sign > 0) & group1
+    if group2 is not None:
+        keep |= (sign < 0) & group2
+    for name, value in (("chi2", 0.0), ("z", 0.0), ("p", 1.0), ("logp", 0.0)):
+        values = np.array(maps[f"{name}_desc-association"], dtype=np.float32)
+        values[~keep] = value
+        maps[f"{name}_desc-association"] = values
+
+
 def _prior_ok(value) -> bool:
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool)
                              and 0 <= value <= 1)
@@ -176,6 +196,12 @@ class MKDAChi2(PairwiseCBMAEstimator):
     ``group1`` (= uniformity) and ``group2`` (the second group's uniformity test), and
     ``prob_desc-{A,AgF,AgU,FgA,group1,group2}`` (``prob_desc-{AgF,FgA}_prior`` with a prior).
 
+    ``fit(..., inference_map1=, inference_map2=)`` (NiMARE's directional inference maps, an
+    in-mask vector or an image on the mask's grid): the association test is kept only
+    where group 1's effect lies in ``inference_map1 > 0`` or group 2's in
+    ``inference_map2 > 0``; elsewhere its chi2 and z are 0, p 1 and logp 0 (the other maps,
+    and the Monte Carlo null, are unrestricted, as NiMARE's).
+
     Parameters
     ----------
     kernel_transformer : MKDAKernel, optional
@@ -183,6 +209,11 @@ class MKDAChi2(PairwiseCBMAEstimator):
     prior : float or None
         Uniform prior probability of a feature being present (for the ``_prior`` maps;
         None or 0 leaves them out, as NiMARE).
+    fwe_null_method : {"label-permutation", "random-foci"}
+        The null of ``FWECorrector(method="montecarlo")`` (NiMARE's): the pooled
+        experiments dealt at random into groups of the observed sizes, or every focus of
+        both groups moved to a voxel drawn uniformly in the mask (each experiment keeping
+        its group and number of foci).
     %(mask)s
     %(mask_margin)s
     %(chunk_size)s
@@ -191,13 +222,19 @@ class MKDAChi2(PairwiseCBMAEstimator):
     """
 
     _kernel_cls = MKDAKernel
-    _parameter_constraints = {"prior": (_prior_ok, "None or a number in [0, 1]")}
+    _parameter_constraints = {
+        "prior": (_prior_ok, "None or a number in [0, 1]"),
+        "fwe_null_method": (lambda v: v in ("label-permutation", "random-foci"),
+                            "'label-permutation' or 'random-foci'"),
+    }
+    _takes_inference_maps = True
 
-    def __init__(self, kernel_transformer=None, prior=0.5, mask=None,
-                 mask_margin=DEFAULT_MASK_MARGIN, chunk_size=None, **kwargs):
+    def __init__(self, kernel_transformer=None, prior=0.5, fwe_null_method="label-permutation",
+                 mask=None, mask_margin=DEFAULT_MASK_MARGIN, chunk_size=None, **kwargs):
         super().__init__(kernel_transformer=kernel_transformer, mask=mask,
                          mask_margin=mask_margin, chunk_size=chunk_size, **kwargs)
         self.prior = prior
+        self.fwe_null_method = fwe_null_method
 
     def _validate_params(self):
         super()._validate_params()
@@ -244,6 +281,8 @@ class MKDAChi2(PairwiseCBMAEstimator):
                                     with_summaries=False, rows_per_task=chunk)
                 count1, count2 = total[0].astype(np.float64), total[1].astype(np.float64)
         maps = chi2_maps(count1, len(rows1), count2, len(rows2), prior=self.prior)
+        _restrict_association(maps, count1 / len(rows1) - count2 / len(rows2),
+                              *self.inference_masks_)
         self.null_distributions_ = {}
         return self._make_result(maps, {})
 
@@ -252,14 +291,22 @@ class MKDAChi2(PairwiseCBMAEstimator):
 
     # -- Monte Carlo -----------------------------------------------------------------------
     def _null_model(self, sampler=None):
-        """NiMARE's label-permutation null of this fit (the pooled experiments' rows, the
-        observed group sizes)."""
+        """NiMARE's null of this fit: ``fwe_null_method="label-permutation"`` (the pooled
+        experiments' rows, the observed group sizes) or ``"random-foci"`` (the fit's foci
+        relocated by ``sampler``, uniformly in the mask by default)."""
         from daskmeta.montecarlo.permutation import GroupPermutation, PlanPool, StorePool
 
-        if sampler is not None:
-            raise DaskmetaError("MKDAChi2's Monte Carlo null permutes group labels; it takes "
-                                "no foci sampler")
         self._check_fitted()
+        if self.fwe_null_method == "random-foci":
+            from daskmeta.montecarlo.pairfoci import PairFociNull
+
+            light = self._light_copy()
+            return PairFociNull(self.plan_, self.groups_[0], light._block_values,
+                                self._func_name(), Chi2Statistic(), sampler=sampler,
+                                params=self._func_name())
+        if sampler is not None:
+            raise DaskmetaError("MKDAChi2's label-permutation null permutes group labels; it "
+                                "takes no foci sampler (fwe_null_method='random-foci' does)")
         value = float(self.kernel_.value)
         if self.collection_ is None:
             pool = PlanPool(self.plan_, None, value, "MKDAChi2")
@@ -322,7 +369,7 @@ class MKDAChi2(PairwiseCBMAEstimator):
                  "fwe_montecarlo_voxel_thresh": float(corrector.voxel_thresh),
                  "fwe_montecarlo_vfwe_only": bool(corrector.vfwe_only),
                  "fwe_montecarlo_statistic": "chi2",
-                 "fwe_montecarlo_null": "label-permutation",
+                 "fwe_montecarlo_null": result.estimator.fwe_null_method,
                  "fwe_montecarlo_connectivity": "faces"}
         if clusters:
             attrs["fwe_montecarlo_cluster_threshold"] = thr

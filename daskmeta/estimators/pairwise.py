@@ -12,6 +12,7 @@ the two groups' row summaries (with the per-group hooks of
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 
@@ -75,10 +76,12 @@ class PairwiseCBMAEstimator(CBMAEstimator):
     """
 
     _fitted_marker = "plan_"
+    #: Whether ``fit`` takes NiMARE's directional ``inference_map1`` / ``inference_map2``.
+    _takes_inference_maps = False
 
     @fill_doc
     def fit(self, data, data2=None, select=None, select2=None,
-            label_threshold: float = 0.001):
+            label_threshold: float = 0.001, inference_map1=None, inference_map2=None):
         """Fit the contrast of two groups of experiments.
 
         Parameters
@@ -93,6 +96,11 @@ class PairwiseCBMAEstimator(CBMAEstimator):
             With a Collection: the second group; default, every other experiment of the
             collection that has foci.
         %(label_threshold)s
+        inference_map1, inference_map2 : array or image, optional
+            NiMARE's directional inference maps (estimators that take them): an in-mask
+            vector or an image on the mask's grid; group 1 > group 2 effects are tested
+            only where ``inference_map1 > 0``, group 2 > group 1 effects only where
+            ``inference_map2 > 0``.
 
         Returns
         -------
@@ -101,6 +109,12 @@ class PairwiseCBMAEstimator(CBMAEstimator):
         self._validate_params()
         from daskmeta.collection import Collection
         from daskmeta.dataset import Dataset
+
+        given = inference_map1 is not None or inference_map2 is not None
+        if given and not self._takes_inference_maps:
+            raise DaskmetaError(f"{type(self).__name__}.fit takes no inference_map1/"
+                                "inference_map2 (daskmeta implements them for MKDAChi2)")
+        self._inference_inputs = (inference_map1, inference_map2)
 
         if isinstance(data, Dataset):
             if not isinstance(data2, Dataset):
@@ -153,6 +167,8 @@ class PairwiseCBMAEstimator(CBMAEstimator):
                         shown2, label_threshold):
         """Fitted state of a contrast (pooled dataset in dataset order, its plan, group
         labels, selection provenance); returns ``(sub, plan, rows, in_first)``."""
+        # Inference maps are read before any work: a map on another grid fails at once.
+        self.inference_masks_ = self._inference_masks(space)
         rows = np.concatenate([rows1, rows2])
         order = np.argsort(rows, kind="stable")
         rows = rows[order]
@@ -175,6 +191,32 @@ class PairwiseCBMAEstimator(CBMAEstimator):
             **{f"{k}2": v for k, v in describe_selection(shown2, label_threshold).items()},
         }
         return sub, plan, rows, in_first
+
+    def _inference_masks(self, space) -> tuple:
+        """``(group1, group2)``: boolean in-mask vectors where ``inference_map1`` /
+        ``inference_map2`` (given to ``fit``) are > 0, or None for a map not given
+        (NiMARE's ``_coerce_inference_map``: a 1-D vector of the mask's voxels, or an image
+        on the mask's grid)."""
+        out = []
+        for label, value in zip(("inference_map1", "inference_map2"),
+                                getattr(self, "_inference_inputs", (None, None)), strict=True):
+            if value is None:
+                out.append(None)
+                continue
+            if isinstance(value, str | os.PathLike) or hasattr(value, "affine"):
+                values = space.from_img(value, name=label)
+            else:
+                try:
+                    values = np.asarray(value, dtype=np.float64)
+                except (TypeError, ValueError) as exc:
+                    raise DaskmetaError(f"{label} must be an in-mask vector or an image on "
+                                        f"the mask's grid; got {type(value).__name__}") from exc
+                if values.shape != (space.n_voxels,):
+                    raise DaskmetaError(f"{label} has shape {values.shape}; the estimator's "
+                                        f"mask has {space.n_voxels} voxels (give a 1-D "
+                                        "in-mask vector or an image on the mask's grid)")
+            out.append(np.asarray(values, dtype=np.float32) > 0)
+        return tuple(out)
 
     def _fit_pair(self, data, select1, select2, shown1, shown2, label_threshold):
         dataset, space, kernel, collection, rows1, rows2 = self._pair_groups(
@@ -223,4 +265,8 @@ class PairwiseCBMAEstimator(CBMAEstimator):
         in_first = self.groups_[0]
         out.update({"n_experiments1": int(in_first.sum()),
                     "n_experiments2": int((~in_first).sum())})
+        for group, found in zip((1, 2), getattr(self, "inference_masks_", (None, None)),
+                                strict=True):
+            if found is not None:
+                out[f"inference_map{group}_voxels"] = int(found.sum())
         return out

@@ -208,11 +208,25 @@ class ALESubtraction(PairwiseCBMAEstimator, ALE):
     %(mask)s
     %(mask_margin)s
     %(chunk_size)s
+    restrict_to_inference_mask : bool
+        With inference maps given to ``fit``: take the permutation nulls (maximum absolute
+        difference, cluster-forming threshold, cluster maxima) over the union of the maps'
+        voxels only (NiMARE's; default False).
     %(kernel_kwargs)s
         ALE's: ``kernel__fwhm``, ``kernel__sample_size``.
+
+    Notes
+    -----
+    ``fit(..., inference_map1=, inference_map2=)`` (NiMARE's directional inference maps):
+    the difference is tested one-sided, group 1 > group 2 where ``inference_map1 > 0`` and
+    group 2 > group 1 where ``inference_map2 > 0``; elsewhere p is 1 and z 0
+    (:mod:`daskmeta.estimators._subtraction_inference`).
     """
 
     _kernel_cls = ALEKernel
+    #: ``FWECorrector(target=...)`` applies (NiMARE's main-effects correction).
+    _fwe_targets = True
+    _takes_inference_maps = True
     _parameter_constraints = {
         "n_iters": (positive_int, "a positive integer"),
         "voxel_thresh": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
@@ -222,11 +236,13 @@ class ALESubtraction(PairwiseCBMAEstimator, ALE):
                                          and not isinstance(v, bool) and v >= 0),
                  "None or a non-negative integer"),
         "batch_size": (lambda v: v is None or positive_int(v), "None or a positive integer"),
+        "restrict_to_inference_mask": (lambda v: isinstance(v, bool), "True or False"),
     }
 
     def __init__(self, kernel_transformer=None, n_iters=5000, voxel_thresh=0.001,
                  vfwe_only=True, seed=None, batch_size=None, mask=None,
-                 mask_margin=DEFAULT_MASK_MARGIN, chunk_size=None, **kwargs):
+                 mask_margin=DEFAULT_MASK_MARGIN, chunk_size=None,
+                 restrict_to_inference_mask=False, **kwargs):
         super().__init__(kernel_transformer=kernel_transformer, mask=mask,
                          mask_margin=mask_margin, chunk_size=chunk_size, **kwargs)
         self.n_iters = n_iters
@@ -234,6 +250,7 @@ class ALESubtraction(PairwiseCBMAEstimator, ALE):
         self.vfwe_only = vfwe_only
         self.seed = seed
         self.batch_size = batch_size
+        self.restrict_to_inference_mask = restrict_to_inference_mask
 
     def _validate_params(self):
         super()._validate_params()
@@ -255,19 +272,34 @@ class ALESubtraction(PairwiseCBMAEstimator, ALE):
             nulls.update({f"{k}_desc-{label}": v for k, v in group_nulls.items()})
         diff = (stats[0] - stats[1]).astype(np.float32)
         self.diff_ = diff
-        run = self._permutations(SubtractionNull(diff, hist=not self.vfwe_only))
-        p, sign = _p_from_counts(run.values["upper"], run.values["lower"], run.n_iters_run)
+        from daskmeta.estimators import _subtraction_inference as directional
+
+        union = directional.inference_union(*self.inference_masks_)
+        restricted = union if self.restrict_to_inference_mask else None
+        null = (SubtractionNull(diff, hist=not self.vfwe_only) if restricted is None
+                else directional.RestrictedNull(
+                    SubtractionNull(diff[restricted], hist=not self.vfwe_only), restricted))
+        run = self._permutations(null)
+        tail = "two"
+        if union is None:
+            p, sign = _p_from_counts(run.values["upper"], run.values["lower"], run.n_iters_run)
+        else:
+            counts = ((run.values["upper"], run.values["lower"]) if restricted is None
+                      else null.full_counts(run.values, n_voxels))
+            p, sign = directional.directional_p(diff, *counts, run.n_iters_run,
+                                                *self.inference_masks_)
+            tail = "one"
         from daskmeta._stats import p_to_logp, p_to_z
 
         out = {f"stat_desc-{_DIFF}": diff, f"p_desc-{_DIFF}": p,
-               f"z_desc-{_DIFF}": (p_to_z(p, tail="two") * sign).astype(np.float32),
+               f"z_desc-{_DIFF}": (p_to_z(p, tail=tail) * sign).astype(np.float32),
                f"logp_desc-{_DIFF}": p_to_logp(p)}
         out.update(maps)
         nulls[_VOXEL_NULL] = run.values["max_abs"]
         self.seed_ = int(run.seed)
         if not self.vfwe_only:
             thr = _hist_quantile(run.values["abs_hist"], 1 - float(self.voxel_thresh))
-            size, mass = self._cluster_nulls(thr, self.seed_, int(self.n_iters))
+            size, mass = self._cluster_nulls(thr, self.seed_, int(self.n_iters), restricted)
             nulls.update({_THRESH: np.float64(thr), _SIZE_NULL: size, _MASS_NULL: mass})
         return out, nulls
 
@@ -279,10 +311,16 @@ class ALESubtraction(PairwiseCBMAEstimator, ALE):
                               self.batch_size, self.seed if seed is None else seed,
                               progress=False)
 
-    def _cluster_nulls(self, threshold, seed, n_iters):
+    def _cluster_nulls(self, threshold, seed, n_iters, union=None):
         from daskmeta.montecarlo.permutation import TwoSidedClusterMaxima
 
-        run = self._permutations(TwoSidedClusterMaxima(threshold), seed, n_iters)
+        if union is None:
+            summary = TwoSidedClusterMaxima(threshold)
+        else:
+            from daskmeta.estimators._subtraction_inference import RestrictedClusters
+
+            summary = RestrictedClusters(threshold, union)
+        run = self._permutations(summary, seed, n_iters)
         return run.values["max_size"].astype(np.float32), run.values["max_mass"].astype(
             np.float32)
 
@@ -312,7 +350,13 @@ class ALESubtraction(PairwiseCBMAEstimator, ALE):
     def _correct_fwe_montecarlo(self, result, corrector):
         """NiMARE's ``ALESubtraction.correct_fwe_montecarlo`` (target ``"pairwise"``): the
         fit's nulls when ``n_iters``, ``voxel_thresh`` and ``vfwe_only`` are the fit's (and
-        the corrector's seed is None or the fit's), else new permutations."""
+        the corrector's seed is None or the fit's), else new permutations. With the
+        corrector's ``target="main-effects"`` or ``"all"``, each group's one-sample ALE
+        maps are corrected too (:mod:`daskmeta.estimators._subtraction_targets`)."""
+        if getattr(corrector, "target", None) not in (None, "pairwise"):
+            from daskmeta.estimators._subtraction_targets import correct_targets
+
+            return correct_targets(result.estimator, result, corrector, corrector.target)
         from daskmeta._stats import p_to_logp, p_to_z
         from daskmeta.montecarlo import null_to_p
 
