@@ -156,3 +156,25 @@ def test_cli_balanced_subtraction(tmp_path, capsys, pain_dataset, halves):
     assert main(["balanced-subtraction", paths[0], paths[0], "--out", str(tmp_path / "x"),
                  *opts]) == 2
     assert "share" in capsys.readouterr().err
+
+
+def test_distinct_subsets_counted_equal_every_draw():
+    """Each distinct subset's ALE is computed once and counted: the sum over draws (repeats,
+    in any order) equals summing every draw's ALE map."""
+    from daskmeta.estimators.balanced import _ale_of_subsets, _counted_ale_sum
+
+    rng = np.random.default_rng(2)
+    logs = np.log1p(-rng.random((6, 300)) * 0.3).astype(np.float32)
+    logs[rng.random(logs.shape) < 0.6] = 0.0
+    draws = np.array([rng.permutation(6)[:4] for _ in range(150)], dtype=np.int32)
+    full = np.array([rng.permutation(6) for _ in range(70)], dtype=np.int32)
+    for subsets in (draws, full):
+        want = sum(ale.astype(np.float64).sum(axis=0)
+                   for ale in _ale_of_subsets(logs, subsets))
+        got = _counted_ale_sum(logs, subsets)
+        assert len(np.unique(np.sort(subsets, axis=1), axis=0)) <= 15
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+    # every draw the same set (NiMARE's default target_n for the smaller group): one map
+    np.testing.assert_array_equal(_counted_ale_sum(logs, full),
+                                  70 * next(_ale_of_subsets(logs, full[:1]))[0].astype(
+                                      np.float64))

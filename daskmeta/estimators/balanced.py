@@ -109,11 +109,12 @@ _CACHE_LOCK = threading.Lock()
 
 
 def _log_rows(plan, rows, prior, focus_ijk=None):
-    """``log(1 - MA)`` (float64, prior voxels) of ``rows`` of ``plan``, with the foci at
-    ``focus_ijk`` if given; the real rows are kept per process (tasks share them)."""
+    """``log(1 - MA)`` (prior voxels) of ``rows`` of ``plan``: float64, or with the foci at
+    ``focus_ijk`` float32 (random-foci nulls, whose sums are float32: the same values); the
+    real rows are kept per process (tasks share them)."""
 
     if focus_ijk is not None:
-        return _log_of(_moved(plan, focus_ijk), rows, prior)
+        return _log_of(_moved(plan, focus_ijk), rows, prior, np.float32)
     key = (plan.token, rows.tobytes(), prior.tobytes())
     with _CACHE_LOCK:
         if key in _CACHE:
@@ -147,11 +148,12 @@ def _ma_rows(plan, rows):
     return out
 
 
-def _log_of(plan, rows, prior):
+def _log_of(plan, rows, prior, dtype=np.float64):
     ma = _ma_rows(plan, rows)
     if not prior.all():
         ma = ma[:, prior]
-    return np.log1p(-ma).astype(np.float64)
+    np.log1p(np.negative(ma, out=ma), out=ma)  # float32, as np.log1p(-ma)
+    return ma.astype(dtype, copy=False)
 
 
 def _ale_of_subsets(logs, subsets):
@@ -169,14 +171,26 @@ def _ale_of_subsets(logs, subsets):
 
 def _mean_difference(logs1, logs2, idx1, idx2):
     """Sum over pairs of ``ALE(logs1[idx1[d]]) - ALE(logs2[idx2[d]])``: float32 products and
-    exponentials (NiMARE's precision), float64 sums."""
+    exponentials (NiMARE's precision), float64 sums. Each distinct subset's ALE map is
+    computed once and counted as often as it is drawn (the smaller group's subsets are all
+    the same set when ``target_n`` is its size, NiMARE's default)."""
     logs1 = logs1.astype(np.float32, copy=False)
     logs2 = logs2.astype(np.float32, copy=False)
-    total = np.zeros(logs1.shape[1], dtype=np.float64)
-    for a1, a2 in zip(_ale_of_subsets(logs1, idx1), _ale_of_subsets(logs2, idx2),
+    return _counted_ale_sum(logs1, idx1) - _counted_ale_sum(logs2, idx2)
+
+
+def _counted_ale_sum(logs, subsets):
+    """``sum_d ALE(logs[subsets[d]])`` (float64) over the distinct subsets, each ALE map
+    (float32) times its count: the sum of its copies, exactly (a float32 times a count below
+    2**29 is exact in float64)."""
+    subsets = np.sort(np.asarray(subsets), axis=1)
+    distinct, counts = np.unique(subsets, axis=0, return_counts=True)
+    total = np.zeros(logs.shape[1], dtype=np.float64)
+    for a, ale in zip(range(0, len(distinct), _BLOCK), _ale_of_subsets(logs, distinct),
                       strict=True):
-        total += a1.sum(axis=0, dtype=np.float64)
-        total -= a2.sum(axis=0, dtype=np.float64)
+        weights = counts[a:a + _BLOCK].astype(np.float64)[:, None]
+        # rows added in order (a reduction over the outer axis): the same bits on any BLAS
+        total += (ale.astype(np.float64) * weights).sum(axis=0)
     return total
 
 
@@ -446,8 +460,9 @@ def _pairs(rng, n1, n2, target_n, d):
     idx1 = np.empty((d, target_n), dtype=np.int32)
     idx2 = np.empty((d, target_n), dtype=np.int32)
     for i in range(d):
-        idx1[i] = rng.choice(n1, size=target_n, replace=False)
-        idx2[i] = rng.choice(n2, size=target_n, replace=False)
+        # RandomState.choice(n, k, replace=False) is permutation(n)[:k]: the same draws
+        idx1[i] = rng.permutation(n1)[:target_n]
+        idx2[i] = rng.permutation(n2)[:target_n]
     return idx1, idx2
 
 
