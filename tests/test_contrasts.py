@@ -329,7 +329,8 @@ def test_subtraction_blockwise_permutations_equal_one_by_one(subtraction, halves
 
 def test_packed_column_sums_equal_row_sums():
     """PackedRows' column form sums a 0/1 matrix of groups to the same float64 bits as
-    adding the rows of each group in order, and refuses binary rows."""
+    adding the rows of each group in order; it refuses binary rows, and rows with an
+    infinite value are flagged (the permutations then run row by row)."""
     from daskmeta.montecarlo._packed import PackedRows, column_sums
 
     rng = np.random.default_rng(0)
@@ -348,6 +349,11 @@ def test_packed_column_sums_equal_row_sums():
         np.testing.assert_array_equal(out[:, b], acc[50:450])
     np.testing.assert_allclose(out[:, 0], g[:, 0] @ dense[:, 50:450].astype(np.float64),
                                rtol=1e-12)
+    assert packed.finite
+    dense[3, 7] = -np.inf  # MA = 1: -inf * 0 is nan, so no column path for such rows
+    infinite = PackedRows(500, None)
+    infinite.append(dense)
+    assert not infinite.finish().finite
     binary = PackedRows(500, 1.0)
     binary.append((dense != 0).astype(np.uint8))
     with pytest.raises(ValueError, match="binary rows have no column form"):

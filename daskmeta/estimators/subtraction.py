@@ -114,7 +114,6 @@ class SubtractionNull(Summary):
                                                self.observed, out["upper"], out["lower"],
                                                hist, self.hist)
 
-
     def record_block(self, out, i0, stat, v0):
         """:meth:`record` of iterations ``i0, i0 + 1, ...`` (the columns of ``stat``) over
         voxels ``v0, v0 + 1, ...`` (its rows): the same counts, histogram and maxima."""

@@ -207,6 +207,8 @@ class PackedRows:
         self.run_ptr = self.starts = self.lengths = self.val_ptr = self.values = None
         self._columns = None
         self._columns_lock = threading.Lock()
+        #: Whether every value is finite (set by :meth:`finish`).
+        self.finite = True
 
     def append(self, block: np.ndarray) -> None:
         """Add a dense block of rows (any dtype; values are kept as float32)."""
@@ -230,6 +232,7 @@ class PackedRows:
         self.values = (np.concatenate([p[3] for p in parts]) if parts
                        else np.zeros(0, np.float32))
         self._parts = []
+        self.finite = bool(np.isfinite(self.values).all())
         return self
 
     @property

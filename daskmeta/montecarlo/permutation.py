@@ -11,7 +11,7 @@ MKDA counts, ALE's sum of ``log1p(-MA)``). The estimator supplies the statistic 
 sums (:class:`PairStatistic`).
 
 Valued rows (ALE) whose smaller group is at least :data:`_COLUMN_MIN_FRACTION` of the pool
-run blockwise when the statistic and summary allow it (``block_into`` / ``record_block``):
+(and whose values are finite: ``-inf * 0`` is not 0) run blockwise when the statistic and summary allow it (``block_into`` / ``record_block``):
 :data:`_BLOCK` permutations at a time, each tile of :data:`_TILE` voxels summed for all of
 them in one pass over the pool's column form
 (:func:`~daskmeta.montecarlo._packed.column_sums`), then the statistic and the summary on
@@ -57,6 +57,9 @@ _TILE = 8192
 #: times cheaper per entry than the row path's scattered adds, which sum only the smaller
 #: group's): it is used when the smaller group is at least this fraction of the pool.
 _COLUMN_MIN_FRACTION = 0.125
+#: Largest column form (8 bytes per non-zero entry, kept with the packed rows) the column
+#: path builds; larger pools run row by row.
+_COLUMN_MAX_BYTES = 1 << 30
 
 
 def loaded_pools() -> list[str]:
@@ -313,7 +316,9 @@ class GroupPermutation(NullModel):
 
     def _blockwise(self, summary, packed) -> bool:
         """Whether iterations run blockwise on the column form (see the module's docs)."""
-        return (packed.constant is None and hasattr(summary, "record_block")
+        return (packed.constant is None and packed.finite
+                and 8 * len(packed.values) <= _COLUMN_MAX_BYTES
+                and hasattr(summary, "record_block")
                 and hasattr(self.statistic_, "block_into")
                 and min(self.n1, self.n2) >= _COLUMN_MIN_FRACTION * self.pool.n_rows)
 
