@@ -44,6 +44,8 @@ __all__ = ["BalancedALESubtraction", "prior_voxels", "subset_schedule"]
 
 #: Subsets whose ALE maps one product computes (rows of W): bounds a task's memory.
 _BLOCK = 64
+#: More distinct subsets than this are summed voxel by voxel (:func:`_column_ale_sum`).
+_COLUMN_SUBSETS = 16
 #: Iterations or subsets per Dask task.
 _TASK = 16
 _NAME = "balancedGroup1MinusGroup2"
@@ -182,15 +184,48 @@ def _mean_difference(logs1, logs2, idx1, idx2):
 def _counted_ale_sum(logs, subsets):
     """``sum_d ALE(logs[subsets[d]])`` (float64) over the distinct subsets, each ALE map
     (float32) times its count: the sum of its copies, exactly (a float32 times a count below
-    2**29 is exact in float64)."""
+    2**29 is exact in float64). Many distinct subsets are summed voxel by voxel
+    (:func:`_column_ale_sum`)."""
     subsets = np.sort(np.asarray(subsets), axis=1)
     distinct, counts = np.unique(subsets, axis=0, return_counts=True)
+    if len(distinct) > _COLUMN_SUBSETS:
+        return _column_ale_sum(logs, distinct, counts)
     total = np.zeros(logs.shape[1], dtype=np.float64)
     for a, ale in zip(range(0, len(distinct), _BLOCK), _ale_of_subsets(logs, distinct),
                       strict=True):
         weights = counts[a:a + _BLOCK].astype(np.float64)[:, None]
         # rows added in order (a reduction over the outer axis): the same bits on any BLAS
         total += (ale.astype(np.float64) * weights).sum(axis=0)
+    return total
+
+
+def _column_ale_sum(logs, subsets, counts):
+    """:func:`_counted_ale_sum` of many subsets: each voxel's log-sums of every subset in one
+    pass over the voxel's non-zero entries (float64, rounded to float32: NiMARE's float32
+    precision, where the product path sums in float32), then float32 exponentials, weighted
+    by the counts; voxels no row touches add nothing (their ALE is 0)."""
+    from daskmeta.montecarlo._packed import column_sums
+
+    n, n_vox = logs.shape
+    voxels, rows = np.nonzero(logs.T)  # voxel-major, rows ascending within a voxel
+    vals = logs.T[voxels, rows].astype(np.float32)
+    active, col_counts = np.unique(voxels, return_counts=True)
+    col_ptr = np.zeros(len(active) + 1, dtype=np.int64)
+    np.cumsum(col_counts, out=col_ptr[1:])
+    columns = (col_ptr, rows.astype(np.int32), vals)
+    g = np.zeros((n, len(subsets)))
+    g[subsets.ravel(), np.repeat(np.arange(len(subsets)), subsets.shape[1])] = 1.0
+    weights = counts.astype(np.float64)
+    total = np.zeros(n_vox, dtype=np.float64)
+    tile = max(16, (1 << 20) // len(subsets))
+    buf = np.empty(tile * len(subsets))
+    for v0 in range(0, len(active), tile):
+        nv = min(tile, len(active) - v0)
+        sums = column_sums(columns, g, v0, buf[:nv * len(subsets)].reshape(nv, -1))
+        ale = sums.astype(np.float32)
+        np.exp(ale, out=ale)
+        np.subtract(np.float32(1.0), ale, out=ale)
+        total[active[v0:v0 + nv]] = (ale.astype(np.float64) * weights).sum(axis=1)
     return total
 
 
