@@ -219,3 +219,32 @@ def test_column_ale_sum_equals_products():
                for ale in balanced._ale_of_subsets(logs, subsets))
     np.testing.assert_allclose(got, want, rtol=2e-6)
     assert np.all(got[50:60] == 0) and got.min() >= 0 and got.max() > 1
+
+
+def test_cluster_z_on_the_bounding_box_equals_whole_volume():
+    """Clusters labelled on the bounding box of the supra-threshold voxels: the same kept z
+    and largest size as labelling the whole volume (NiMARE's _threshold_z_clusters)."""
+    from scipy import ndimage
+    from scipy.stats import norm
+
+    from daskmeta.estimators.balanced import _cluster_z
+
+    rng = np.random.default_rng(5)
+    mask = np.zeros((12, 13, 14), dtype=bool)
+    mask[1:11, 2:12, 1:13] = True
+    mask[5, 5, 5] = False
+    z = ndimage.gaussian_filter(rng.normal(size=mask.shape), 1.2)[mask] * 8
+    z = z.astype(np.float32)
+    for thr in (None, 3):
+        vol = np.zeros(mask.shape, dtype=np.float32)
+        vol[mask] = z
+        labels, n = ndimage.label(vol > norm.ppf(1 - 0.05))
+        sizes = np.bincount(labels[labels > 0])
+        assert n > 2
+        keep = sizes > (thr if thr is not None else -1)
+        keep[0] = False
+        want = (vol * keep[labels])[mask] if thr is not None else z
+        got, size = _cluster_z(z, mask, 0.05, thr)
+        assert size == sizes.max()
+        np.testing.assert_array_equal(got, want)
+    assert _cluster_z(np.zeros_like(z), mask, 0.05, 3)[1] == 0

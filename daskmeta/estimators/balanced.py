@@ -229,20 +229,35 @@ def _column_ale_sum(logs, subsets, counts):
     return total
 
 
-def _cluster_z(z, space_mask, voxel_thresh, size_threshold=None):
+def _cluster_z(z, space_mask, voxel_thresh, size_threshold=None, ijk=None):
     """NiMARE's ``_threshold_z_clusters``: (z kept in clusters larger than the threshold, the
-    largest cluster's size), clusters face-connected above ``norm.ppf(1 - voxel_thresh)``."""
-    vol = np.zeros(space_mask.shape, dtype=np.float32)
-    vol[space_mask] = z
-    labels, n = ndimage.label(vol > norm.ppf(1 - voxel_thresh))
-    if n < 1:
+    largest cluster's size), clusters face-connected above ``norm.ppf(1 - voxel_thresh)``.
+    The labelling runs on the bounding box of the voxels above the threshold (``ijk``: the
+    in-mask voxels' indices, ``np.argwhere(space_mask)``): the same clusters, numbered in
+    the same (raster) order."""
+    z = np.asarray(z, dtype=np.float32)
+    supra = z > norm.ppf(1 - voxel_thresh)
+    idx = np.flatnonzero(supra)
+    if idx.size == 0:
         return np.zeros_like(z), 0
-    sizes = np.bincount(labels[labels > 0])
+    if ijk is None:
+        ijk = np.argwhere(space_mask)
+    at = ijk[idx]
+    at = at - at.min(axis=0)
+    box = np.zeros(tuple(at.max(axis=0) + 1), dtype=bool)
+    pos = tuple(at.T)
+    box[pos] = True
+    labels, _ = ndimage.label(box)
+    lab = labels[pos]
+    sizes = np.bincount(lab)
+    sizes[0] = 0
     if size_threshold is not None:
         keep = sizes > size_threshold
         keep[0] = False
-        vol = vol * keep[labels]
-    return vol[space_mask], int(sizes.max())
+        full = np.zeros(z.shape, dtype=np.int64)
+        full[idx] = lab
+        z = z * keep[full]
+    return z, int(sizes.max())
 
 
 def _z_of(ale, summaries, n_voxels):
@@ -258,6 +273,7 @@ def _group_task(job, kind, items):
     plan, rows, space_mask, prior, summaries = (job["plan"], job["rows"], job["mask"],
                                                 job["prior_all"], job["summaries"])
     n_vox = int(space_mask.sum())
+    mask_ijk = np.argwhere(space_mask)  # once per task (shipping it would double the job)
     if kind == "null":
         sizes = []
         for subset, ijk in items:
@@ -265,7 +281,8 @@ def _group_task(job, kind, items):
             sums = ALE()._row_summaries(ma)
             ale = (1.0 - np.exp(np.log1p(-ma).sum(axis=0, dtype=np.float64))).astype(
                 np.float32)
-            _, size = _cluster_z(_z_of(ale, sums, n_vox), space_mask, job["voxel_thresh"])
+            _, size = _cluster_z(_z_of(ale, sums, n_vox), space_mask, job["voxel_thresh"],
+                                 ijk=mask_ijk)
             sizes.append(size)
         return np.asarray(sizes, dtype=np.int64)
     logs = _log_rows(plan, rows, prior)
@@ -275,7 +292,8 @@ def _group_task(job, kind, items):
                       strict=True):
         for s, row in zip(subsets[a:a + _BLOCK], ale, strict=True):
             z = _z_of(row, [summaries[i] for i in s], n_vox)
-            kept, _ = _cluster_z(z, space_mask, job["voxel_thresh"], job["size_threshold"])
+            kept, _ = _cluster_z(z, space_mask, job["voxel_thresh"], job["size_threshold"],
+                                 mask_ijk)
             counts += kept > 0
     return counts
 
