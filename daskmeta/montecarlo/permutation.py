@@ -11,11 +11,11 @@ MKDA counts, ALE's sum of ``log1p(-MA)``). The estimator supplies the statistic 
 sums (:class:`PairStatistic`).
 
 Valued rows (ALE) whose smaller group is at least :data:`_COLUMN_MIN_FRACTION` of the pool
-(and whose values are finite: ``-inf * 0`` is not 0) run blockwise when the statistic and summary allow it (``block_into`` / ``record_block``):
-:data:`_BLOCK` permutations at a time, each tile of :data:`_TILE` voxels summed for all of
-them in one pass over the pool's column form
-(:func:`~daskmeta.montecarlo._packed.column_sums`), then the statistic and the summary on
-the tile. The sums, hence the statistic and every recorded value, are the same bits as
+(and whose values are finite: ``-inf * 0`` is not 0) run blockwise when the statistic and
+the summary allow it (``block_into`` / ``record_block``): :data:`_BLOCK` permutations at a
+time, each tile of :data:`_TILE` voxels summed for all of them in one pass over the pool's
+column form (:func:`~daskmeta.montecarlo._packed.column_sums`), then the statistic and the
+summary on the tile. The sums, hence the statistic and every recorded value, are the same bits as
 iteration by iteration; the draws are the same (all of a batch's are drawn first, in order).
 
 The rows come from a kernel plan (:class:`PlanPool`: a Dataset's experiments, combined by
