@@ -156,3 +156,95 @@ def test_cli_balanced_subtraction(tmp_path, capsys, pain_dataset, halves):
     assert main(["balanced-subtraction", paths[0], paths[0], "--out", str(tmp_path / "x"),
                  *opts]) == 2
     assert "share" in capsys.readouterr().err
+
+
+def test_distinct_subsets_counted_equal_every_draw():
+    """Each distinct subset's ALE is computed once and counted: the sum over draws (repeats,
+    in any order) equals summing every draw's ALE map."""
+    from daskmeta.estimators.balanced import _ale_of_subsets, _counted_ale_sum
+
+    rng = np.random.default_rng(2)
+    logs = np.log1p(-rng.random((6, 300)) * 0.3).astype(np.float32)
+    logs[rng.random(logs.shape) < 0.6] = 0.0
+    draws = np.array([rng.permutation(6)[:4] for _ in range(150)], dtype=np.int32)
+    full = np.array([rng.permutation(6) for _ in range(70)], dtype=np.int32)
+    for subsets in (draws, full):
+        want = sum(ale.astype(np.float64).sum(axis=0)
+                   for ale in _ale_of_subsets(logs, subsets))
+        got = _counted_ale_sum(logs, subsets)
+        assert len(np.unique(np.sort(subsets, axis=1), axis=0)) <= 15
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+    # every draw the same set (NiMARE's default target_n for the smaller group): one map
+    np.testing.assert_array_equal(_counted_ale_sum(logs, full),
+                                  70 * next(_ale_of_subsets(logs, full[:1]))[0].astype(
+                                      np.float64))
+
+
+def test_many_distinct_subsets_summed_by_voxel_equal_nimare(pain_dataset, halves):
+    """More than _COLUMN_SUBSETS distinct subsamples per group (target_n=7 of 9 and of 10):
+    the balanced difference is summed voxel by voxel, and the maps are still NiMARE's."""
+    from daskmeta.estimators import balanced
+
+    kw = dict(n_subsamples=5, difference_iterations=40, n_iters=3, target_n=7,
+              null_method="label-permutation", mask_coverage="brain", random_state=3)
+    rng = np.random.RandomState(3)
+    first = balanced._pairs(rng, 9, 10, 7, 40)
+    assert min(len(np.unique(np.sort(i, axis=1), axis=0)) for i in first) > (
+        balanced._COLUMN_SUBSETS)
+    ours = BalancedALESubtraction(mask=str(NIMARE_MASK), **kw).fit(
+        pain_dataset.slice(halves[0]), pain_dataset.slice(halves[1]))
+    theirs = _nimare_fit(halves, **kw)
+    for name in ours.map_names:
+        atol = 1e-6 if name.startswith("stat_desc-balanced") else 0
+        np.testing.assert_allclose(ours.get_map(name, "array"),
+                                   theirs.get_map(name, return_type="array"), rtol=0,
+                                   atol=atol, err_msg=name)
+    assert np.abs(ours.get_map(f"stat_desc-{NAME}", "array")).max() > 1e-3
+
+
+def test_column_ale_sum_equals_products():
+    """The voxel-by-voxel sum of many subsets' ALE maps equals the products' (float32
+    precision), including voxels no row touches."""
+    from daskmeta.estimators import balanced
+
+    rng = np.random.default_rng(4)
+    logs = np.log1p(-rng.random((12, 400)) * 0.3).astype(np.float32)
+    logs[rng.random(logs.shape) < 0.7] = 0.0
+    logs[:, 50:60] = 0.0
+    subsets = np.array([rng.permutation(12)[:5] for _ in range(300)], dtype=np.int32)
+    distinct, counts = np.unique(np.sort(subsets, axis=1), axis=0, return_counts=True)
+    assert len(distinct) > balanced._COLUMN_SUBSETS
+    got = balanced._column_ale_sum(logs, distinct, counts)
+    want = sum(ale.astype(np.float64).sum(axis=0)
+               for ale in balanced._ale_of_subsets(logs, subsets))
+    np.testing.assert_allclose(got, want, rtol=2e-6)
+    assert np.all(got[50:60] == 0) and got.min() >= 0 and got.max() > 1
+
+
+def test_cluster_z_on_the_bounding_box_equals_whole_volume():
+    """Clusters labelled on the bounding box of the supra-threshold voxels: the same kept z
+    and largest size as labelling the whole volume (NiMARE's _threshold_z_clusters)."""
+    from scipy import ndimage
+    from scipy.stats import norm
+
+    from daskmeta.estimators.balanced import _cluster_z
+
+    rng = np.random.default_rng(5)
+    mask = np.zeros((12, 13, 14), dtype=bool)
+    mask[1:11, 2:12, 1:13] = True
+    mask[5, 5, 5] = False
+    z = ndimage.gaussian_filter(rng.normal(size=mask.shape), 1.2)[mask] * 8
+    z = z.astype(np.float32)
+    for thr in (None, 3):
+        vol = np.zeros(mask.shape, dtype=np.float32)
+        vol[mask] = z
+        labels, n = ndimage.label(vol > norm.ppf(1 - 0.05))
+        sizes = np.bincount(labels[labels > 0])
+        assert n > 2
+        keep = sizes > (thr if thr is not None else -1)
+        keep[0] = False
+        want = (vol * keep[labels])[mask] if thr is not None else z
+        got, size = _cluster_z(z, mask, 0.05, thr)
+        assert size == sizes.max()
+        np.testing.assert_array_equal(got, want)
+    assert _cluster_z(np.zeros_like(z), mask, 0.05, 3)[1] == 0

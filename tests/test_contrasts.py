@@ -304,6 +304,62 @@ def test_subtraction_p_by_hand(subtraction, halves):
     assert subtraction.attrs["subtraction_seed"] == 5
 
 
+@pytest.mark.parametrize("swap", [False, True])
+def test_subtraction_blockwise_permutations_equal_one_by_one(subtraction, halves, swap):
+    """The column path (blocks of permutations summed per voxel tile) records the same bits
+    as the row path iteration by iteration: counts, maxima and histogram, with the smaller
+    group first (9 vs 10) or second (10 vs 9), over a full and a partial block."""
+    from daskmeta.montecarlo.permutation import _BLOCK
+
+    est = subtraction.estimator
+    if swap:
+        est = ALESubtraction(mask=MASK, n_iters=1, seed=5).fit(halves[1], halves[0]).estimator
+    model = est._null_model()
+    summary = SubtractionNull(est.diff_, hist=True)
+    assert model._blockwise(summary, model.pool.packed())
+    n = _BLOCK + 7
+    blocked = model.run_batch(summary, np.random.default_rng(3), n)
+    one_by_one = model.run_batch(summary, np.random.default_rng(3), n, compiled=False)
+    assert sorted(blocked) == ["abs_hist", "lower", "max_abs", "upper"]
+    for key, values in one_by_one.items():
+        np.testing.assert_array_equal(blocked[key], values, err_msg=key)
+    assert blocked["abs_hist"].sum() == n * model.n_voxels
+    assert (blocked["max_abs"] > 0).all()
+
+
+def test_packed_column_sums_equal_row_sums():
+    """PackedRows' column form sums a 0/1 matrix of groups to the same float64 bits as
+    adding the rows of each group in order; it refuses binary rows, and rows with an
+    infinite value are flagged (the permutations then run row by row)."""
+    from daskmeta.montecarlo._packed import PackedRows, column_sums
+
+    rng = np.random.default_rng(0)
+    dense = rng.random((37, 500)).astype(np.float32) - 1.0
+    dense[rng.random(dense.shape) < 0.7] = 0.0
+    dense[:, 100:110] = 0.0  # voxels no row touches
+    packed = PackedRows(500, None)
+    packed.append(dense[:20])
+    packed.append(dense[20:])
+    packed.finish()
+    g = (rng.random((37, 5)) < 0.4).astype(np.float64)
+    out = column_sums(packed.columns(), g, 50, np.full((400, 5), np.nan))
+    for b in range(5):
+        acc = np.zeros(500)
+        packed.add(np.flatnonzero(g[:, b]), acc)
+        np.testing.assert_array_equal(out[:, b], acc[50:450])
+    np.testing.assert_allclose(out[:, 0], g[:, 0] @ dense[:, 50:450].astype(np.float64),
+                               rtol=1e-12)
+    assert packed.finite
+    dense[3, 7] = -np.inf  # MA = 1: -inf * 0 is nan, so no column path for such rows
+    infinite = PackedRows(500, None)
+    infinite.append(dense)
+    assert not infinite.finish().finite
+    binary = PackedRows(500, 1.0)
+    binary.append((dense != 0).astype(np.uint8))
+    with pytest.raises(ValueError, match="binary rows have no column form"):
+        binary.finish().columns()
+
+
 def test_subtraction_cluster_fwe(halves):
     res = ALESubtraction(mask=MASK, n_iters=100, seed=2, batch_size=50,
                          vfwe_only=False).fit(*halves)

@@ -44,6 +44,8 @@ __all__ = ["BalancedALESubtraction", "prior_voxels", "subset_schedule"]
 
 #: Subsets whose ALE maps one product computes (rows of W): bounds a task's memory.
 _BLOCK = 64
+#: More distinct subsets than this are summed voxel by voxel (:func:`_column_ale_sum`).
+_COLUMN_SUBSETS = 16
 #: Iterations or subsets per Dask task.
 _TASK = 16
 _NAME = "balancedGroup1MinusGroup2"
@@ -109,11 +111,12 @@ _CACHE_LOCK = threading.Lock()
 
 
 def _log_rows(plan, rows, prior, focus_ijk=None):
-    """``log(1 - MA)`` (float64, prior voxels) of ``rows`` of ``plan``, with the foci at
-    ``focus_ijk`` if given; the real rows are kept per process (tasks share them)."""
+    """``log(1 - MA)`` (prior voxels) of ``rows`` of ``plan``: float64, or with the foci at
+    ``focus_ijk`` float32 (random-foci nulls, whose sums are float32: the same values); the
+    real rows are kept per process (tasks share them)."""
 
     if focus_ijk is not None:
-        return _log_of(_moved(plan, focus_ijk), rows, prior)
+        return _log_of(_moved(plan, focus_ijk), rows, prior, np.float32)
     key = (plan.token, rows.tobytes(), prior.tobytes())
     with _CACHE_LOCK:
         if key in _CACHE:
@@ -147,11 +150,12 @@ def _ma_rows(plan, rows):
     return out
 
 
-def _log_of(plan, rows, prior):
+def _log_of(plan, rows, prior, dtype=np.float64):
     ma = _ma_rows(plan, rows)
     if not prior.all():
         ma = ma[:, prior]
-    return np.log1p(-ma).astype(np.float64)
+    np.log1p(np.negative(ma, out=ma), out=ma)  # float32, as np.log1p(-ma)
+    return ma.astype(dtype, copy=False)
 
 
 def _ale_of_subsets(logs, subsets):
@@ -169,31 +173,91 @@ def _ale_of_subsets(logs, subsets):
 
 def _mean_difference(logs1, logs2, idx1, idx2):
     """Sum over pairs of ``ALE(logs1[idx1[d]]) - ALE(logs2[idx2[d]])``: float32 products and
-    exponentials (NiMARE's precision), float64 sums."""
+    exponentials (NiMARE's precision), float64 sums. Each distinct subset's ALE map is
+    computed once and counted as often as it is drawn (the smaller group's subsets are all
+    the same set when ``target_n`` is its size, NiMARE's default)."""
     logs1 = logs1.astype(np.float32, copy=False)
     logs2 = logs2.astype(np.float32, copy=False)
-    total = np.zeros(logs1.shape[1], dtype=np.float64)
-    for a1, a2 in zip(_ale_of_subsets(logs1, idx1), _ale_of_subsets(logs2, idx2),
+    return _counted_ale_sum(logs1, idx1) - _counted_ale_sum(logs2, idx2)
+
+
+def _counted_ale_sum(logs, subsets):
+    """``sum_d ALE(logs[subsets[d]])`` (float64) over the distinct subsets, each ALE map
+    (float32) times its count: the sum of its copies, exactly (a float32 times a count below
+    2**29 is exact in float64). Many distinct subsets are summed voxel by voxel
+    (:func:`_column_ale_sum`)."""
+    subsets = np.sort(np.asarray(subsets), axis=1)
+    distinct, counts = np.unique(subsets, axis=0, return_counts=True)
+    if len(distinct) > _COLUMN_SUBSETS:
+        return _column_ale_sum(logs, distinct, counts)
+    total = np.zeros(logs.shape[1], dtype=np.float64)
+    for a, ale in zip(range(0, len(distinct), _BLOCK), _ale_of_subsets(logs, distinct),
                       strict=True):
-        total += a1.sum(axis=0, dtype=np.float64)
-        total -= a2.sum(axis=0, dtype=np.float64)
+        weights = counts[a:a + _BLOCK].astype(np.float64)[:, None]
+        # rows added in order (a reduction over the outer axis): the same bits on any BLAS
+        total += (ale.astype(np.float64) * weights).sum(axis=0)
     return total
 
 
-def _cluster_z(z, space_mask, voxel_thresh, size_threshold=None):
+def _column_ale_sum(logs, subsets, counts):
+    """:func:`_counted_ale_sum` of many subsets: each voxel's log-sums of every subset in one
+    pass over the voxel's non-zero entries (float64, rounded to float32: NiMARE's float32
+    precision, where the product path sums in float32), then float32 exponentials, weighted
+    by the counts; voxels no row touches add nothing (their ALE is 0)."""
+    from daskmeta.montecarlo._packed import column_sums
+
+    n, n_vox = logs.shape
+    voxels, rows = np.nonzero(logs.T)  # voxel-major, rows ascending within a voxel
+    vals = logs.T[voxels, rows].astype(np.float32)
+    active, col_counts = np.unique(voxels, return_counts=True)
+    col_ptr = np.zeros(len(active) + 1, dtype=np.int64)
+    np.cumsum(col_counts, out=col_ptr[1:])
+    columns = (col_ptr, rows.astype(np.int32), vals)
+    g = np.zeros((n, len(subsets)))
+    g[subsets.ravel(), np.repeat(np.arange(len(subsets)), subsets.shape[1])] = 1.0
+    weights = counts.astype(np.float64)
+    total = np.zeros(n_vox, dtype=np.float64)
+    tile = max(16, (1 << 20) // len(subsets))
+    buf = np.empty(tile * len(subsets))
+    for v0 in range(0, len(active), tile):
+        nv = min(tile, len(active) - v0)
+        sums = column_sums(columns, g, v0, buf[:nv * len(subsets)].reshape(nv, -1))
+        ale = sums.astype(np.float32)
+        np.exp(ale, out=ale)
+        np.subtract(np.float32(1.0), ale, out=ale)
+        total[active[v0:v0 + nv]] = (ale.astype(np.float64) * weights).sum(axis=1)
+    return total
+
+
+def _cluster_z(z, space_mask, voxel_thresh, size_threshold=None, ijk=None):
     """NiMARE's ``_threshold_z_clusters``: (z kept in clusters larger than the threshold, the
-    largest cluster's size), clusters face-connected above ``norm.ppf(1 - voxel_thresh)``."""
-    vol = np.zeros(space_mask.shape, dtype=np.float32)
-    vol[space_mask] = z
-    labels, n = ndimage.label(vol > norm.ppf(1 - voxel_thresh))
-    if n < 1:
+    largest cluster's size), clusters face-connected above ``norm.ppf(1 - voxel_thresh)``.
+    The labelling runs on the bounding box of the voxels above the threshold (``ijk``: the
+    in-mask voxels' indices, ``np.argwhere(space_mask)``): the same clusters, numbered in
+    the same (raster) order."""
+    z = np.asarray(z, dtype=np.float32)
+    supra = z > norm.ppf(1 - voxel_thresh)
+    idx = np.flatnonzero(supra)
+    if idx.size == 0:
         return np.zeros_like(z), 0
-    sizes = np.bincount(labels[labels > 0])
+    if ijk is None:
+        ijk = np.argwhere(space_mask)
+    at = ijk[idx]
+    at = at - at.min(axis=0)
+    box = np.zeros(tuple(at.max(axis=0) + 1), dtype=bool)
+    pos = tuple(at.T)
+    box[pos] = True
+    labels, _ = ndimage.label(box)
+    lab = labels[pos]
+    sizes = np.bincount(lab)
+    sizes[0] = 0
     if size_threshold is not None:
         keep = sizes > size_threshold
         keep[0] = False
-        vol = vol * keep[labels]
-    return vol[space_mask], int(sizes.max())
+        full = np.zeros(z.shape, dtype=np.int64)
+        full[idx] = lab
+        z = z * keep[full]
+    return z, int(sizes.max())
 
 
 def _z_of(ale, summaries, n_voxels):
@@ -209,6 +273,7 @@ def _group_task(job, kind, items):
     plan, rows, space_mask, prior, summaries = (job["plan"], job["rows"], job["mask"],
                                                 job["prior_all"], job["summaries"])
     n_vox = int(space_mask.sum())
+    mask_ijk = np.argwhere(space_mask)  # once per task (shipping it would double the job)
     if kind == "null":
         sizes = []
         for subset, ijk in items:
@@ -216,7 +281,8 @@ def _group_task(job, kind, items):
             sums = ALE()._row_summaries(ma)
             ale = (1.0 - np.exp(np.log1p(-ma).sum(axis=0, dtype=np.float64))).astype(
                 np.float32)
-            _, size = _cluster_z(_z_of(ale, sums, n_vox), space_mask, job["voxel_thresh"])
+            _, size = _cluster_z(_z_of(ale, sums, n_vox), space_mask, job["voxel_thresh"],
+                                 ijk=mask_ijk)
             sizes.append(size)
         return np.asarray(sizes, dtype=np.int64)
     logs = _log_rows(plan, rows, prior)
@@ -226,7 +292,8 @@ def _group_task(job, kind, items):
                       strict=True):
         for s, row in zip(subsets[a:a + _BLOCK], ale, strict=True):
             z = _z_of(row, [summaries[i] for i in s], n_vox)
-            kept, _ = _cluster_z(z, space_mask, job["voxel_thresh"], job["size_threshold"])
+            kept, _ = _cluster_z(z, space_mask, job["voxel_thresh"], job["size_threshold"],
+                                 mask_ijk)
             counts += kept > 0
     return counts
 
@@ -446,8 +513,9 @@ def _pairs(rng, n1, n2, target_n, d):
     idx1 = np.empty((d, target_n), dtype=np.int32)
     idx2 = np.empty((d, target_n), dtype=np.int32)
     for i in range(d):
-        idx1[i] = rng.choice(n1, size=target_n, replace=False)
-        idx2[i] = rng.choice(n2, size=target_n, replace=False)
+        # RandomState.choice(n, k, replace=False) is permutation(n)[:k]: the same draws
+        idx1[i] = rng.permutation(n1)[:target_n]
+        idx2[i] = rng.permutation(n2)[:target_n]
     return idx1, idx2
 
 

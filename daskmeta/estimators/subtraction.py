@@ -71,6 +71,17 @@ class AleDifference:
         np.subtract(a, b, out=a)
         return a
 
+    def block_into(self, small, total, small_is_first, buf):
+        """:meth:`__call__` of a tile for a block of permutations (see
+        :class:`~daskmeta.montecarlo.permutation.PairStatistic`), in ``small``."""
+        np.subtract(total[:, None], small, out=buf)
+        s1, s2 = (small, buf) if small_is_first else (buf, small)
+        for s in (s1, s2):
+            np.exp(s, out=s)
+            np.subtract(1.0, s, out=s)
+        np.subtract(s1, s2, out=s1)
+        return s1
+
 
 class SubtractionNull(Summary):
     """What each permutation of an ALE subtraction records: per voxel, the iterations whose
@@ -102,6 +113,42 @@ class SubtractionNull(Summary):
         out["max_abs"][i] = _record_difference(np.asarray(stat, dtype=np.float64),
                                                self.observed, out["upper"], out["lower"],
                                                hist, self.hist)
+
+    def record_block(self, out, i0, stat, v0):
+        """:meth:`record` of iterations ``i0, i0 + 1, ...`` (the columns of ``stat``) over
+        voxels ``v0, v0 + 1, ...`` (its rows): the same counts, histogram and maxima."""
+        v1 = v0 + stat.shape[0]
+        hist = out["abs_hist"] if self.hist else out["upper"][:0]
+        _record_block(stat, self.observed[v0:v1], out["upper"][v0:v1], out["lower"][v0:v1],
+                      hist, self.hist, out["max_abs"][i0:i0 + stat.shape[1]])
+
+
+@numba.njit(cache=True, nogil=True)
+def _record_block(stat, observed, upper, lower, hist, with_hist, top):
+    """:func:`_record_difference` of a (voxels, iterations) tile; ``top`` (float32 per
+    iteration) is raised to each iteration's maximum |difference| over the tile (the float32
+    of the float64 maximum: rounding is monotonic, so the same value)."""
+    last = hist.shape[0] - 1
+    n_i = stat.shape[1]
+    high = np.zeros(n_i)
+    for v in range(stat.shape[0]):
+        o = np.float64(observed[v])
+        up = 0
+        low = 0
+        row = stat[v]
+        for i in range(n_i):
+            d = row[i]
+            up += d >= o
+            low += d <= o
+            high[i] = max(high[i], abs(d))
+        upper[v] += up
+        lower[v] += low
+        if with_hist:
+            for i in range(n_i):
+                b = int(np.float64(np.float32(abs(row[i]))) / _HIST_STEP)
+                hist[min(b, last)] += 1
+    for i in range(n_i):
+        top[i] = max(top[i], np.float32(high[i]))
 
 
 @numba.njit(cache=True, nogil=True)

@@ -10,6 +10,14 @@ group": the other group's sum is the pooled total minus it (the reductions are a
 MKDA counts, ALE's sum of ``log1p(-MA)``). The estimator supplies the statistic of the two
 sums (:class:`PairStatistic`).
 
+Valued rows (ALE) whose smaller group is at least :data:`_COLUMN_MIN_FRACTION` of the pool
+(and whose values are finite: ``-inf * 0`` is not 0) run blockwise when the statistic and
+the summary allow it (``block_into`` / ``record_block``): :data:`_BLOCK` permutations at a
+time, each tile of :data:`_TILE` voxels summed for all of them in one pass over the pool's
+column form (:func:`~daskmeta.montecarlo._packed.column_sums`), then the statistic and the
+summary on the tile. The sums, hence the statistic and every recorded value, are the same bits as
+iteration by iteration; the draws are the same (all of a batch's are drawn first, in order).
+
 The rows come from a kernel plan (:class:`PlanPool`: a Dataset's experiments, combined by
 the fits' compiled combine) or from a Collection's store (:class:`StorePool`: only the
 pooled experiments' rows are read, checked against the store's manifest and generation).
@@ -27,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from daskmeta.exceptions import DaskmetaError
-from daskmeta.montecarlo._packed import PackedRows
+from daskmeta.montecarlo._packed import PackedRows, column_sums
 from daskmeta.montecarlo.models import ClusterMaxima, NullModel, Summary, _Geometry
 
 __all__ = ["GroupPermutation", "PairStatistic", "PerMap", "PlanPool", "StorePool",
@@ -41,6 +49,17 @@ _POOLS: OrderedDict = OrderedDict()
 _POOLS_LOCK = threading.Lock()
 _WORKSPACES = threading.local()
 _FACES = ndimage.generate_binary_structure(3, 1)
+#: Permutations summed together by the column path.
+_BLOCK = 32
+#: Voxels per tile of the column path.
+_TILE = 8192
+#: The column path sums every entry of the pool for each permutation (vectorised, about ten
+#: times cheaper per entry than the row path's scattered adds, which sum only the smaller
+#: group's): it is used when the smaller group is at least this fraction of the pool.
+_COLUMN_MIN_FRACTION = 0.125
+#: Largest column form (8 bytes per non-zero entry, kept with the packed rows) the column
+#: path builds; larger pools run row by row.
+_COLUMN_MAX_BYTES = 1 << 30
 
 
 def loaded_pools() -> list[str]:
@@ -154,7 +173,12 @@ class PairStatistic:
         raise NotImplementedError
 
     # Optional, for speed: ``into(sum1, sum2, n1, n2, maps)`` computes the same into the
-    # buffers ``empty(n_voxels)`` made, reused from one iteration to the next.
+    # buffers ``empty(n_voxels)`` made, reused from one iteration to the next; and
+    # ``block_into(small, total, small_is_first, buf)``: the statistic of a tile of voxels for
+    # a block of permutations (``small``: (voxels, permutations) float64 sums of each
+    # permutation's smaller group, overwritten; ``total``: the pooled sums of the tile;
+    # ``buf``: scratch of small's shape), the same bits elementwise as ``__call__``, for
+    # summaries with ``record_block(out, i0, stat, v0)``.
 
 
 class GroupPermutation(NullModel):
@@ -276,8 +300,11 @@ class GroupPermutation(NullModel):
         return self.statistic(self.observed if group1_rows is None else group1_rows)
 
     def run_batch(self, summary: Summary, rng, n_iters: int, compiled: bool = True) -> dict:
-        self.pool.packed()  # load once, before the first iteration's clock
+        packed = self.pool.packed()  # load once, before the first iteration's clock
         out = summary.start(n_iters, self.n_voxels)
+        if compiled and self._blockwise(summary, packed):
+            self._run_blocks(summary, out, [self.draw(rng) for _ in range(n_iters)], packed)
+            return out
         fast = compiled and self._compiled_summary(summary)
         for i in range(n_iters):
             stat = self._batch_statistic(self.draw(rng))
@@ -286,6 +313,40 @@ class GroupPermutation(NullModel):
             else:
                 summary.record(out, i, stat, self.geometry)
         return out
+
+    def _blockwise(self, summary, packed) -> bool:
+        """Whether iterations run blockwise on the column form (see the module's docs)."""
+        return (packed.constant is None and packed.finite
+                and 8 * len(packed.values) <= _COLUMN_MAX_BYTES
+                and hasattr(summary, "record_block")
+                and hasattr(self.statistic_, "block_into")
+                and min(self.n1, self.n2) >= _COLUMN_MIN_FRACTION * self.pool.n_rows)
+
+    def _run_blocks(self, summary, out, draws, packed) -> None:
+        """The iterations of ``draws`` (group 1's pooled rows of each), :data:`_BLOCK` at a
+        time, tile by tile."""
+        columns = packed.columns()
+        total = self._pooled_total(packed)
+        small_first = self.n1 <= self.n2
+        ws = self._workspace(packed)
+        if "blk" not in ws:
+            ws["blk"] = {"g": np.zeros((self.pool.n_rows, _BLOCK)),
+                         "small": np.zeros(_TILE * _BLOCK), "buf": np.zeros(_TILE * _BLOCK)}
+        blk = ws["blk"]
+        for i0 in range(0, len(draws), _BLOCK):
+            block = draws[i0:i0 + _BLOCK]
+            nb = len(block)
+            g = blk["g"] if nb == _BLOCK else np.zeros((self.pool.n_rows, nb))
+            g[:] = 0.0 if small_first else 1.0
+            for j, rows in enumerate(block):
+                g[rows, j] = 1.0 if small_first else 0.0
+            for v0 in range(0, self.n_voxels, _TILE):
+                nv = min(_TILE, self.n_voxels - v0)
+                small = blk["small"][:nv * nb].reshape(nv, nb)
+                buf = blk["buf"][:nv * nb].reshape(nv, nb)
+                column_sums(columns, g, v0, small)
+                stat = self.statistic_.block_into(small, total[v0:v0 + nv], small_first, buf)
+                summary.record_block(out, i0, stat, v0)
 
     def _compiled_summary(self, summary) -> bool:
         """Whether ``summary`` runs in the Monte Carlo's compiled cluster code: the maximum
