@@ -219,7 +219,9 @@ class ALE(CBMAEstimator):
     ``stat`` is the ALE value ``1 - prod(1 - MA)`` over experiments, with NiMARE's
     approximate (histogram-convolution) null for ``p``, ``z`` and ``logp``; null
     probabilities that underflow below 2.2e-308 are dropped, so p-values below 1e-280 may
-    differ from NiMARE's (see :func:`ale_null_histogram`).
+    differ from NiMARE's (see :func:`ale_null_histogram`). The null convolves the
+    experiments in NiMARE's order (sorted ids, whatever the data's order): each step rounds
+    to the grid, so the order matters.
 
     Parameters
     ----------
