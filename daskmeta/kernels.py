@@ -53,9 +53,9 @@ def ale_fwhm(sample_size) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def _ale_support(fwhm: float, voxel_volume_root: float) -> tuple[np.ndarray, np.ndarray]:
-    """Offsets (n, 3) and float32 values of NiMARE's cropped ALE Gaussian for one FWHM."""
-    fwhm_vox = fwhm / voxel_volume_root
+def _ale_support(fwhm_vox: float) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (n, 3) and float32 values of NiMARE's cropped ALE Gaussian for one FWHM in
+    voxels (mm over the cube root of the voxel volume)."""
     sigma_vox = fwhm_vox * np.sqrt(2.0) / (np.sqrt(2.0 * np.log(2.0)) * 2.0)
     data = np.zeros((31, 31, 31))
     mid = 15
@@ -398,18 +398,23 @@ class ALEKernel(Kernel):
 
     def _supports(self, dataset, space):
         # float32 like nibabel's header zooms, which NiMARE's kernel is computed from.
-        root = float(np.sqrt(np.prod(space.mask_img.header.get_zooms()[:3])))
+        root = np.sqrt(np.prod(space.mask_img.header.get_zooms()[:3]))
         if self.fwhm is not None:
-            fwhm = np.full(dataset.n_experiments, float(self.fwhm))
-        elif self.sample_size is not None:
-            fwhm = np.full(dataset.n_experiments, float(ale_fwhm(self.sample_size)))
+            # NiMARE divides the FWHM as given by this float32: a Python number is then
+            # divided in float32 (NumPy 2's promotion rules), an np.float64 in float64. The
+            # same division here, so that the kernel is NiMARE's to the last bit (the float32
+            # width moves MA values by up to 5e-10, enough to move a tie of the null's grid).
+            width = np.full(dataset.n_experiments, float(self.fwhm / root))
         else:
-            fwhm = self.experiment_fwhm(dataset)
+            # A computed FWHM is float64 in NiMARE: so is its width.
+            fwhm = (np.full(dataset.n_experiments, float(ale_fwhm(self.sample_size)))
+                    if self.sample_size is not None else self.experiment_fwhm(dataset))
+            width = fwhm / float(root)
         # One support per distinct FWHM (NiMARE: one per distinct sample size).
-        fwhm = np.where(np.isfinite(fwhm), fwhm, -1.0)
-        uniq, row_kernel = np.unique(fwhm, return_inverse=True)
+        width = np.where(np.isfinite(width), width, -1.0)
+        uniq, row_kernel = np.unique(width, return_inverse=True)
         supports = [
-            _ale_support(float(f), root) if f > 0
+            _ale_support(float(f)) if f > 0
             else (np.zeros((0, 3), np.int32), np.zeros(0, MA_DTYPE))
             for f in uniq
         ]

@@ -81,6 +81,44 @@ def test_cli_build_equals_python_and_decode_prints_ranked_labels(model_path, toy
     assert np.allclose(table.to_numpy(), expected.to_numpy())
 
 
+@pytest.fixture(scope="module")
+def toy_collections(toy_collection, tmp_path_factory):
+    """The toy labels' studies as collections of each meta-estimator's kernel."""
+    from daskmeta.kernels import ALEKernel, KDAKernel
+
+    root = tmp_path_factory.mktemp("toy-kernels")
+    ds = toy_collection.dataset
+    return {"mkda": toy_collection,
+            "ale": Collection.build(ds, ALEKernel(fwhm=10), root / "ale.zarr",
+                                    mask=toy_collection.attrs["mask_source"]),
+            "kda": Collection.build(ds, KDAKernel(r=10), root / "kda.zarr",
+                                    mask=toy_collection.attrs["mask_source"])}
+
+
+@pytest.mark.parametrize("name, cls, kernel, flags, target", [
+    ("ale", "ALE", "ale", [], "z"),
+    ("mkdadensity", "MKDADensity", "mkda", ["--target-image", "stat"], "stat"),
+    ("kda", "KDA", "kda", ["--target-image", "p"], "p"),
+])
+def test_cli_build_with_a_meta_estimator_equals_python(name, cls, kernel, flags, target,
+                                                       toy_collections, tmp_path):
+    from daskmeta import estimators
+
+    coll = toy_collections[kernel]
+    out = tmp_path / "model.zarr"
+    assert main(["decoder", "build", "--collection", str(coll.path), "--labels", "toy",
+                 "--min-studies", "3", "--meta-estimator", name, *flags,
+                 "--out", str(out)]) == 0
+    model = DecoderModel.open(out)
+    py = CorrelationDecoder(labels="toy", min_studies=3, meta_estimator=getattr(
+        estimators, cls)(), target_image=target).fit(coll)
+    assert (model.attrs["meta_estimator"], model.attrs["target_image"]) == (cls, target)
+    assert model.labels == py.features_ and len(model.labels) > 20
+    got, want = model.to_xarray()["maps"].values, py.model_.to_xarray()["maps"].values
+    assert np.array_equal(got, want)
+    assert np.ptp(got) > 0
+
+
 @pytest.mark.parametrize("argv, match", [
     (["decode", "MODEL", "IMG", "--top", "-1"], "--top must be an integer >= 0"),
     (["decoder", "build", "--collection", "MISSING", "--out", "x.zarr"],
@@ -93,6 +131,14 @@ def test_cli_build_equals_python_and_decode_prints_ranked_labels(model_path, toy
      "labels='nope' is neither a vocabulary"),
     (["decoder", "build", "--collection", "COLL", "--out", "x.zarr", "--target-image", "z"],
      "target_image 'z' is not a map of MKDAChi2; allowed: z_desc-uniformity, "),
+    (["decoder", "build", "--collection", "COLL", "--out", "x.zarr", "--meta-estimator",
+      "ale"], "holds MA maps of MKDAKernel(r=10"),
+    (["decoder", "build", "--collection", "COLL", "--out", "x.zarr", "--meta-estimator",
+      "kda", "--target-image", "z_desc-association"],
+     "target_image 'z_desc-association' is not a map of KDA; allowed: stat, p, z, logp"),
+    (["decoder", "build", "--collection", "COLL", "--out", "x.zarr", "--meta-estimator",
+      "mkdadensity", "--fwe-iters", "10"],
+     "--fwe-iters needs --meta-estimator mkdachi2; got 'mkdadensity'"),
     (["decode", "MODEL", "missing.nii.gz"], "cannot read missing.nii.gz"),
     (["serve", "MODEL", "--port", "70000"], "--port must be an integer from 0 to 65,535"),
 ])
@@ -107,6 +153,17 @@ def test_cli_errors_are_one_line(argv, match, model_path, toy_collection, tmp_pa
     err = capsys.readouterr().err.strip()
     assert err.startswith("daskmeta: error:") and match in err, err
     assert len(err.splitlines()) == 1
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_cli_meta_estimator_choices(toy_collection, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["decoder", "build", "--collection", str(toy_collection.path), "--out",
+              str(tmp_path / "x.zarr"), "--meta-estimator", "mkda"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "argument --meta-estimator: invalid choice: 'mkda' (choose from 'mkdachi2', " \
+           "'ale', 'mkdadensity', 'kda')" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x.zarr").exists()
 
 

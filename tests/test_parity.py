@@ -44,6 +44,16 @@ def test_ma_maps_identical(ours, theirs, pain_dataset, nimare_pain, nimare_space
     assert np.array_equal(got, expected)
 
 
+@pytest.mark.parametrize("fwhm", [10, 12.5, np.float64(10.0)])
+def test_fixed_fwhm_ale_ma_maps_identical(fwhm, pain_dataset, nimare_pain, nimare_space):
+    # NiMARE divides a fixed FWHM by the float32 root of the voxel volume: a Python number is
+    # divided in float32 (NumPy 2), an np.float64 in float64; the kernel follows either way.
+    ds = _rows_in_nimare_order(pain_dataset)
+    got = ALEKernel(fwhm=fwhm).transform(ds, nimare_space).compute()
+    expected = nimare_kernel.ALEKernel(fwhm=fwhm).transform(nimare_pain, return_type="array")
+    assert np.array_equal(got, expected)
+
+
 CASES = [
     ("ALE", ALE, {}, {}),
     ("MKDADensity", MKDADensity, {}, {}),
@@ -72,6 +82,24 @@ def test_estimator_maps_match_nimare(name, cls, kw_ours, kw_theirs, pain_dataset
         key = "histweights_corr-none_method-approximate"
         assert np.array_equal(ours.null_distributions[key],
                               theirs.estimator.null_distributions_[key])
+
+
+@pytest.mark.parametrize("kw", [{"kernel__fwhm": 10}, {"kernel__sample_size": 20}, {}],
+                         ids=["fwhm", "sample_size", "default"])
+def test_ale_null_in_nimare_order_of_experiments(kw, pain_dataset, nimare_pain, nimare_mask):
+    # Each convolution step of the null rounds to its grid, so the null depends on the order
+    # of the experiments; NiMARE's is its MA rows' (sorted ids), whatever the dataset's.
+    ds = daskmeta.Dataset(pain_dataset.experiments.iloc[::-1], pain_dataset.foci)
+    assert ds.ids[0] > ds.ids[-1]
+    theirs = nimare_cbma.ALE(**kw).fit(nimare_pain)
+    ours = ALE(mask=nimare_mask, **kw).fit(ds)
+    assert np.array_equal(ours.get_map("stat", "array"),
+                          theirs.get_map("stat", return_type="array"))
+    key = "histweights_corr-none_method-approximate"
+    assert np.array_equal(ours.null_distributions[key],
+                          theirs.estimator.null_distributions_[key])
+    for m in ("p", "z"):
+        assert_close(ours.get_map(m, "array"), theirs.get_map(m, return_type="array"), 1e-6, m)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

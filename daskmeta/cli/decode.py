@@ -27,12 +27,18 @@ def add_parsers(sub) -> None:
     dsub.required = True
     b = dsub.add_parser(
         "build", help="build a decoder model of every label of a collection",
-        description="Compute the MKDAChi2 association map (z_desc-association) of every label "
-                    "of an MKDA collection (its studies against all the others), in passes "
-                    "over the store, and write them as a decoder model (a Zarr store) for "
-                    "`daskmeta decode` and `daskmeta serve`.")
+        description="Compute the meta-analytic map of every label of a collection (by "
+                    "default the MKDAChi2 association map, z_desc-association, of the label's "
+                    "studies against all the others; or the ALE, MKDADensity or KDA map of "
+                    "the label's studies), in passes over the store, and write them as a "
+                    "decoder model (a Zarr store) for `daskmeta decode` and `daskmeta serve`.")
     b.add_argument("--collection", required=True, metavar="PATH",
-                   help="an MKDA collection store (`daskmeta ingest SOURCE --kernel mkda`)")
+                   help="a collection store (`daskmeta ingest SOURCE --kernel K`) of the "
+                        "meta-estimator's kernel: mkda for mkdachi2 and mkdadensity, ale for "
+                        "ale, kda for kda")
+    b.add_argument("--meta-estimator", choices=list(META_ESTIMATORS), default="mkdachi2",
+                   help="the meta-analysis of each label (default mkdachi2), with the "
+                        "collection's kernel, mask and mask margin")
     b.add_argument("--labels", metavar="VOCAB|LABEL,...",
                    help="a vocabulary (e.g. LDA50: its every label) or comma-separated label "
                         "names (default: every label)")
@@ -40,8 +46,9 @@ def add_parsers(sub) -> None:
                    help="leave out labels holding for fewer than N studies (default 1)")
     b.add_argument("--frequency-threshold", type=float, default=0.001, metavar="F",
                    help="a label holds for a study whose weight is at least F (default 0.001)")
-    b.add_argument("--target-image", default="z_desc-association",
-                   help="the MKDAChi2 map of each label (default z_desc-association)")
+    b.add_argument("--target-image", default=None, metavar="MAP",
+                   help="the map of each label: one of MKDAChi2's (default "
+                        "z_desc-association), or stat, p, z (default) or logp of the others")
     b.add_argument("--fwe-iters", type=int, default=None, metavar="N",
                    help="also compute label-permutation FWE nulls of every label's map with N "
                         "iterations (the model then holds each label's threshold)")
@@ -78,7 +85,13 @@ def add_parsers(sub) -> None:
     s.set_defaults(handler=_run_serve)
 
 
+#: ``--meta-estimator`` choices: the estimator class names in :mod:`daskmeta.estimators`.
+META_ESTIMATORS = {"mkdachi2": "MKDAChi2", "ale": "ALE", "mkdadensity": "MKDADensity",
+                   "kda": "KDA"}
+
+
 def _run_build(args) -> None:
+    from daskmeta import estimators
     from daskmeta.decode import CorrelationDecoder
 
     _check_int(args.min_studies, "--min-studies", 1)
@@ -102,13 +115,22 @@ def _run_build(args) -> None:
                                                     "zarr.json; see `daskmeta ingest`)")
     from daskmeta.collection import Collection
 
+    chi2 = args.meta_estimator == "mkdachi2"
+    if args.fwe_iters is not None and not chi2:
+        raise DaskmetaError(f"--fwe-iters needs --meta-estimator mkdachi2; got "
+                            f"{args.meta_estimator!r}")
+    target = args.target_image
+    if target is None:
+        target = "z_desc-association" if chi2 else "z"
     collection = Collection.open(coll_path)
+    meta = getattr(estimators, META_ESTIMATORS[args.meta_estimator])(
+        mask_margin=collection.mask_margin)
     decoder = CorrelationDecoder(labels=labels, frequency_threshold=args.frequency_threshold,
-                                 target_image=args.target_image,
+                                 meta_estimator=meta, target_image=target,
                                  min_studies=args.min_studies, fwe_iters=args.fwe_iters,
                                  seed=args.seed)
     decoder._validate_params()
-    decoder._meta()  # the map name, before any work
+    decoder._meta()[0]._source(collection)  # the map name and the kernel, before any work
     from daskmeta._pass import has_foci
     from daskmeta.decode.labels import select_labels
 

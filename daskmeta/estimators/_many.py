@@ -48,8 +48,9 @@ def _finalize_selections(estimator, sums, summaries, jobs, n_voxels: int, sink, 
     maps_of = {k: [] for k in _MANY_DTYPES}
     for s, (positions, experiments, n_foci) in enumerate(jobs):
         estimator._prepare(experiments, n_foci)
-        maps, _ = estimator._finalize(sums[s].astype(np.float64),
-                                      [summaries[p] for p in positions], n_voxels)
+        mine = estimator._in_null_order([summaries[p] for p in positions],
+                                        experiments["id"].to_numpy())
+        maps, _ = estimator._finalize(sums[s].astype(np.float64), mine, n_voxels)
         for k, dtype in _MANY_DTYPES.items():
             maps_of[k].append(np.asarray(maps[k], dtype=dtype))
     stacked = {k: np.vstack(v) for k, v in maps_of.items()}

@@ -223,7 +223,8 @@ class CBMAEstimator(Estimator):
         weights = np.asarray(self._selection_weights(dataset.n_experiments),
                              dtype=np.float64)[None, :]
         total, summaries = self._sums(collection, plan, dataset, weights)
-        maps, nulls = self._finalize(total[0].astype(np.float64), summaries, plan.n_voxels)
+        maps, nulls = self._finalize(total[0].astype(np.float64),
+                                     self._in_null_order(summaries, dataset.ids), plan.n_voxels)
         self.null_distributions_ = nulls
         return self._make_result(maps, nulls)
 
@@ -329,12 +330,28 @@ class CBMAEstimator(Estimator):
 
     def _null(self, summaries, n_voxels: int):
         """``(bin centres, weights)`` of the approximate null histogram of one selection from
-        its experiments' row summaries (in selection order)."""
+        its experiments' row summaries (in selection order, or in :meth:`_null_order`)."""
         raise NotImplementedError
+
+    def _null_order(self, ids):
+        """The order (positions in selection order) in which :meth:`_null` must take the
+        selection's experiments of ids ``ids``, or None for selection order (the default).
+        Override when the null depends on the order, to follow NiMARE's."""
+        return None
+
+    def _in_null_order(self, summaries, ids) -> list:
+        """A selection's row summaries (in selection order, experiment ids ``ids``) in the
+        order of :meth:`_null_order`: what the fits hand to :meth:`_finalize`."""
+        order = self._null_order(ids)
+        if order is None:
+            return summaries
+        if len(order) != len(summaries):
+            raise ValueError(f"{len(order)} experiment ids for {len(summaries)} summaries")
+        return [summaries[i] for i in order]
 
     def _finalize(self, stat_sum, summaries, n_voxels: int):
         """Maps (``stat``, ``p``, ``z``, ``logp``) and null distributions of one selection
-        from ``w @ f(MA)`` and its row summaries."""
+        from ``w @ f(MA)`` and its row summaries (in :meth:`_in_null_order`)."""
         bins, hist = self._null(summaries, n_voxels)
         maps = nullhist_maps(self._stat(stat_sum), hist, bins)
         return maps, {"histogram_bins": bins, "histweights_corr-none_method-approximate": hist}

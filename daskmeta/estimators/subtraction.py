@@ -310,9 +310,11 @@ class ALESubtraction(PairwiseCBMAEstimator, ALE):
         maps = {}
         nulls = {}
         stats = []
-        for label, total, summaries in (("group1", sum1, summaries1),
-                                        ("group2", sum2, summaries2)):
-            group, group_nulls = self._finalize(total, summaries, n_voxels)
+        ids = np.asarray(self.dataset_.ids)
+        for label, total, summaries, in_group in (("group1", sum1, summaries1, self.groups_[0]),
+                                                  ("group2", sum2, summaries2, self.groups_[1])):
+            group, group_nulls = self._finalize(
+                total, self._in_null_order(summaries, ids[in_group]), n_voxels)
             stats.append(group["stat"])
             for kind in ("stat", "p", "z", "logp"):
                 maps[f"{kind}_desc-{label}"] = np.asarray(group[kind])
