@@ -22,37 +22,33 @@ def summarize(acc, kind, thr, lthr, clusters, voxel_base, lut, nb_delta, mark, v
     """
     n = acc.shape[0]
     ns = 0
+    # One branch-light sweep: the extreme, a rare candidate test, an unconditional reset
+    # (zeros are never candidates, and leave the extreme at its start of 0).
     if kind == 0:
         amin = 0.0
         for v in range(n):
             a = acc[v]
-            if a != 0.0:
-                if a < amin:
-                    amin = a
-                if clusters and a < lthr:
-                    s = np.float32(1.0 - np.exp(a))
-                    if s > thr:
-                        mark[v] = itag
-                        sval[v] = s
-                        supra[ns] = v
-                        ns += 1
-                acc[v] = 0.0
+            amin = a if a < amin else amin
+            if clusters and a < lthr and a != 0.0:
+                s = np.float32(1.0 - np.exp(a))
+                if s > thr:
+                    mark[v] = itag
+                    sval[v] = s
+                    supra[ns] = v
+                    ns += 1
+            acc[v] = 0.0
         max_stat = np.float32(1.0 - np.exp(amin))
     else:
         amax = 0.0
         for v in range(n):
             a = acc[v]
-            if a != 0.0:
-                if a > amax:
-                    amax = a
-                if clusters:
-                    s = np.float32(a)
-                    if s > thr:
-                        mark[v] = itag
-                        sval[v] = s
-                        supra[ns] = v
-                        ns += 1
-                acc[v] = 0.0
+            amax = a if a > amax else amax
+            if clusters and np.float32(a) > thr and a != 0.0:
+                mark[v] = itag
+                sval[v] = np.float32(a)
+                supra[ns] = v
+                ns += 1
+            acc[v] = 0.0
         max_stat = np.float32(amax)
     max_size = 0
     max_mass = 0.0
