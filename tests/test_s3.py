@@ -208,6 +208,15 @@ def test_fits_from_s3_equal_local(s3, subset, local_mkda, tmp_path):
     many_local = MKDADensity().fit_many(local_mkda, selections, label_threshold=0.05)
     for m in MAPS:
         assert np.array_equal(many_remote[m].values, many_local[m].values), m
+    # A decoder model with FWE nulls (each batch reads the store's binary rows) from S3.
+    from daskmeta.decode import CorrelationDecoder
+
+    labels = ["LDA50__32_pain_somatosensory_stimulation", "LDA50__33_memory_retrieval_encoding"]
+    models = [CorrelationDecoder(labels=labels, fwe_iters=30, seed=2).fit(
+        coll, store=tmp_path / f"model-{i}.zarr").model_.to_xarray()
+        for i, coll in enumerate((remote_mkda, local_mkda))]
+    for key in ("maps", "fwe_null", "fwe_threshold"):
+        assert np.array_equal(models[0][key].values, models[1][key].values), key
 
 
 def test_a_second_build_is_refused_while_the_lease_is_held(s3, subset):

@@ -38,20 +38,20 @@ _LOCK = threading.Lock()
 
 def binary_rows(store, rows, generation=None):
     """``(indptr, indices)`` of the active voxels of the given rows of an MKDA collection's
-    store (path; ``generation``: the build's token, checked by every read), read once per
-    process."""
-    from pathlib import Path
-
+    store (a path or an ``s3://`` location; ``generation``: the build's token, checked by
+    every read), read once per process."""
+    from daskmeta import _fs
     from daskmeta.storage import read_rows
 
+    location = _fs.as_location(store)
     rows = np.asarray(rows, dtype=np.int64)
-    key = (str(store), generation, rows.tobytes())
+    key = (_fs.key(location), generation, rows.tobytes())
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
     parts, counts = [], []
     for a in range(0, len(rows), 256):
-        block = read_rows(Path(store) / "ma", rows[a:a + 256], generation=generation)
+        block = read_rows(location / "ma", rows[a:a + 256], generation=generation)
         r, c = np.nonzero(block)
         parts.append(c.astype(np.int32))
         counts.append(np.bincount(r, minlength=len(block)))
@@ -149,7 +149,10 @@ class PrefixPermutationNull(NullModel):
     the model itself carries only the row indices, sizes and totals."""
 
     def __init__(self, store, generation, rows, sizes, totals, token):
-        self.store, self.generation = str(store), generation
+        from daskmeta import _fs
+
+        # A local path as a string, an S3 store as its RemotePath (with its options).
+        self.store, self.generation = _fs.portable(_fs.as_location(store)), generation
         self.rows = np.asarray(rows, dtype=np.int64)
         self.sizes = np.asarray(sizes, dtype=np.int64)
         self.totals = np.asarray(totals, dtype=np.int64)
