@@ -16,11 +16,10 @@ from __future__ import annotations
 import dask
 import numpy as np
 
-from daskmeta._combine import _own, combine_context, identity
+from daskmeta._combine import _own
 from daskmeta.exceptions import DaskmetaError
-from daskmeta.montecarlo._compiled import STAT_IDENTITY, summarize
 from daskmeta.montecarlo.models import ClusterMaxima, FociNull, MaxStatistic, Summary
-from daskmeta.montecarlo.permutation import PerMap
+from daskmeta.montecarlo.permutation import PerMap, summarize_per_map
 
 __all__ = ["PairFociNull"]
 
@@ -113,28 +112,4 @@ class PairFociNull(FociNull):
     def _summarize(self, summary, out, i, stat, ws) -> None:
         """The maximum (and cluster maxima) of each non-negative map in compiled code, as
         :class:`~daskmeta.montecarlo.permutation.GroupPermutation` does."""
-        if "cl" not in ws:
-            n = self.n_voxels
-            cctx = combine_context(f"perm-mask-{self.token}", self.geometry.mask,
-                                   np.array([0, 1]), np.zeros((1, 3), dtype=np.int32),
-                                   np.ones(1, dtype=np.float32), identity)
-            ws["cl"] = {"ctx": cctx, "acc": np.zeros(n), "mark": np.zeros(n, dtype=np.int64),
-                        "visited": np.zeros(n, dtype=np.int64),
-                        "sval": np.zeros(n, dtype=np.float32),
-                        "supra": np.zeros(n, dtype=np.int32),
-                        "stack": np.zeros(n, dtype=np.int32), "itag": 0}
-        cl = ws["cl"]
-        cctx = cl["ctx"]
-        inner = summary.summary
-        clusters = hasattr(inner, "threshold")
-        thr = inner.threshold if clusters else np.inf
-        for name in summary.names:
-            cl["acc"][:] = stat[name]
-            cl["itag"] += 1
-            s, n, m = summarize(cl["acc"], STAT_IDENTITY, thr, 0.0, clusters, cctx.voxel_base,
-                                cctx.lut, cctx.nb_delta, cl["mark"], cl["visited"],
-                                cl["sval"], cl["supra"], cl["stack"], cl["itag"])
-            out[f"{name}:max_stat"][i] = s
-            if clusters:
-                out[f"{name}:max_size"][i] = n
-                out[f"{name}:max_mass"][i] = m
+        summarize_per_map(ws, self.token, self.geometry.mask, summary, out, i, stat)

@@ -359,35 +359,44 @@ class GroupPermutation(NullModel):
                 and bool(getattr(self.statistic_, "non_negative", False)))
 
     def _summarize(self, summary, out, i, stat) -> None:
-        from daskmeta._combine import combine_context, identity
-        from daskmeta.montecarlo._compiled import STAT_IDENTITY, summarize
+        summarize_per_map(self._workspace(self.pool.packed()), self.token, self.geometry.mask,
+                          summary, out, i, stat)
 
-        ws = self._workspace(self.pool.packed())
-        if "cl" not in ws:
-            n = self.n_voxels
-            ctx = combine_context(f"perm-mask-{self.token}", self.geometry.mask,
-                                  np.array([0, 1]), np.zeros((1, 3), dtype=np.int32),
-                                  np.ones(1, dtype=np.float32), identity)
-            ws["cl"] = {"ctx": ctx, "acc": np.zeros(n), "mark": np.zeros(n, dtype=np.int64),
-                        "visited": np.zeros(n, dtype=np.int64),
-                        "sval": np.zeros(n, dtype=np.float32),
-                        "supra": np.zeros(n, dtype=np.int32),
-                        "stack": np.zeros(n, dtype=np.int32), "itag": 0}
-        cl = ws["cl"]
-        ctx = cl["ctx"]
-        inner = summary.summary
-        clusters = hasattr(inner, "threshold")
-        thr = inner.threshold if clusters else np.inf
-        for name in summary.names:
-            cl["acc"][:] = stat[name]
-            cl["itag"] += 1
-            s, n, m = summarize(cl["acc"], STAT_IDENTITY, thr, 0.0, clusters, ctx.voxel_base,
-                                ctx.lut, ctx.nb_delta, cl["mark"], cl["visited"], cl["sval"],
-                                cl["supra"], cl["stack"], cl["itag"])
-            out[f"{name}:max_stat"][i] = s
-            if clusters:
-                out[f"{name}:max_size"][i] = n
-                out[f"{name}:max_mass"][i] = m
+
+def summarize_per_map(ws: dict, token: str, mask, summary, out: dict, i: int,
+                      stat: dict) -> None:
+    """Record iteration ``i`` of a :class:`PerMap` summary of non-negative maps (``stat``:
+    name to in-mask map) in compiled code: each map's maximum and, when the inner summary
+    has a threshold, its largest face-connected cluster's size and mass. The work arrays
+    live in the thread's workspace ``ws`` (made on first use)."""
+    from daskmeta._combine import combine_context, identity
+    from daskmeta.montecarlo._compiled import STAT_IDENTITY, summarize
+
+    if "cl" not in ws:
+        n = int(np.count_nonzero(mask))
+        ctx = combine_context(f"perm-mask-{token}", mask, np.array([0, 1]),
+                              np.zeros((1, 3), dtype=np.int32), np.ones(1, dtype=np.float32),
+                              identity)
+        ws["cl"] = {"ctx": ctx, "acc": np.zeros(n), "mark": np.zeros(n, dtype=np.int64),
+                    "visited": np.zeros(n, dtype=np.int64),
+                    "sval": np.zeros(n, dtype=np.float32),
+                    "supra": np.zeros(n, dtype=np.int32),
+                    "stack": np.zeros(n, dtype=np.int32), "itag": 0}
+    cl = ws["cl"]
+    ctx = cl["ctx"]
+    inner = summary.summary
+    clusters = hasattr(inner, "threshold")
+    thr = inner.threshold if clusters else np.inf
+    for name in summary.names:
+        cl["acc"][:] = stat[name]
+        cl["itag"] += 1
+        s, n, m = summarize(cl["acc"], STAT_IDENTITY, thr, 0.0, clusters, ctx.voxel_base,
+                            ctx.lut, ctx.nb_delta, cl["mark"], cl["visited"], cl["sval"],
+                            cl["supra"], cl["stack"], cl["itag"])
+        out[f"{name}:max_stat"][i] = s
+        if clusters:
+            out[f"{name}:max_size"][i] = n
+            out[f"{name}:max_mass"][i] = m
 
 
 class PerMap(Summary):
