@@ -29,6 +29,18 @@ DOCS = {
     foci are left out, as NiMARE does; an empty selection is an error.""",
     "label_threshold": """label_threshold : float
     Label weight threshold of a ``select`` expression (NiMARE's ``label_threshold``).""",
+    "diagnostic_target": """target_image : str
+    The map whose clusters are characterised (default
+    ``z_desc-size_level-cluster_corr-FWE_method-montecarlo``).
+voxel_thresh : float, optional
+    NiMARE's older name of ``target_threshold``.
+cluster_threshold : int, optional
+    Smallest cluster, in voxels.
+display_second_group : bool
+    Of a pairwise result (MKDAChi2, ALESubtraction), also characterise the negative
+    tail's clusters by the second group's experiments (default: only the positive
+    tail's, by the first group's; a one-tailed target is always characterised by its
+    tail's group).""",
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 
+from daskmeta._docs import fill_doc
 from daskmeta.diagnostics._base import Diagnostics
 
 __all__ = ["FocusCounter"]
@@ -39,24 +40,14 @@ def count_foci(experiment_ids, foci, label_volume, affine, cluster_ids) -> np.nd
     return counts.reshape(n_exp, n_clu)
 
 
+@fill_doc
 class FocusCounter(Diagnostics):
     """The number of foci of each experiment in each cluster of a thresholded map
     (NiMARE's ``FocusCounter``).
 
     Parameters
     ----------
-    target_image : str
-        The map whose clusters are characterised (default
-        ``z_desc-size_level-cluster_corr-FWE_method-montecarlo``).
-    voxel_thresh : float, optional
-        NiMARE's older name of ``target_threshold``.
-    cluster_threshold : int, optional
-        Smallest cluster, in voxels.
-    display_second_group : bool
-        Of a pairwise result (MKDAChi2, ALESubtraction), also characterise the negative
-        tail's clusters by the second group's experiments (default: only the positive
-        tail's, by the first group's; a one-tailed target is always characterised by its
-        tail's group).
+    %(diagnostic_target)s
     n_cores : int
         Accepted for NiMARE compatibility.
     target_threshold : float, optional
