@@ -107,7 +107,10 @@ def child_fwe(store: str, model: str, n_iters: str) -> None:
                       "n_sizes": int(len(np.unique(m.n_studies)))}))
 
 
-def child_nimare(ns_model: str, img_path: str) -> None:
+def _nimare_against_model(model_path: str, img_path: str, topics, **decoder_kwargs) -> dict:
+    """NiMARE's CorrelationDecoder on the whole Neurosynth for ``topics`` (its read, set-up
+    and per-label times) and, per topic, the largest map difference from a daskmeta model
+    and the difference of the r of an image."""
     import warnings
 
     import nibabel as nib
@@ -138,21 +141,30 @@ def child_nimare(ns_model: str, img_path: str) -> None:
         return out
 
     NiMARE._run_fit = timed
-    dec = NiMARE(feature_group="LDA50_abstract_weight", features=[PAIN])
+    dec = NiMARE(feature_group="LDA50_abstract_weight", features=list(topics), **decoder_kwargs)
     t1 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dec.fit(nds)
         fit = time.perf_counter() - t1
-        r_theirs = float(dec.transform(nib.load(img_path))["r"].iloc[0])
-    theirs = dec.results_.maps[f"LDA50_abstract_weight__{PAIN}"]
-    model = DecoderModel.open(ns_model)
-    ours = model.get_map(f"LDA50__{PAIN}", return_type="array")
-    r_ours = float(model.transform(img_path).loc[f"LDA50__{PAIN}", "r"])
-    print(json.dumps({"read": t_read, "fit": fit, "per_label": per_label,
-                      "setup": fit - sum(per_label),
-                      "map_diff": float(np.abs(ours - theirs).max()),
-                      "r_diff": abs(r_ours - r_theirs)}))
+        r_theirs = dec.transform(nib.load(img_path))["r"]
+    model = DecoderModel.open(model_path)
+    r_ours = model.transform(img_path)["r"]
+    diffs = {}
+    for t in topics:
+        theirs = dec.results_.maps[f"LDA50_abstract_weight__{t}"]
+        ours = model.get_map(f"LDA50__{t}", return_type="array")
+        diffs[t] = [float(np.abs(ours - theirs).max()),
+                    abs(float(r_ours[f"LDA50__{t}"]) - float(r_theirs[
+                        f"LDA50_abstract_weight__{t}"]))]
+    return {"read": t_read, "fit": fit, "per_label": per_label,
+            "setup": fit - sum(per_label), "diffs": diffs}
+
+
+def child_nimare(ns_model: str, img_path: str) -> None:
+    out = _nimare_against_model(ns_model, img_path, [PAIN])
+    out["map_diff"], out["r_diff"] = out.pop("diffs")[PAIN]
+    print(json.dumps(out))
 
 
 TOPICS = ["32_pain_somatosensory_stimulation", "17_motor_cortex_hand", "40_face_faces_facial"]
@@ -171,56 +183,10 @@ def child_cbma_build(store: str, out: str) -> None:
 
 
 def child_cbma_nimare(model_path: str, img_path: str) -> None:
-    import warnings
-
-    import nibabel as nib
-    from nimare.decode.continuous import CorrelationDecoder as NiMARE
-    from nimare.io import convert_neurosynth_to_dataset
     from nimare.meta.cbma import MKDADensity
 
-    from daskmeta.decode import DecoderModel
-
-    p = "data-neurosynth_version-7_"
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        nds = convert_neurosynth_to_dataset(
-            str(NEUROSYNTH / f"{p}coordinates.tsv.gz"), str(NEUROSYNTH / f"{p}metadata.tsv.gz"),
-            annotations_files={
-                "features": str(NEUROSYNTH / f"{p}vocab-LDA50_source-abstract_type-weight_"
-                                             "features.npz"),
-                "vocabulary": str(NEUROSYNTH / f"{p}vocab-LDA50_vocabulary.txt")})
-        nds.masker = str(MASK)
-    t_read = time.perf_counter() - t0
-    per_label = []
-    original = NiMARE._run_fit
-
-    def timed(self, feature, dataset):
-        t = time.perf_counter()
-        out = original(self, feature, dataset)
-        per_label.append(time.perf_counter() - t)
-        return out
-
-    NiMARE._run_fit = timed
-    dec = NiMARE(feature_group="LDA50_abstract_weight", features=TOPICS,
-                 meta_estimator=MKDADensity(), target_image="z")
-    t1 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dec.fit(nds)
-        fit = time.perf_counter() - t1
-        r_theirs = dec.transform(nib.load(img_path))["r"]
-    model = DecoderModel.open(model_path)
-    r_ours = model.transform(img_path)["r"]
-    diffs = {}
-    for t in TOPICS:
-        theirs = dec.results_.maps[f"LDA50_abstract_weight__{t}"]
-        ours = model.get_map(f"LDA50__{t}", return_type="array")
-        diffs[t] = [float(np.abs(ours - theirs).max()),
-                    abs(float(r_ours[f"LDA50__{t}"]) - float(r_theirs[
-                        f"LDA50_abstract_weight__{t}"]))]
-    print(json.dumps({"read": t_read, "fit": fit, "per_label": per_label,
-                      "setup": fit - sum(per_label), "diffs": diffs}))
+    print(json.dumps(_nimare_against_model(model_path, img_path, TOPICS,
+                                           meta_estimator=MKDADensity(), target_image="z")))
 
 
 # -- the benchmark ------------------------------------------------------------------------------
