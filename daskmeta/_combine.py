@@ -32,7 +32,7 @@ from daskmeta._combine_kernels import (  # noqa: F401 (re-exported)
 from daskmeta.exceptions import DaskmetaError
 
 __all__ = ["CombineContext", "combine", "combine_context", "combine_rows", "foci_in_reach",
-           "identity", "support_reach", "value_bins"]
+           "identity", "support_reach", "value_bins", "zeroed"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,9 +122,8 @@ class CombineContext:
         """Fresh scratch arrays (``best``, ``fscr``, ``rec_pos``, ``rec_len``) of
         :func:`combine` for these experiments."""
         n_rec = self.max_records(row_start, row_kernel)
-        return (np.zeros(self.slab_voxels, dtype=np.int32),
-                np.zeros(self.slab_voxels, dtype=np.float64),
-                np.zeros(n_rec, dtype=np.int64), np.zeros(n_rec, dtype=np.int64))
+        return (zeroed(self.slab_voxels, np.int32), zeroed(self.slab_voxels, np.float64),
+                zeroed(n_rec, np.int64), zeroed(n_rec, np.int64))
 
     def run(self, focus_base, row_start, row_kernel, add_mode, sel, acc, scratch,
             hist_args=None) -> None:
@@ -166,6 +165,15 @@ class CombineContext:
 _NO_BINS = np.zeros(1, dtype=np.int64)
 _NO_HIST = np.zeros((1, 1), dtype=np.int32)
 _NO_MAX = np.zeros(1, dtype=np.float32)
+
+
+def zeroed(shape, dtype) -> np.ndarray:
+    """A zero array written at once (``np.zeros`` leaves fresh pages unmapped: their first
+    read maps the shared zero page and the first write then copies it, a fault that, with
+    other threads of the process running, interrupts every core to flush its TLB)."""
+    out = np.empty(shape, dtype=dtype)
+    out.fill(0)
+    return out
 
 
 def _own(a, dtype) -> np.ndarray:

@@ -15,13 +15,14 @@ voxel-sized is allocated per experiment.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from daskmeta._numba_cache import compiled
 
 __all__ = ["SLAB_PLANES", "combine", "value_bins"]
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def _segments_of_lines(lut3, seg3):
     """Signed run lengths along the last axis: ``n > 0`` in-mask voxels start here (and are
     numbered consecutively), ``n < 0``: ``-n`` voxels outside the mask start here."""
@@ -49,7 +50,7 @@ def _segments_of_lines(lut3, seg3):
 SLAB_PLANES = 4
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def combine(focus_base, row_start, row_kernel, r_start, plane_runs, r_delta, r_len, r_val0,
             k_val, k_sval, k_rank, rank_val, lut, seg, plane, plane_start, add_mode, sign,
             sel_indptr, sel_indices, sel_data, acc, best, fscr, rec_pos, rec_len, want_hist,
@@ -248,7 +249,7 @@ def combine(focus_base, row_start, row_kernel, r_start, plane_runs, r_delta, r_l
                 row_max[e] = max(row_max[e], top)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@compiled(nogil=True, inline="always")
 def _nearest_bin(value, inv_step):
     """Nearest bin of a value on the grid ``0, 1 / inv_step, ...``, ties upward (NiMARE's
     ``_nearest_bin``); the same rule as :func:`value_bins`."""

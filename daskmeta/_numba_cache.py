@@ -12,25 +12,26 @@ the first loads it instead of compiling again:
 4. ``~/.cache/daskmeta/numba-<version>``.
 
 ``$NUMBA_CACHE_DIR`` (numba's own setting) takes precedence over all of this, for daskmeta and
-every other numba user. This module is imported first by ``daskmeta/__init__.py`` and runs
-:func:`redirect` on import: numba picks a function's cache directory when the function is
-decorated, so the directory must be set before any daskmeta module decorates one;
-:func:`restore`, at the end of ``daskmeta/__init__.py``, then gives other packages' functions
-numba's usual choice back.
+every other numba user. Every compiled function of daskmeta is decorated by :func:`compiled`
+(``numba.njit`` with ``cache=True``): numba picks a function's cache directory when the
+function is decorated, so :func:`compiled` points numba's setting at daskmeta's directory for
+that moment only; other packages' functions keep numba's usual choice.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 from daskmeta._version import __version__
 
-__all__ = ["cache_dir", "redirect", "restore"]
+__all__ = ["cache_dir", "compiled", "default_dir"]
 
 _PACKAGE = Path(__file__).resolve().parent
-_state: dict = {"dir": None, "previous": None, "redirected": False}
+_state: dict = {"chosen": False, "dir": None, "redirect": False}
+_lock = threading.RLock()
 
 
 def _writable(directory: Path) -> bool:
@@ -56,36 +57,42 @@ def default_dir() -> Path:
     return Path(base) / "daskmeta" / f"numba-{__version__}"
 
 
-def cache_dir() -> Path | None:
-    """The directory daskmeta's compiled code is cached in, if not the package's own
-    ``__pycache__`` directories (None then)."""
+def _choose() -> Path | None:
+    """Decide once: :func:`default_dir` if the package's ``__pycache__`` is not writable and
+    ``$NUMBA_CACHE_DIR`` is not set; numba's own setting if set; else None (the package)."""
+    with _lock:
+        if not _state["chosen"]:
+            import numba
+
+            if numba.config.CACHE_DIR:
+                _state["dir"], _state["redirect"] = Path(numba.config.CACHE_DIR), False
+            elif not _writable(_PACKAGE / "__pycache__"):
+                _state["dir"], _state["redirect"] = default_dir(), True
+            _state["chosen"] = True
     return _state["dir"]
 
 
-def redirect() -> None:
-    """Point numba's cache at :func:`default_dir` if the package's ``__pycache__`` is not
-    writable and ``$NUMBA_CACHE_DIR`` is not set."""
-    import numba
-
-    if numba.config.CACHE_DIR:
-        _state["dir"] = Path(numba.config.CACHE_DIR)
-        return
-    if _writable(_PACKAGE / "__pycache__"):
-        return
-    directory = default_dir()
-    _state["previous"] = numba.config.CACHE_DIR
-    _state["dir"] = directory
-    _state["redirected"] = True
-    numba.config.CACHE_DIR = str(directory)
+def cache_dir() -> Path | None:
+    """The directory daskmeta's compiled code is cached in, if not the package's own
+    ``__pycache__`` directories (None then)."""
+    return _choose()
 
 
-def restore() -> None:
-    """Give numba's cache setting back, once daskmeta's functions are decorated."""
-    if _state["redirected"]:
+def compiled(**options):
+    """``numba.njit(cache=True, **options)``, its cache in :func:`cache_dir` (a decorator)."""
+
+    def decorate(func):
         import numba
 
-        numba.config.CACHE_DIR = _state["previous"]
-        _state["redirected"] = False
+        _choose()
+        if not _state["redirect"]:
+            return numba.njit(cache=True, **options)(func)
+        with _lock:
+            previous = numba.config.CACHE_DIR
+            numba.config.CACHE_DIR = str(_state["dir"])
+            try:
+                return numba.njit(cache=True, **options)(func)
+            finally:
+                numba.config.CACHE_DIR = previous
 
-
-redirect()
+    return decorate

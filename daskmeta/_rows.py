@@ -10,9 +10,10 @@ after changing this file.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba.extending import overload
+
+from daskmeta._numba_cache import compiled
 
 __all__ = ["add_entries_by_selection", "add_rows_by_selection", "compact_nonzero", "nearest_bin", "row_histograms"]
 
@@ -36,7 +37,7 @@ def _as_bits_impl(row):
 _GROUP = 8
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@compiled(nogil=True, inline="always")
 def compact_nonzero(row, col_buf, val_buf):
     """Copy a contiguous row's non-zero entries (column, value) to the front of the buffers
     (each with room for the whole row); return how many.
@@ -68,7 +69,7 @@ def compact_nonzero(row, col_buf, val_buf):
     return k
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@compiled(nogil=True, inline="always")
 def nearest_bin(value, inv_step):
     """Index of the nearest bin centre of a grid ``0, 1 / inv_step, 2 / inv_step, ...``, ties
     upward, at least 0 (NiMARE's ``_nearest_bin``)."""
@@ -77,7 +78,7 @@ def nearest_bin(value, inv_step):
     return max(0, int(fl) + int(scaled - fl >= 0.5))
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def row_histograms(block, inv_step, width):
     """Each row's maximum and the histogram of its non-zero values on the grid of
     :func:`nearest_bin` (zeros are not counted).
@@ -109,7 +110,7 @@ def row_histograms(block, inv_step, width):
     return row_max, hist, overflow
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def add_rows_by_selection(block, indptr, indices, data, out):
     """``out += W @ block`` for a sparse (selection x row) ``W`` given in CSC form (``indptr``,
     ``indices``, ``data`` over the block's rows), in ``out``'s dtype (float64, or an
@@ -131,7 +132,7 @@ def add_rows_by_selection(block, indptr, indices, data, out):
                 target[col_buf[q]] += w * val_buf[q]
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def add_entries_by_selection(offsets, columns, values, indptr, indices, data, out):
     """:func:`add_rows_by_selection` of a block given by its non-zero entries in compressed
     sparse row form (``offsets``, ``columns``, ``values``): the same numbers."""

@@ -9,6 +9,7 @@ variables take precedence:
 key                                            default  environment variable
 =============================================  =======  ==============================================
 ``daskmeta.progress``                          auto     ``DASK_DASKMETA__PROGRESS``
+``daskmeta.figure-process``                    true     ``DASK_DASKMETA__FIGURE_PROCESS``
 ``daskmeta.chunk-size``                        64       ``DASK_DASKMETA__CHUNK_SIZE``
 ``daskmeta.fit-many.memory``                   2GB      ``DASK_DASKMETA__FIT_MANY__MEMORY``
 ``daskmeta.montecarlo.batch-size``             100      ``DASK_DASKMETA__MONTECARLO__BATCH_SIZE``

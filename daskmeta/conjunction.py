@@ -12,10 +12,14 @@ reads the maps of result folders).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from daskmeta.exceptions import DaskmetaError
-from daskmeta.results import MetaResult
+
+if TYPE_CHECKING:
+    from daskmeta.results import MetaResult
 
 __all__ = ["conjunction", "conjunction_images", "conjunction_name"]
 
@@ -73,6 +77,8 @@ def conjunction(results, map: str = "z", threshold: float | None = None) -> Meta
         Fewer than two results, a non-result, a result without the map, or results on
         different masks.
     """
+    from daskmeta.results import MetaResult
+
     results = list(results) if not isinstance(results, MetaResult) else [results]
     if len(results) < 2:
         raise DaskmetaError(f"conjunction needs two or more results; got {len(results)}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 
 import numpy as np
@@ -27,24 +26,9 @@ def plot_map(space, values, path, threshold: float | None = None, title: str | N
     display_mode : str
         nilearn glass-brain display mode.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    from nilearn import plotting
+    from daskmeta.reports._figures import glass_brain
 
     img = space.to_img(np.asarray(values, dtype=np.float32))
-    # nilearn runs gc.collect() each time it reads an image (8 times a figure): with the heap
-    # of a whole analysis that took 0.7 s a figure. Frozen objects are not scanned.
-    gc.freeze()
-    try:
-        fig = plt.figure(figsize=(10, 3.2))
-        plotting.plot_glass_brain(img, threshold=threshold, colorbar=True, plot_abs=False,
-                                  display_mode=display_mode, title=title, figure=fig,
-                                  cmap="inferno")
-        path = Path(path)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-    finally:
-        gc.unfreeze()
+    path = Path(path)
+    path.write_bytes(glass_brain(img, threshold, title, display_mode=display_mode, dpi=110))
     return path

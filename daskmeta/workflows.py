@@ -241,9 +241,18 @@ class CBMAJob:
                    "the mask and are dropped" if self.n_foci_dropped else "")
         return f"fitting {est} on {n} experiments{how}, {self.n_foci} foci{dropped}"
 
-    def run(self, log=print) -> dict:
+    def run(self, log=print, drawer=None) -> dict:
         """Fit, correct, and write maps, cluster tables, figures, provenance and summary
         into :attr:`out` (each file atomically).
+
+        Parameters
+        ----------
+        log : callable
+            Receives progress lines.
+        drawer : optional
+            Where figures are drawn (:func:`daskmeta.reports._render.figure_drawer`: a
+            second process started before the fit draws them while this one works);
+            default: in this process.
 
         Returns
         -------
@@ -252,9 +261,28 @@ class CBMAJob:
         """
         import pandas as pd
 
+        from daskmeta.reports._render import FigureDrawer
+
         log(self.describe())
         result = self.estimator.fit(self.data, select=self.select,
                                     label_threshold=self.label_threshold)
+        out = self.out
+        # Figures are asked for as soon as their map exists (the uncorrected z now): a
+        # FigureProcess draws them while this process corrects, writes files and computes
+        # the report's tables.
+        drawer = drawer or FigureDrawer()
+        drawn = []  # the glass-brain figures (path, pending PNG, title), which the report shows
+
+        def glass_brain(fname, values, thr, title):
+            png = output_path(out, self._name(f"{fname}.png"))
+            thr = thr if np.any(values > thr) else None
+            drawn.append((png, drawer.submit(
+                "glass_brain", img=result.space.to_img(np.asarray(values, np.float32)),
+                threshold=thr, title=title, dpi=110), title))
+
+        if self.figures:
+            z = result.get_map("z", return_type="array")
+            glass_brain("z", z, 3.09, "z (uncorrected p < 0.001)")
         table_map = None
         if self.corrector is not None:
             if self.fwe == "montecarlo":
@@ -273,12 +301,23 @@ class CBMAJob:
         })
         if isinstance(self.select, str):
             result.attrs.setdefault("label_threshold", float(self.label_threshold))
-        out = self.out
         out.mkdir(parents=True, exist_ok=True)
         diag_tables = {}
         if self.diagnostics:
             result = self._diagnose(result, log)
             diag_tables = dict(result.tables)
+        if self.figures and table_map:
+            survives = result.significant(table_map, alpha=_ALPHA)
+            glass_brain(f"z_{self.fwe}-FWE", np.where(survives, z, 0.0), 0.0,
+                        f"z in clusters surviving FWE correction ({self.fwe})")
+        report = None
+        if self.report:
+            from daskmeta.reports import ReportDraft
+
+            report = ReportDraft(result, out, atlas=self.atlas,
+                                 filename=self._name("report.html"),
+                                 glass_brains=[(fig, title) for _, fig, title in drawn] or None,
+                                 drawer=drawer)
         paths = result.save_maps(out, prefix=self.prefix)
         paths += result.save_tables(out, prefix=self.prefix)
         tables = {}
@@ -297,23 +336,7 @@ class CBMAJob:
         atomic_write(cluster_path, lambda tmp: clusters.to_csv(
             tmp, sep="\t", index=False, float_format="%.6g"))
         paths.append(cluster_path)
-        drawn = []  # the glass-brain figures, which the report shows too
-        if self.figures:
-            from daskmeta.plotting import plot_map
-
-            z = result.get_map("z", return_type="array")
-            figures = [("z", z, 3.09, "z (uncorrected p < 0.001)")]
-            if table_map:
-                survives = result.significant(table_map, alpha=_ALPHA)
-                figures.append((f"z_{self.fwe}-FWE", np.where(survives, z, 0.0), 0.0,
-                                f"z in clusters surviving FWE correction ({self.fwe})"))
-            for fname, values, thr, title in figures:
-                png = output_path(out, self._name(f"{fname}.png"))
-                thr = thr if np.any(values > thr) else None
-                atomic_write(png, lambda tmp, v=values, t=thr, ti=title: plot_map(
-                    result.space, v, tmp, threshold=t, title=ti))
-                paths.append(png)
-                drawn.append((png, title))
+        figure_paths = len(paths)
         prov = output_path(out, self._name("provenance.json"))
         result.save_provenance(prov)
         paths.append(prov)
@@ -335,13 +358,12 @@ class CBMAJob:
             atomic_write(nulls, lambda tmp: np.savez_compressed(
                 tmp, **{k: np.asarray(v) for k, v in result.null_distributions.items()}))
             paths.append(nulls)
-        if self.report:
-            from daskmeta.reports import make_report
-
+        if report is not None:
             log("writing the HTML report")
-            paths.append(make_report(
-                result, out, atlas=self.atlas, filename=self._name("report.html"),
-                glass_brains=[(p.read_bytes(), title) for p, title in drawn] or None))
+            paths.append(report.write())
+        for png, fig, _ in drawn:
+            atomic_write(png, lambda tmp, f=fig: tmp.write_bytes(f.result()))
+        paths[figure_paths:figure_paths] = [png for png, _, _ in drawn]
         return {"result": result, "paths": paths, "tables": tables}
 
     def _diagnose(self, result, log):
@@ -579,6 +601,8 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
     dict
         ``result`` (the MetaResult), the written ``paths`` and the cluster ``tables``.
     """
+    from daskmeta.reports._render import figure_drawer
+
     job = prepare_cbma(estimator, dataset, out_dir, mask=mask, fwhm=fwhm,
                        sample_size=sample_size, r=r, weighting=weighting, fwe=fwe,
                        n_iters=n_iters, voxel_thresh=voxel_thresh, seed=seed, prefix=prefix,
@@ -587,4 +611,5 @@ def run_cbma(estimator: str, dataset, out_dir, *, mask=None, fwhm=None, sample_s
                        diag_threshold=diag_threshold,
                        diag_cluster_threshold=diag_cluster_threshold, report=report,
                        atlas=atlas, atlas_labels=atlas_labels)
-    return job.run(log=log)
+    with figure_drawer(job.figures or job.report) as drawer:
+        return job.run(log=log, drawer=drawer)

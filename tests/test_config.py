@@ -29,7 +29,7 @@ YAML = ROOT / "daskmeta" / "daskmeta.yaml"
 def test_defaults_come_from_the_yaml():
     on_disk = yaml.safe_load(YAML.read_text())
     assert config.DEFAULTS == on_disk
-    assert on_disk["daskmeta"] == {"progress": "auto", "chunk-size": 64,
+    assert on_disk["daskmeta"] == {"progress": "auto", "figure-process": True, "chunk-size": 64,
                                    "fit-many": {"memory": "2GB"},
                                    "montecarlo": {"batch-size": 100},
                                    "collection": {"rows-per-shard": 64},

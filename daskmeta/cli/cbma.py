@@ -18,6 +18,7 @@ from daskmeta.cli._common import (
     _check_out,
     _client,
     _describe,
+    _import_quietly,
     _log,
     _read_input,
     _report,
@@ -102,11 +103,22 @@ def _add_cbma_parser(sub, name, help_text):
 
 
 def _run_cbma(args) -> None:
-    from daskmeta.workflows import input_provenance, prepare_cbma
+    from daskmeta.reports._render import figure_drawer
 
     t0 = time.perf_counter()
     label_threshold = _label_threshold(args)
     _check_cbma_options(args, label_threshold)
+    # Started first: the process that draws the figures imports nilearn's plotting while
+    # this one reads, fits and corrects.
+    with figure_drawer(not (args.no_figures and args.no_report)) as drawer:
+        _fit_cbma(args, label_threshold, drawer, t0)
+
+
+def _fit_cbma(args, label_threshold: float, drawer, t0: float) -> None:
+    _import_quietly("daskmeta.workflows", "daskmeta.io", "daskmeta.estimators",
+                    "daskmeta.correct", "distributed")
+    from daskmeta.workflows import input_provenance, prepare_cbma
+
     data = _read_input(args.input, args.unknown_space)
     _log(f"read {args.input}: {data}")
     # Everything is checked (selection, kernel against a store, the foci the mask keeps,
@@ -124,7 +136,7 @@ def _run_cbma(args) -> None:
     )
     client = _client(args)
     _log(f"Dask: {_describe(client)}")
-    out = job.run(log=_log)
+    out = job.run(log=_log, drawer=drawer)
     _report(out, args.out, t0)
 
 

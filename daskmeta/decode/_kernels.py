@@ -9,13 +9,14 @@ releasing the GIL. The FWE nulls (:mod:`daskmeta.decode.fwe`) use the same funct
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from daskmeta._numba_cache import compiled
 
 __all__ = ["association_z", "association_z_at"]
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@compiled(nogil=True, inline="always")
 def association_z_at(count, total_count, n_selected, n_total):
     """float32 association z of a group of ``n_selected`` of ``n_total`` studies, ``count``
     of them active at a voxel where ``total_count`` of all the studies are."""
@@ -41,7 +42,7 @@ def association_z_at(count, total_count, n_selected, n_total):
     return np.float32(0.0)
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def association_z(counts, totals, n_selected, n_total, out):
     """``out[l, v]``: the association z of label ``l`` at voxel ``v`` from its active count
     ``counts[l, v]`` among its ``n_selected[l]`` studies, the active count of all the

@@ -22,9 +22,9 @@ from __future__ import annotations
 import threading
 
 import dask
-import numba
 import numpy as np
 
+from daskmeta._numba_cache import compiled
 from daskmeta.decode._kernels import association_z_at
 from daskmeta.exceptions import DaskmetaError
 from daskmeta.montecarlo import NullModel, Summary, run_montecarlo
@@ -63,7 +63,7 @@ def binary_rows(store, rows, generation=None):
     return indptr, indices
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"nnan", "ninf"})
+@compiled(nogil=True, fastmath={"nnan", "ninf"})
 def _max_positive_chi2(counts, totals, n_selected, n_total):
     """The largest association chi2 over the entries where the group is more often active
     than the rest (``a n2 > b n1``, exact in float64 for counts below 2**26: the sign of
@@ -101,7 +101,7 @@ def total_classes(totals):
     return klass.astype(np.int32), class_totals.astype(np.int64)
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def null_maxima(indptr, indices, perms, sizes, klass, class_totals, totals, n_total, out):
     """``out[i, s]``: the largest association z over voxels of the first ``sizes[s]`` studies
     of permutation ``perms[i]`` (sizes ascending): ``sqrt`` of the largest chi2 of a positive

@@ -19,7 +19,6 @@ from math import comb
 import numpy as np
 import pandas as pd
 from scipy import ndimage
-from scipy.stats import norm
 
 from daskmeta._stats import nullhist_maps
 from daskmeta.diagnostics._base import DEFAULT_TARGET, fitted_estimator
@@ -204,6 +203,8 @@ class ResampledStability(Estimator):
         target_n = subset_size(self.resampling_policy, n, self.k, self.target_n)
         schedule = subset_schedule(n, target_n, self.n_resamples, self.random_state)
         size_thr = self._size_threshold(result)
+        from scipy.stats import norm  # on use: scipy.stats costs a command's start-up
+
         z_thr = norm.ppf(1 - (0.001 if self.voxel_thresh is None else self.voxel_thresh))
         base = np.asarray(est._selection_weights(n), dtype=np.float64)
         space = result.space

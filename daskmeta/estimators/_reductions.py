@@ -6,15 +6,15 @@ the parallelism is Dask's, over blocks.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
+from daskmeta._numba_cache import compiled
 from daskmeta._rows import compact_nonzero, nearest_bin
 
 __all__ = ["entry_histograms", "nonzero_entries"]
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def nonzero_entries(block):
     """A block of MA rows in compressed sparse row form: ``offsets`` (n_rows + 1), and the
     non-zero entries' ``columns`` (int32) and ``values`` (the block's dtype), each row's in
@@ -37,7 +37,7 @@ def nonzero_entries(block):
     return offsets, columns[:k], values[:k]
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def entry_histograms(offsets, values, inv_step):
     """Each row's maximum and the histogram of its (non-zero) entry values on the grid of
     :func:`daskmeta._rows.nearest_bin`, as occupied bins and their counts.

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from daskmeta._docs import fill_doc
+from daskmeta._numba_cache import compiled
 from daskmeta._rows import add_entries_by_selection
 from daskmeta.estimators._reductions import entry_histograms, nonzero_entries
 from daskmeta.estimators.cbma import CBMAEstimator
@@ -20,7 +20,7 @@ _INV_STEP = 100000  # NiMARE's ALE histogram resolution: bins of 1e-5
 _TILE_BINS = 2048
 
 
-@numba.njit(cache=True, inline="always")
+@compiled(inline="always")
 def _score_bin(exp_one_minus, ale_center, inv_step):
     """NiMARE's bin of 1 - (1 - e)(1 - a): the nearest bin centre, ties upward, unclipped."""
     scaled = (1.0 - exp_one_minus * (1.0 - ale_center)) * inv_step
@@ -28,7 +28,7 @@ def _score_bin(exp_one_minus, ale_center, inv_step):
     return int(fl) + int(scaled - fl >= 0.5)
 
 
-@numba.njit(cache=True)
+@compiled()
 def _first_reaching(target, lo, hi, exp_one_minus, bin_centers, inv_step):
     """Smallest ALE bin in [lo, hi) whose combined bin is >= target (hi if none)."""
     while lo < hi:
@@ -40,7 +40,7 @@ def _first_reaching(target, lo, hi, exp_one_minus, bin_centers, inv_step):
     return lo
 
 
-@numba.njit(cache=True)
+@compiled()
 def _run_end(i, d, hi, one_minus, bin_centers, inv_step):
     """First bin in (i, hi) whose combined-bin offset is below ``d`` (``hi`` if none).
 
@@ -78,7 +78,7 @@ def _run_end(i, d, hi, one_minus, bin_centers, inv_step):
     return a
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def _convolve_step(ale, lo, hi, exp_bins, exp_probs, bin_centers, inv_step, out,
                    flush_below=0.0):
     """``out`` = the distribution of 1 - (1 - a)(1 - e), a ~ ``ale``, e ~ the experiment.

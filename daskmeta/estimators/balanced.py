@@ -30,7 +30,6 @@ import threading
 
 import numpy as np
 from scipy import ndimage
-from scipy.stats import norm
 
 from daskmeta._docs import fill_doc
 from daskmeta._stats import nullhist_maps, p_to_logp, p_to_z
@@ -236,6 +235,8 @@ def _cluster_z(z, space_mask, voxel_thresh, size_threshold=None, ijk=None):
     in-mask voxels' indices, ``np.argwhere(space_mask)``): the same clusters, numbered in
     the same (raster) order."""
     z = np.asarray(z, dtype=np.float32)
+    from scipy.stats import norm  # on use: scipy.stats costs a command's start-up
+
     supra = z > norm.ppf(1 - voxel_thresh)
     idx = np.flatnonzero(supra)
     if idx.size == 0:

@@ -26,11 +26,10 @@ import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
-import numba
 import numpy as np
-from scipy import stats
 
 from daskmeta._docs import fill_doc
+from daskmeta._numba_cache import compiled
 from daskmeta._pass import BlockFunction, KernelRows, StoredRows, has_foci, run_pass
 from daskmeta.estimators._chi2 import chi2_maps, one_way, two_way_counts
 from daskmeta.estimators.pairwise import PairwiseCBMAEstimator
@@ -120,7 +119,7 @@ def collection_total(collection, chunk_size: int = 64) -> np.ndarray:
     return total
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def _chi2_into(s1, s2, n1, n2, m1, m2, out_u, out_g, out_a):
     """:func:`one_way` of both groups and :func:`two_way_counts`, voxel by voxel in the same
     float64 operations (so the same float32 values), into preallocated maps."""
@@ -320,6 +319,8 @@ class MKDAChi2(PairwiseCBMAEstimator):
         _level-voxel``, ``..._desc-{test}{Size,Mass}_level-cluster`` (tests uniformity,
         group1 (= uniformity), group2, association), suffixed ``_corr-FWE_method-montecarlo``;
         nulls under NiMARE's names."""
+        from scipy import stats  # on use: scipy.stats costs a command's start-up
+
         from daskmeta import montecarlo as mc
         from daskmeta.correct import cluster_p_maps
         from daskmeta.montecarlo.permutation import PerMap

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import numbers
 
-import numba
 import numpy as np
 from scipy import ndimage
 
 from daskmeta._docs import fill_doc
+from daskmeta._numba_cache import compiled
 from daskmeta.estimators.ale import ALE
 from daskmeta.estimators.base import positive_int
 from daskmeta.estimators.pairwise import PairwiseCBMAEstimator
@@ -123,7 +123,7 @@ class SubtractionNull(Summary):
                       hist, self.hist, out["max_abs"][i0:i0 + stat.shape[1]])
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def _record_block(stat, observed, upper, lower, hist, with_hist, top):
     """:func:`_record_difference` of a (voxels, iterations) tile; ``top`` (float32 per
     iteration) is raised to each iteration's maximum |difference| over the tile (the float32
@@ -151,7 +151,7 @@ def _record_block(stat, observed, upper, lower, hist, with_hist, top):
         top[i] = max(top[i], np.float32(high[i]))
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def _record_difference(stat, observed, upper, lower, hist, with_hist):
     """One permutation of :class:`SubtractionNull`: counts where the difference is >= and <=
     the observed (float32, compared in float64 as NumPy does), the histogram of |difference|

@@ -3,15 +3,16 @@ size and mass), fused with the statistic of the built-in estimators."""
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from daskmeta._numba_cache import compiled
 
 #: Statistics computed from the combined sum inside compiled code: ALE (``1 - exp(sum)``)
 #: and the sum itself ((M)KDA).
 STAT_ALE, STAT_IDENTITY = 0, 1
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def summarize(acc, kind, thr, lthr, clusters, voxel_base, lut, nb_delta, mark, visited, sval,
                supra, stack, itag):
     """Maximum statistic, largest cluster size and mass of one iteration; zeroes ``acc``.

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import threading
 
-import numba
 import numpy as np
+
+from daskmeta._numba_cache import compiled
 
 __all__ = ["PackedRows", "column_sums", "pack_block"]
 
@@ -30,7 +31,7 @@ __all__ = ["PackedRows", "column_sums", "pack_block"]
 _MAX_RUN = 65535
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def _count_runs(block):
     n, v = block.shape
     out = np.zeros(n, dtype=np.int64)
@@ -51,7 +52,7 @@ def _count_runs(block):
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def _fill_runs(block, run_ptr, starts, lengths, values, val_ptr, with_values):
     n, v = block.shape
     for r in range(n):
@@ -92,7 +93,7 @@ def pack_block(block: np.ndarray, with_values: bool):
     return counts, starts, lengths, values, nnz
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def _add_runs(rows, run_ptr, starts, lengths, acc, diff):
     """``acc += `` the rows' counts: each run adds 1 at its start and -1 past its end of a
     difference array (``diff``, ``n + 1`` int32 scratch, zeroed here), whose prefix sum is
@@ -111,7 +112,7 @@ def _add_runs(rows, run_ptr, starts, lengths, acc, diff):
         acc[v] += c
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def _add_valued_runs(rows, run_ptr, starts, lengths, val_ptr, values, acc):
     for r in rows:
         p = val_ptr[r]
@@ -122,7 +123,7 @@ def _add_valued_runs(rows, run_ptr, starts, lengths, val_ptr, values, acc):
                 p += 1
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def _to_columns(run_ptr, starts, lengths, val_ptr, values, n_voxels):
     """The column form of valued runs: ``col_ptr`` (n_voxels + 1), and per entry its row
     (int32, ascending within a column) and value (float32)."""
@@ -151,7 +152,7 @@ def _to_columns(run_ptr, starts, lengths, val_ptr, values, n_voxels):
     return col_ptr, rows, vals
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False)
+@compiled(nogil=True, boundscheck=False)
 def _column_sums(col_ptr, rows, vals, g, v0, out):
     """``out[v - v0, b] = sum over entries e of voxel v of vals[e] * g[rows[e], b]`` in row
     order (float64), for ``v`` in ``[v0, v0 + len(out))``."""

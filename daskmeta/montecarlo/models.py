@@ -27,6 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from daskmeta._combine import _own, combine_context
+from daskmeta._combine import zeroed as _zeroed
 from daskmeta.exceptions import DaskmetaError
 from daskmeta.montecarlo._compiled import STAT_ALE, STAT_IDENTITY, summarize
 
@@ -329,11 +330,11 @@ class FociNull(NullModel):
         if ws is not None and ws["token"] == self.token:
             return ws
         n = self.n_voxels
-        return {"token": self.token, "acc": np.zeros((1, n)),
+        return {"token": self.token, "acc": _zeroed((1, n), np.float64),
                 "scratch": ctx.scratch(self.row_start, self.row_kernel),
-                "mark": np.zeros(n, dtype=np.int64), "visited": np.zeros(n, dtype=np.int64),
-                "sval": np.zeros(n, dtype=np.float32), "supra": np.zeros(n, dtype=np.int32),
-                "stack": np.zeros(n, dtype=np.int32), "itag": 0,
+                "mark": _zeroed(n, np.int64), "visited": _zeroed(n, np.int64),
+                "sval": _zeroed(n, np.float32), "supra": _zeroed(n, np.int32),
+                "stack": _zeroed(n, np.int32), "itag": 0,
                 "row_start": _own(self.row_start, np.int64),
                 "row_kernel": _own(self.row_kernel, np.int64),
                 "sel": (np.arange(self.n_experiments + 1, dtype=np.int64),

@@ -1,4 +1,9 @@
-"""The figures of a report, as PNG bytes or HTML text (matplotlib off-screen, nilearn)."""
+"""The figures of a report, as PNG bytes or HTML text (matplotlib off-screen, nilearn).
+
+The drawing functions take NIfTI images and plain values, and this module imports nothing
+from daskmeta: :mod:`daskmeta.reports._render` loads it by its path in a second process that
+does not import the package.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,11 @@ from contextlib import contextmanager
 
 import numpy as np
 
-__all__ = ["data_uri", "glass_brain", "slices", "viewer", "null_histogram",
-           "approximate_null"]
+__all__ = ["data_uri", "threshold_or_none", "glass_brain", "slices", "viewer", "null_histogram",
+           "approximate_null", "warm"]
+
+#: The functions that draw (what a figure process may be asked to run).
+DRAWING = ("glass_brain", "slices", "viewer", "null_histogram", "approximate_null")
 
 
 def data_uri(png: bytes) -> str:
@@ -42,50 +50,61 @@ def _png(fig, dpi: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def _threshold(values, threshold):
-    """``threshold``, or None when nothing exceeds it (nilearn draws nothing either way)."""
+def threshold_or_none(values, threshold):
+    """``threshold``, or None when no value of the in-mask map ``values`` exceeds it (nilearn
+    draws nothing either way)."""
     return threshold if threshold is not None and np.any(values > threshold) else None
 
 
-def glass_brain(space, values, threshold: float | None, title: str) -> bytes:
-    """A glass-brain figure (four views) of an in-mask map."""
+def warm() -> None:
+    """Import what drawing needs and load nilearn's MNI152 template (its 2 mm resampling,
+    cached by nilearn), as a figure process does before it is asked for a figure."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot  # noqa: F401
+    from nilearn import datasets, plotting  # noqa: F401
+
+    datasets.load_mni152_template(resolution=2)
+
+
+def glass_brain(img, threshold: float | None, title: str | None, display_mode: str = "lyrz",
+                dpi: int = 90) -> bytes:
+    """A glass-brain figure (four views by default) of an image, as PNG bytes; voxels at or
+    below ``threshold`` are not drawn."""
     from nilearn import plotting
 
-    img = space.to_img(np.asarray(values, dtype=np.float32))
     with _figure((10, 3.2)) as fig:
-        plotting.plot_glass_brain(img, threshold=_threshold(values, threshold), colorbar=True,
-                                  plot_abs=False, display_mode="lyrz", title=title,
-                                  figure=fig, cmap="inferno")
-        return _png(fig)
+        plotting.plot_glass_brain(img, threshold=threshold, colorbar=True, plot_abs=False,
+                                  display_mode=display_mode, title=title, figure=fig,
+                                  cmap="inferno")
+        return _png(fig, dpi)
 
 
-def slices(space, values, threshold: float | None, title: str) -> bytes:
-    """Axial slices of an in-mask map over the MNI152 template."""
+def slices(img, threshold: float | None, title: str) -> bytes:
+    """Axial slices of an image over the MNI152 template, as PNG bytes."""
     from nilearn import plotting
 
-    img = space.to_img(np.asarray(values, dtype=np.float32))
     with _figure((12, 2.6)) as fig:
-        plotting.plot_stat_map(img, threshold=_threshold(values, threshold), display_mode="z",
-                               cut_coords=8, title=title, figure=fig, cmap="inferno",
-                               colorbar=True, symmetric_cbar=False)
+        plotting.plot_stat_map(img, threshold=threshold, display_mode="z", cut_coords=8,
+                               title=title, figure=fig, cmap="inferno", colorbar=True,
+                               symmetric_cbar=False)
         return _png(fig)
 
 
-def viewer(space, values, threshold: float | None, title: str) -> str:
+def viewer(img, threshold: float | None, title: str, vmin: float | None = None) -> str:
     """An interactive slice viewer (nilearn ``view_img``) as an ``<iframe srcdoc=...>``: the
     viewer's scripts (jQuery, brainsprite) and images are embedded, so it works offline."""
     from nilearn import plotting
 
-    img = space.to_img(np.asarray(values, dtype=np.float32))
     gc.freeze()
     try:
         with warnings.catch_warnings():
             # nilearn's notice about matplotlib's colormap API (not the user's concern).
             warnings.simplefilter("ignore", PendingDeprecationWarning)
-            view = plotting.view_img(img, threshold=_threshold(values, threshold),
-                                     title=title, cmap="inferno", symmetric_cmap=False,
-                                     black_bg=False,
-                                     vmin=0.0 if threshold is not None else None)
+            view = plotting.view_img(img, threshold=threshold, title=title, cmap="inferno",
+                                     symmetric_cmap=False, black_bg=False,
+                                     vmin=vmin)
         return view.get_iframe(width=900, height=420)
     finally:
         gc.unfreeze()

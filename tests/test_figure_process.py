@@ -1,0 +1,167 @@
+"""The figure process of analysis commands (``daskmeta.reports._render``): the same figures as
+drawing them in the command's own process, byte for byte; a child that dies, hangs or fails
+changes nothing but where the figure is drawn; drawing errors and warnings reach the caller;
+the child never outlives its owner."""
+
+from __future__ import annotations
+
+import warnings
+
+import dask
+import numpy as np
+import pytest
+from conftest import NIMARE_MASK, PAIN_JSON
+
+from daskmeta.exceptions import DaskmetaError
+from daskmeta.reports import _render
+from daskmeta.reports._render import FigureDrawer, FigureProcess, figure_drawer
+from daskmeta.space import resolve_space
+
+
+@pytest.fixture(scope="module")
+def images():
+    """A smooth in-mask map with a blob above 3.09, its image, and a null sample."""
+    space = resolve_space(str(NIMARE_MASK))
+    xyz = space.ijk_to_mm(np.argwhere(space.mask))
+    z = (4.0 * np.exp(-np.sum((xyz - [40.0, -20.0, 50.0]) ** 2, axis=1) / 200.0)
+         - 0.5).astype(np.float32)
+    null = np.random.default_rng(0).gamma(3.0, 1.0, 500)
+    return space.to_img(z), null
+
+
+def _ask_all(drawer, img, null):
+    return [drawer.submit("glass_brain", img=img, threshold=3.09, title="z", dpi=110),
+            drawer.submit("slices", img=img, threshold=3.09, title=""),
+            drawer.submit("viewer", img=img, threshold=3.09, title="v", vmin=0.0),
+            drawer.submit("null_histogram", values=null, observed=np.float64(9.5),
+                          title="Voxel-level FWE", xlabel="maximum statistic"),
+            drawer.submit("approximate_null", bins=np.linspace(0, 1, 50),
+                          weights=np.arange(50.0)[::-1], observed=None)]
+
+
+def test_the_child_draws_the_same_bytes(images):
+    img, null = images
+    with FigureProcess() as child:
+        drawn = [p.result() for p in _ask_all(child, img, null)]
+        assert child._proc.poll() is None  # it answered: nothing was drawn here instead
+        assert not child._broken
+    here = [p.result() for p in _ask_all(FigureDrawer(), img, null)]
+    assert [type(d) for d in drawn] == [bytes, bytes, str, bytes, bytes]
+    assert drawn == here
+    assert drawn[0][:8] == b"\x89PNG\r\n\x1a\n" and "<iframe" in drawn[2]
+
+
+def test_a_dead_child_changes_nothing_but_where(images):
+    img, null = images
+    child = FigureProcess()
+    child._proc.kill()
+    child._proc.wait()
+    try:
+        drawn = [p.result() for p in _ask_all(child, img, null)]
+    finally:
+        child.close()
+    assert child._broken
+    assert drawn == [p.result() for p in _ask_all(FigureDrawer(), img, null)]
+
+
+def test_a_hung_child_is_killed_and_the_figure_drawn_here(images, monkeypatch):
+    img, _ = images
+    monkeypatch.setattr(_render, "_TIMEOUT", 0.5)
+    child = FigureProcess()
+    child._proc.send_signal(19)  # SIGSTOP: the child never answers
+    try:
+        png = child.submit("glass_brain", img=img, threshold=3.09, title="z").result()
+        assert child._proc is None  # closed (killed) on the timeout
+        later = child.submit("slices", img=img, threshold=3.09, title="")
+        assert later._future is None  # drawn here from now on
+    finally:
+        child.close()
+    assert png == FigureDrawer().submit("glass_brain", img=img, threshold=3.09,
+                                        title="z").result()
+
+
+def test_drawing_errors_are_raised_here(images):
+    img, _ = images
+    with FigureProcess() as child:
+        pending = child.submit("glass_brain", img=img, threshold=3.09, title="z",
+                               display_mode="nonsense")
+        with pytest.raises(ValueError, match="nonsense"):
+            pending.result()
+        # the child is still serving
+        assert child.submit("null_histogram", values=np.arange(10.0), observed=None,
+                            title="t", xlabel="x").result()[:4] == b"\x89PNG"
+        assert not child._broken
+    with pytest.raises(ValueError, match="no figure function 'plot'"):
+        FigureDrawer().submit("plot")
+
+
+def test_the_childs_warnings_reach_the_caller(images):
+    img, _ = images
+    empty = type(img)(np.zeros(img.shape, np.float32), img.affine)
+    with FigureDrawer() as here:
+        with warnings.catch_warnings(record=True) as caught_here:
+            warnings.simplefilter("always")
+            here.submit("viewer", img=empty, threshold=None, title="").result()
+    with FigureProcess() as child:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            child.submit("viewer", img=empty, threshold=None, title="").result()
+    assert any("img is empty" in str(w.message) for w in caught_here)
+    assert ({(w.category, str(w.message)) for w in caught}
+            == {(w.category, str(w.message)) for w in caught_here})
+
+
+def test_stealing_draws_here_what_the_child_has_not_started(images):
+    img, null = images
+    with FigureProcess() as child:
+        first = child.submit("glass_brain", img=img, threshold=3.09, title="z")
+        last = child.submit("null_histogram", values=null, observed=None, title="t",
+                            xlabel="x")
+        png = last.result(steal=True)  # the child is still warming up or on the first
+        assert last._future is None or last._future.cancelled()
+        assert first.result()[:4] == b"\x89PNG"
+    assert png == FigureDrawer().submit("null_histogram", values=null, observed=None,
+                                        title="t", xlabel="x").result()
+
+
+def test_close_ends_the_child_at_once():
+    child = FigureProcess()
+    proc = child._proc
+    child.close()
+    assert proc.poll() is not None
+    child.close()  # twice is fine
+
+
+def test_the_setting(monkeypatch):
+    with dask.config.set({"daskmeta.figure-process": False}):
+        assert type(figure_drawer()) is FigureDrawer
+    assert type(figure_drawer(needed=False)) is FigureDrawer
+    with figure_drawer() as drawer:
+        assert isinstance(drawer, FigureProcess)
+    with dask.config.set({"daskmeta.figure-process": "maybe"}):
+        with pytest.raises(DaskmetaError, match="daskmeta.figure-process must be true or "
+                                                "false; got 'maybe'"):
+            figure_drawer()
+
+
+def test_a_run_writes_the_same_files_either_way(tmp_path):
+    from daskmeta.io import read
+    from daskmeta.workflows import run_cbma
+
+    data = read(PAIN_JSON)
+    outs = {}
+    for setting in (True, False):
+        with dask.config.set({"daskmeta.figure-process": setting}):
+            out = run_cbma("ale", data, tmp_path / str(setting), mask=str(NIMARE_MASK),
+                           n_iters=60, seed=3, report=True, log=lambda msg: None)
+        outs[setting] = out
+    names = [p.name for p in outs[True]["paths"]]
+    assert names == [p.name for p in outs[False]["paths"]]
+    assert names.index("z.png") == names.index("clusters.tsv") + 1
+    for name in ("z.png", "z_montecarlo-FWE.png", "clusters.tsv"):
+        assert (tmp_path / "True" / name).read_bytes() == (tmp_path / "False" / name).read_bytes()
+    pages = [(tmp_path / str(s) / "report.html").read_text() for s in (True, False)]
+    stamp = r"written \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \w+"
+    import re
+
+    assert re.sub(stamp, "", pages[0]) == re.sub(stamp, "", pages[1])
