@@ -5,7 +5,10 @@ the child never outlives its owner."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import dask
 import numpy as np
@@ -39,15 +42,37 @@ def _ask_all(drawer, img, null):
                           weights=np.arange(50.0)[::-1], observed=None)]
 
 
-def test_the_child_draws_the_same_bytes(images):
+DRAW_HERE = """
+import json, sys
+import nibabel as nib
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from test_figure_process import _ask_all
+from daskmeta.reports._render import FigureDrawer
+img, null = nib.load(sys.argv[2]), np.load(sys.argv[3])
+drawn = [p.result() for p in _ask_all(FigureDrawer(), img, null)]
+for i, d in enumerate(drawn):
+    with open(f"{sys.argv[4]}.{i}", "wb") as f:
+        f.write(d if isinstance(d, bytes) else d.encode())
+"""
+
+
+def test_the_child_draws_the_same_bytes(images, tmp_path):
+    """The same bytes as drawing in a command's own (fresh) process: this test process's
+    matplotlib state, changed by other tests, is not a command's."""
     img, null = images
     with FigureProcess() as child:
         drawn = [p.result() for p in _ask_all(child, img, null)]
         assert child._proc.poll() is None  # it answered: nothing was drawn here instead
         assert not child._broken
-    here = [p.result() for p in _ask_all(FigureDrawer(), img, null)]
+    img.to_filename(tmp_path / "z.nii")
+    np.save(tmp_path / "null.npy", null)
+    subprocess.run([sys.executable, "-c", DRAW_HERE, str(Path(__file__).parent),
+                    str(tmp_path / "z.nii"), str(tmp_path / "null.npy"),
+                    str(tmp_path / "fig")], check=True, timeout=300)
+    here = [(tmp_path / f"fig.{i}").read_bytes() for i in range(len(drawn))]
     assert [type(d) for d in drawn] == [bytes, bytes, str, bytes, bytes]
-    assert drawn == here
+    assert [d if isinstance(d, bytes) else d.encode() for d in drawn] == here
     assert drawn[0][:8] == b"\x89PNG\r\n\x1a\n" and "<iframe" in drawn[2]
 
 
@@ -145,23 +170,39 @@ def test_the_setting(monkeypatch):
 
 
 def test_a_run_writes_the_same_files_either_way(tmp_path):
+    """``daskmeta ale`` with and without the figure process (fresh processes, as users run
+    it): the same files, figures and report byte for byte (but the report's time stamp)."""
+    import os
+    import re
+
+    for setting in ("true", "false"):
+        env = dict(os.environ, DASK_DASKMETA__FIGURE_PROCESS=setting)
+        subprocess.run([sys.executable, "-m", "daskmeta", "ale", str(PAIN_JSON), "--mask",
+                        str(NIMARE_MASK), "--out", str(tmp_path / setting), "--n-iters", "60",
+                        "--seed", "3"], check=True, env=env, timeout=600,
+                       capture_output=True)
+    names = sorted(p.name for p in (tmp_path / "true").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "false").iterdir())
+    assert {"z.png", "z_montecarlo-FWE.png", "report.html", "clusters.tsv"} <= set(names)
+    for name in names:
+        if name not in ("report.html", "provenance.json"):
+            assert ((tmp_path / "true" / name).read_bytes()
+                    == (tmp_path / "false" / name).read_bytes()), name
+    stamp = r"written \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \w+"
+    pages = [re.sub(stamp, "", (tmp_path / s / "report.html").read_text())
+             for s in ("true", "false")]
+    # The report's parameters include the output folder given on the command line.
+    assert pages[0].replace(str(tmp_path / "true"), "OUT") == pages[1].replace(
+        str(tmp_path / "false"), "OUT")
+
+
+def test_a_library_run_lists_the_files_in_order(tmp_path):
     from daskmeta.io import read
     from daskmeta.workflows import run_cbma
 
-    data = read(PAIN_JSON)
-    outs = {}
-    for setting in (True, False):
-        with dask.config.set({"daskmeta.figure-process": setting}):
-            out = run_cbma("ale", data, tmp_path / str(setting), mask=str(NIMARE_MASK),
-                           n_iters=60, seed=3, report=True, log=lambda msg: None)
-        outs[setting] = out
-    names = [p.name for p in outs[True]["paths"]]
-    assert names == [p.name for p in outs[False]["paths"]]
+    out = run_cbma("ale", read(PAIN_JSON), tmp_path, mask=str(NIMARE_MASK), n_iters=20,
+                   seed=3, report=True, log=lambda msg: None)
+    names = [p.name for p in out["paths"]]
     assert names.index("z.png") == names.index("clusters.tsv") + 1
-    for name in ("z.png", "z_montecarlo-FWE.png", "clusters.tsv"):
-        assert (tmp_path / "True" / name).read_bytes() == (tmp_path / "False" / name).read_bytes()
-    pages = [(tmp_path / str(s) / "report.html").read_text() for s in (True, False)]
-    stamp = r"written \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \w+"
-    import re
-
-    assert re.sub(stamp, "", pages[0]) == re.sub(stamp, "", pages[1])
+    assert names.index("z_montecarlo-FWE.png") == names.index("z.png") + 1
+    assert names[-1] == "report.html" and all(p.exists() for p in out["paths"])

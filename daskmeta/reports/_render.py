@@ -129,7 +129,10 @@ class FigureProcess(FigureDrawer):
 
     def __init__(self):
         env = dict(os.environ, MPLBACKEND="Agg")
+        self._proc = None
         try:
+            if not sys.executable:  # an embedded interpreter: nothing to start
+                raise OSError("no Python executable")
             self._proc = subprocess.Popen(
                 [sys.executable, "-c", _BOOT, str(_HERE / "_render.py")],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
