@@ -124,7 +124,8 @@ class FigureProcess(FigureDrawer):
     plotting and loaded the MNI template by the time a figure is asked for.
 
     Figures are drawn one after the other, in the order asked, while this process goes on;
-    :meth:`close` ends the child (its standard input closed; killed if it does not exit).
+    :meth:`close` ends the child at once. Used as a context manager, as the analysis commands
+    do, so that the child never outlives the run (it also exits when its input closes).
     """
 
     def __init__(self):
