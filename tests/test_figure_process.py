@@ -206,3 +206,17 @@ def test_a_library_run_lists_the_files_in_order(tmp_path):
     assert names.index("z.png") == names.index("clusters.tsv") + 1
     assert names.index("z_montecarlo-FWE.png") == names.index("z.png") + 1
     assert names[-1] == "report.html" and all(p.exists() for p in out["paths"])
+
+
+def test_what_the_child_prints_does_not_mix_with_its_answers(tmp_path):
+    fake = tmp_path / "fake_render.py"
+    fake.write_text("import os\n"
+                    "def serve(stdin, answers):\n"
+                    "    print('noise')\n"
+                    "    os.write(1, b'more noise\\n')\n"
+                    "    answers.write(b'answer\\n')\n"
+                    "    answers.flush()\n")
+    out = subprocess.run([sys.executable, "-c", _render._BOOT, str(fake)], capture_output=True,
+                         stdin=subprocess.DEVNULL, timeout=60, check=True)
+    assert out.stdout == b"answer\n"
+    assert b"noise" in out.stderr and b"more noise" in out.stderr

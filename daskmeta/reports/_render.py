@@ -37,12 +37,17 @@ __all__ = ["FigureDrawer", "FigureProcess", "figure_drawer"]
 
 _HERE = Path(__file__).resolve().parent
 #: The child's program: load this file by path (not through the package) and serve.
-_BOOT = ("import importlib.util, sys\n"
+#: Answers go to a copy of its standard output, which itself then points at standard error:
+#: whatever a library prints cannot mix with the answers.
+_BOOT = ("import importlib.util, os, sys\n"
+         "answers = os.fdopen(os.dup(1), 'wb')\n"
+         "os.dup2(2, 1)\n"
+         "sys.stdout = sys.stderr\n"
          "sys.path[:] = [p for p in sys.path if p not in ('', '.')]\n"
          "spec = importlib.util.spec_from_file_location('_daskmeta_render', sys.argv[1])\n"
          "module = importlib.util.module_from_spec(spec)\n"
          "spec.loader.exec_module(module)\n"
-         "module.serve(sys.stdin.buffer, sys.stdout.buffer)\n")
+         "module.serve(sys.stdin.buffer, answers)\n")
 #: Seconds to wait for one figure from the child before drawing it here instead.
 _TIMEOUT = 300.0
 
