@@ -55,6 +55,26 @@ def nimare_pain():
     return nimare_dataset.Dataset(str(PAIN_JSON), mask=str(NIMARE_MASK))
 
 
+def ids_with_foci(ds) -> list:
+    """The ids of a daskmeta Dataset's experiments that have foci, in its order."""
+    present = set(ds.foci["id"])
+    return [i for i in ds.ids if i in present]
+
+
+@pytest.fixture(scope="session")
+def pain_halves(pain_dataset):
+    """The pain experiments with foci as two groups: the first 9 and the other 10."""
+    ids = ids_with_foci(pain_dataset)
+    return pain_dataset.slice(ids[:9]), pain_dataset.slice(ids[9:])
+
+
+@pytest.fixture(scope="session")
+def nimare_pain_halves(nimare_pain):
+    """The same two groups of NiMARE's Dataset."""
+    ids = list(nimare_pain.coordinates["id"].unique())
+    return nimare_pain.slice(ids[:9]), nimare_pain.slice(ids[9:])
+
+
 @pytest.fixture(scope="session")
 def neurosynth():
     """The whole Neurosynth v7 (14,371 studies), read by daskmeta (for the slow tests)."""
@@ -120,6 +140,22 @@ def no_compute():
 @pytest.fixture
 def forbid_compute():
     return no_compute
+
+
+def assert_tables_match(ours, theirs, names, atol):
+    """Diagnostics tables ``names`` of two results: the same columns; with an ``id`` column
+    the same ids and values within ``atol``, else equal frames."""
+    import pandas as pd
+
+    for name in names:
+        a, b = ours.tables[name], theirs.tables[name]
+        assert list(a.columns) == list(b.columns), name
+        if "id" in b:
+            assert list(a["id"]) == list(b["id"]), name
+            diff = np.abs(a.iloc[:, 1:].to_numpy(float) - b.iloc[:, 1:].to_numpy(float)).max()
+            assert diff <= atol, f"{name}: max abs difference {diff:.3g}"
+        else:
+            pd.testing.assert_frame_equal(a, b)
 
 
 def assert_close(a, b, atol, what=""):

@@ -27,26 +27,9 @@ def _no_raise():
     yield
 
 
-def _ids_with_foci(ds):
-    present = set(ds.foci["id"])
-    return [i for i in ds.ids if i in present]
-
-
 @pytest.fixture(scope="module")
-def halves(pain_dataset):
-    ids = _ids_with_foci(pain_dataset)
-    return pain_dataset.slice(ids[:9]), pain_dataset.slice(ids[9:])
-
-
-@pytest.fixture(scope="module")
-def nimare_halves(nimare_pain):
-    ids = list(nimare_pain.coordinates["id"].unique())
-    return nimare_pain.slice(ids[:9]), nimare_pain.slice(ids[9:])
-
-
-@pytest.fixture(scope="module")
-def plain(halves):
-    return MKDAChi2(mask=MASK).fit(*halves)
+def plain(pain_halves):
+    return MKDAChi2(mask=MASK).fit(*pain_halves)
 
 
 def _inference_maps(plain):
@@ -58,7 +41,7 @@ def _inference_maps(plain):
 
 
 @pytest.mark.parametrize("given", ["1", "2", "both"])
-def test_chi2_inference_maps_equal_nimare(given, halves, nimare_halves, plain, tmp_path):
+def test_chi2_inference_maps_equal_nimare(given, pain_halves, nimare_pain_halves, plain, tmp_path):
     from nimare.meta.cbma import MKDAChi2 as NiChi2
 
     vector, image = _inference_maps(plain)
@@ -69,10 +52,10 @@ def test_chi2_inference_maps_equal_nimare(given, halves, nimare_halves, plain, t
     theirs_kw = dict(kw)
     if given == "both":
         kw["inference_map2"] = str(path)  # a path is read on the mask's grid
-    ours = MKDAChi2(mask=MASK).fit(*halves, **kw)
+    ours = MKDAChi2(mask=MASK).fit(*pain_halves, **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = NiChi2().fit(*nimare_halves, **theirs_kw)
+        theirs = NiChi2().fit(*nimare_pain_halves, **theirs_kw)
     assert sorted(ours.map_names) == sorted(theirs.maps)
     for name in theirs.maps:
         a, b = ours.get_map(name, "array"), theirs.get_map(name, return_type="array")
@@ -102,28 +85,28 @@ def test_chi2_inference_maps_equal_nimare(given, halves, nimare_halves, plain, t
         assert np.unique(p[~keep]).size == 1 and p[keep].min() < p[~keep][0]
 
 
-def test_inference_map_errors(halves, plain, tmp_path):
+def test_inference_map_errors(pain_halves, plain, tmp_path):
     est = MKDAChi2(mask=MASK)
     n = plain.space.n_voxels
     with pytest.raises(DaskmetaError, match=rf"inference_map1 has shape \(5,\); the "
                                             rf"estimator's mask has {n} voxels"):
-        est.fit(*halves, inference_map1=np.ones(5))
+        est.fit(*pain_halves, inference_map1=np.ones(5))
     small = nib.Nifti1Image(np.ones((4, 4, 4), dtype=np.float32), np.eye(4))
     with pytest.raises(DaskmetaError, match="inference_map2 does not match the mask: shape "
                                             r"\(4, 4, 4\)"):
-        est.fit(*halves, inference_map2=small)
+        est.fit(*pain_halves, inference_map2=small)
     with pytest.raises(DaskmetaError, match="inference_map1 must be an in-mask vector or an "
                                             "image on the mask's grid; got dict"):
-        est.fit(*halves, inference_map1={"a": 1})
+        est.fit(*pain_halves, inference_map1={"a": 1})
     with pytest.raises(DaskmetaError, match="BalancedALESubtraction.fit takes no "
                                             "inference_map1/inference_map2"):
-        BalancedALESubtraction(mask=MASK).fit(*halves, inference_map1=np.ones(n))
+        BalancedALESubtraction(mask=MASK).fit(*pain_halves, inference_map1=np.ones(n))
     with pytest.raises(DaskmetaError, match="needs at least one voxel > 0 in inference_map1 "
                                             "or inference_map2; both are empty"):
-        ALESubtraction(mask=MASK, n_iters=10).fit(*halves, inference_map2=np.zeros(n))
+        ALESubtraction(mask=MASK, n_iters=10).fit(*pain_halves, inference_map2=np.zeros(n))
     # A later fit without the maps is unrestricted again.
-    est.fit(*halves, inference_map1=np.ones(n))
-    again = est.fit(*halves)
+    est.fit(*pain_halves, inference_map1=np.ones(n))
+    again = est.fit(*pain_halves)
     np.testing.assert_array_equal(again.get_map("z_desc-association", "array"),
                                   plain.get_map("z_desc-association", "array"))
     assert "inference_map1_voxels" not in again.attrs
@@ -134,11 +117,11 @@ N_NULL = 100
 
 
 @pytest.fixture(scope="module")
-def random_foci(halves):
-    return MKDAChi2(mask=MASK, fwe_null_method="random-foci").fit(*halves)
+def random_foci(pain_halves):
+    return MKDAChi2(mask=MASK, fwe_null_method="random-foci").fit(*pain_halves)
 
 
-def _nimare_intended_random_foci(nimare_halves, n_iters, seed):
+def _nimare_intended_random_foci(nimare_pain_halves, n_iters, seed):
     """The per-iteration maximum chi2 of NiMARE's random-foci null as its code means it:
     NiMARE's own uniform in-mask coordinates (``_mask_coverage_to_null_ijk``), kernel and
     chi2 tests, with the coordinates' voxel indices recomputed from the drawn positions.
@@ -151,7 +134,7 @@ def _nimare_intended_random_foci(nimare_halves, n_iters, seed):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        est = NiChi2(fwe_null_method="random-foci").fit(*nimare_halves).estimator
+        est = NiChi2(fwe_null_method="random-foci").fit(*nimare_pain_halves).estimator
     null_xyz = vox2mm(_mask_coverage_to_null_ijk(est.masker, mask_coverage=est.mask_coverage),
                       est.masker.mask_img.affine)
     frames = [est.inputs_[f"coordinates{g}"].drop(columns=["i", "j", "k"]) for g in (1, 2)]
@@ -171,13 +154,13 @@ def _nimare_intended_random_foci(nimare_halves, n_iters, seed):
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def test_random_foci_null_agrees_with_nimare_in_distribution(random_foci, nimare_halves):
+def test_random_foci_null_agrees_with_nimare_in_distribution(random_foci, nimare_pain_halves):
     from scipy import stats
 
     corr = FWECorrector("montecarlo", n_iters=N_NULL, seed=3, vfwe_only=True,
                         progress=False).transform(random_foci)
     assert corr.attrs["fwe_montecarlo_null"] == "random-foci"
-    theirs = _nimare_intended_random_foci(nimare_halves, N_NULL, seed=3)
+    theirs = _nimare_intended_random_foci(nimare_pain_halves, N_NULL, seed=3)
     names = {"uniformity": "pAgF", "group2": "group2", "association": "pFgA"}
     observed = {t: random_foci.get_map(f"chi2_desc-{t}", "array").max() for t in names}
     for test, null_name in names.items():
@@ -195,7 +178,7 @@ def test_random_foci_null_agrees_with_nimare_in_distribution(random_foci, nimare
             assert np.median(ours) < observed[test]
 
 
-def test_random_foci_null_model(random_foci, halves, tmp_path):
+def test_random_foci_null_model(random_foci, pain_halves, tmp_path):
     import dask
 
     from daskmeta import Collection, montecarlo
@@ -223,10 +206,10 @@ def test_random_foci_null_model(random_foci, halves, tmp_path):
     for key in fast:
         np.testing.assert_allclose(fast[key], slow[key], rtol=1e-6, err_msg=key)
     # From a Collection: the same null for the same seed.
-    store = Collection.build(halves[0].merge(halves[1]), MKDAKernel(),
+    store = Collection.build(pain_halves[0].merge(pain_halves[1]), MKDAKernel(),
                              tmp_path / "mkda.zarr", mask=MASK)
     from_store = MKDAChi2(fwe_null_method="random-foci").fit(store,
-                                                             select=list(halves[0].ids))
+                                                             select=list(pain_halves[0].ids))
     again = montecarlo.run_montecarlo(from_store.estimator._null_model(), summary, 12, 4, 7,
                                       progress=False)
     for key in one.values:
@@ -234,10 +217,10 @@ def test_random_foci_null_model(random_foci, halves, tmp_path):
         np.testing.assert_array_equal(one.values[key], again.values[key], err_msg=key)
     with pytest.raises(DaskmetaError, match="fwe_null_method must be 'label-permutation' or "
                                             "'random-foci'"):
-        MKDAChi2(fwe_null_method="random").fit(*halves)
+        MKDAChi2(fwe_null_method="random").fit(*pain_halves)
 
 
-def test_nimare_random_foci_repeats_the_observed_maps(nimare_halves):
+def test_nimare_random_foci_repeats_the_observed_maps(nimare_pain_halves):
     """The documented difference: NiMARE 0.22.1's random-foci null is the observed maxima
     at every iteration (its kernel reads the observed i, j, k)."""
     from nimare.correct import FWECorrector as NiFWE
@@ -245,7 +228,7 @@ def test_nimare_random_foci_repeats_the_observed_maps(nimare_halves):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = NiChi2(fwe_null_method="random-foci", random_state=0).fit(*nimare_halves)
+        res = NiChi2(fwe_null_method="random-foci", random_state=0).fit(*nimare_pain_halves)
         corr = NiFWE("montecarlo", n_iters=2).transform(res)
     null = corr.estimator.null_distributions_[
         "values_desc-pAgF_level-voxel_corr-fwe_method-montecarlo"]
@@ -255,11 +238,11 @@ def test_nimare_random_foci_repeats_the_observed_maps(nimare_halves):
 
 # -- ALESubtraction: FWECorrector(target="main-effects" | "all") -----------------------------
 @pytest.fixture(scope="module")
-def subtraction(halves):
-    return ALESubtraction(mask=MASK, n_iters=20, seed=1).fit(*halves)
+def subtraction(pain_halves):
+    return ALESubtraction(mask=MASK, n_iters=20, seed=1).fit(*pain_halves)
 
 
-def test_subtraction_main_effects_match_nimare(subtraction, halves, nimare_halves):
+def test_subtraction_main_effects_match_nimare(subtraction, pain_halves, nimare_pain_halves):
     from nimare.correct import FWECorrector as NiFWE
     from nimare.meta.cbma import ALESubtraction as NiSubtraction
 
@@ -272,7 +255,7 @@ def test_subtraction_main_effects_match_nimare(subtraction, halves, nimare_halve
                         progress=False).transform(subtraction)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs_fit = NiSubtraction(n_iters=20).fit(*nimare_halves)
+        theirs_fit = NiSubtraction(n_iters=20).fit(*nimare_pain_halves)
         theirs = NiFWE("montecarlo", n_iters=n_iters, target="main-effects").transform(
             theirs_fit)
     assert sorted(ours.map_names) == sorted(theirs.maps)
@@ -285,7 +268,7 @@ def test_subtraction_main_effects_match_nimare(subtraction, halves, nimare_halve
         print(f"{name}: correlation with NiMARE at {n_iters} iterations {r:.4f}")
         assert a.dtype == np.float32 and r >= (0.9 if "level-voxel" in name else 0.95), name
     # Each group's correction is that of the group's one-sample ALE fit.
-    group1 = ALE(mask=MASK).fit(halves[0])
+    group1 = ALE(mask=MASK).fit(pain_halves[0])
     np.testing.assert_array_equal(group1.get_map("stat", "array"),
                                   subtraction.get_map("stat_desc-group1", "array"))
     seed1 = ours.attrs["fwe_montecarlo_group1_seed"]
@@ -324,14 +307,14 @@ def test_subtraction_target_all_and_errors(subtraction, plain):
         FWECorrector("bonferroni", target="all")
 
 
-def test_subtraction_main_effects_from_a_collection(subtraction, halves, tmp_path):
+def test_subtraction_main_effects_from_a_collection(subtraction, pain_halves, tmp_path):
     from daskmeta import Collection
     from daskmeta.kernels import ALEKernel
 
-    store = Collection.build(halves[0].merge(halves[1]), ALEKernel(), tmp_path / "ale.zarr",
+    store = Collection.build(pain_halves[0].merge(pain_halves[1]), ALEKernel(), tmp_path / "ale.zarr",
                              mask=MASK)
     from_store = ALESubtraction(n_iters=20, seed=1, chunk_size=4).fit(
-        store, select=list(halves[0].ids))
+        store, select=list(pain_halves[0].ids))
     corr = {}
     for name, res in (("store", from_store), ("datasets", subtraction)):
         corr[name] = FWECorrector("montecarlo", n_iters=10, seed=6, target="main-effects",
@@ -345,8 +328,8 @@ def test_subtraction_main_effects_from_a_collection(subtraction, halves, tmp_pat
 
 # -- ALESubtraction: directional inference maps ---------------------------------------------
 @pytest.mark.parametrize("restrict", [False, True])
-def test_subtraction_inference_maps_match_nimare(restrict, subtraction, halves,
-                                                 nimare_halves):
+def test_subtraction_inference_maps_match_nimare(restrict, subtraction, pain_halves,
+                                                 nimare_pain_halves):
     from nimare.meta.cbma import ALESubtraction as NiSubtraction
     from scipy import stats
 
@@ -357,11 +340,11 @@ def test_subtraction_inference_maps_match_nimare(restrict, subtraction, halves,
     maps = {"inference_map1": (g1 > 1.65).astype(np.float32),
             "inference_map2": subtraction.space.to_img((g2 > 1.65).astype(np.float32))}
     ours = ALESubtraction(mask=MASK, n_iters=n_iters, seed=3, vfwe_only=vfwe_only,
-                          restrict_to_inference_mask=restrict).fit(*halves, **maps)
+                          restrict_to_inference_mask=restrict).fit(*pain_halves, **maps)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = NiSubtraction(n_iters=n_iters, vfwe_only=vfwe_only, random_state=3,
-                               restrict_to_inference_mask=restrict).fit(*nimare_halves, **maps)
+                               restrict_to_inference_mask=restrict).fit(*nimare_pain_halves, **maps)
     assert sorted(ours.map_names) == sorted(theirs.maps)
     diff = "group1MinusGroup2"
     stat = ours.get_map(f"stat_desc-{diff}", "array")
@@ -406,12 +389,12 @@ def test_subtraction_inference_maps_match_nimare(restrict, subtraction, halves,
 
 
 # -- command line ---------------------------------------------------------------------------
-def test_cli_contrast_options(tmp_path, halves, plain, capsys):
+def test_cli_contrast_options(tmp_path, pain_halves, plain, capsys):
     from daskmeta.cli import main
 
     a, b = tmp_path / "a.zip", tmp_path / "b.zip"
-    halves[0].save(a)
-    halves[1].save(b)
+    pain_halves[0].save(a)
+    pain_halves[1].save(b)
     inf1 = tmp_path / "inf1.nii.gz"
     nib.save(plain.space.to_img((plain.get_map("z_desc-group1", "array") > 1)
                                 .astype(np.float32)), inf1)
@@ -425,7 +408,7 @@ def test_cli_contrast_options(tmp_path, halves, plain, capsys):
     assert f"{target}_diag-Jackknife_tab-counts_tail-positive: 9 experiments x" in err
     table = pd.read_csv(out / f"{target}_diag-FocusCounter_tab-counts_tail-positive.tsv",
                         sep="\t")
-    assert list(table["id"]) == list(halves[0].ids)
+    assert list(table["id"]) == list(pain_halves[0].ids)
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["fwe_montecarlo_null"] == "random-foci"
     assert prov["inference_map1_voxels"] == int((plain.get_map("z_desc-group1", "array")

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import NIMARE_MASK, PAIN_JSON
+from conftest import NIMARE_MASK, PAIN_JSON, ids_with_foci
 from scipy import ndimage, sparse, stats
 
 import daskmeta
@@ -32,20 +32,9 @@ def _own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DASKMETA_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def _ids_with_foci(ds):
-    present = set(ds.foci["id"])
-    return [i for i in ds.ids if i in present]
-
-
 @pytest.fixture(scope="module")
-def halves(pain_dataset):
-    ids = _ids_with_foci(pain_dataset)
-    return pain_dataset.slice(ids[:9]), pain_dataset.slice(ids[9:])
-
-
-@pytest.fixture(scope="module")
-def chi2_result(halves):
-    return MKDAChi2(mask=MASK).fit(*halves)
+def chi2_result(pain_halves):
+    return MKDAChi2(mask=MASK).fit(*pain_halves)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +52,7 @@ def labelled():
     from daskmeta.io import read_nimare_json
 
     ds = read_nimare_json(PAIN_JSON)
-    with_foci = set(_ids_with_foci(ds))
+    with_foci = set(ids_with_foci(ds))
     w = np.zeros((ds.n_experiments, 2))
     rows = [r for r, i in enumerate(ds.ids) if i in with_foci]
     w[rows[::2][:8], 0] = 1.0
@@ -100,7 +89,7 @@ def test_maps_equal_nimare(chi2_result, nimare_chi2):
 
 def test_collection_selection_against_rest_and_second_selection(store, labelled):
     topic = labelled.get_studies_by_label("topic")
-    rest = [i for i in _ids_with_foci(labelled) if i not in set(topic)]
+    rest = [i for i in ids_with_foci(labelled) if i not in set(topic)]
     want = MKDAChi2(mask=MASK).fit(labelled.slice(topic), labelled.slice(rest))
     got = MKDAChi2().fit(store, select="topic")
     _same(got, want, want.map_names)
@@ -147,8 +136,8 @@ def test_whole_collection_counts_are_summed_once_per_build(tmp_path, monkeypatch
     assert calls[-2:] == [8, 19]
 
 
-def test_bad_inputs(halves, store, pain_dataset):
-    d1, d2 = halves
+def test_bad_inputs(pain_halves, store, pain_dataset):
+    d1, d2 = pain_halves
     with pytest.raises(DaskmetaError, match="MKDAChi2 counts experiments active in binary "
                                             "spheres: it needs an MKDAKernel; got ALEKernel"):
         MKDAChi2(kernel_transformer=ALEKernel(), mask=MASK).fit(d1, d2)
@@ -164,7 +153,7 @@ def test_bad_inputs(halves, store, pain_dataset):
         MKDAChi2().fit(store, select="topic", select2="topic")
     with pytest.raises(DaskmetaError, match=r"MKDAChi2.fit\(collection\) needs select="):
         MKDAChi2().fit(store)
-    everything = _ids_with_foci(pain_dataset)
+    everything = ids_with_foci(pain_dataset)
     coll_ids = store.dataset.ids
     with pytest.raises(DatasetError, match="empty second group: no other experiment has foci"):
         MKDAChi2().fit(store, select=[i for i in coll_ids if i in set(everything)])
@@ -258,8 +247,8 @@ N_SUB = 300
 
 
 @pytest.fixture(scope="module")
-def subtraction(halves):
-    return ALESubtraction(mask=MASK, n_iters=N_SUB, seed=5, batch_size=50).fit(*halves)
+def subtraction(pain_halves):
+    return ALESubtraction(mask=MASK, n_iters=N_SUB, seed=5, batch_size=50).fit(*pain_halves)
 
 
 def test_subtraction_equals_nimare(subtraction, nimare_pain):
@@ -290,7 +279,7 @@ def test_subtraction_equals_nimare(subtraction, nimare_pain):
     assert ks.pvalue > 0.01
 
 
-def test_subtraction_p_by_hand(subtraction, halves):
+def test_subtraction_p_by_hand(subtraction, pain_halves):
     """p and the sign from the permutation counts, recomputed from the null model."""
     model = subtraction.estimator._null_model()
     diff = subtraction.get_map("stat_desc-group1MinusGroup2", "array")
@@ -305,7 +294,7 @@ def test_subtraction_p_by_hand(subtraction, halves):
 
 
 @pytest.mark.parametrize("swap", [False, True])
-def test_subtraction_blockwise_permutations_equal_one_by_one(subtraction, halves, swap):
+def test_subtraction_blockwise_permutations_equal_one_by_one(subtraction, pain_halves, swap):
     """The column path (blocks of permutations summed per voxel tile) records the same bits
     as the row path iteration by iteration: counts, maxima and histogram, with the smaller
     group first (9 vs 10) or second (10 vs 9), over a full and a partial block."""
@@ -313,7 +302,7 @@ def test_subtraction_blockwise_permutations_equal_one_by_one(subtraction, halves
 
     est = subtraction.estimator
     if swap:
-        est = ALESubtraction(mask=MASK, n_iters=1, seed=5).fit(halves[1], halves[0]).estimator
+        est = ALESubtraction(mask=MASK, n_iters=1, seed=5).fit(pain_halves[1], pain_halves[0]).estimator
     model = est._null_model()
     summary = SubtractionNull(est.diff_, hist=True)
     assert model._blockwise(summary, model.pool.packed())
@@ -360,9 +349,9 @@ def test_packed_column_sums_equal_row_sums():
         binary.finish().columns()
 
 
-def test_subtraction_cluster_fwe(halves):
+def test_subtraction_cluster_fwe(pain_halves):
     res = ALESubtraction(mask=MASK, n_iters=100, seed=2, batch_size=50,
-                         vfwe_only=False).fit(*halves)
+                         vfwe_only=False).fit(*pain_halves)
     nulls = res.null_distributions
     thr = float(nulls["summary_stat_thresh_level-voxel_corr-fwe_method-montecarlo"])
     assert 0 < thr < 0.1
@@ -403,13 +392,13 @@ def test_subtraction_from_collection_equals_dataset(tmp_path, labelled):
                                   b.get_map("p_desc-group1MinusGroup2", "array"))
 
 
-def test_subtraction_bad_inputs(halves):
+def test_subtraction_bad_inputs(pain_halves):
     with pytest.raises(DaskmetaError, match="ALESubtraction: n_iters must be a positive "
                                             "integer; got 0"):
-        ALESubtraction(n_iters=0).fit(*halves)
+        ALESubtraction(n_iters=0).fit(*pain_halves)
     with pytest.raises(DaskmetaError, match="ALESubtraction subtracts ALE maps: it needs an "
                                             "ALEKernel; got MKDAKernel"):
-        ALESubtraction(kernel_transformer=MKDAKernel()).fit(*halves)
+        ALESubtraction(kernel_transformer=MKDAKernel()).fit(*pain_halves)
     with pytest.raises(DaskmetaError, match=r"ALESubtraction.fit\(dataset1, dataset2\) needs "
                                             "two Datasets; got NoneType as the second"):
-        ALESubtraction().fit(halves[0])
+        ALESubtraction().fit(pain_halves[0])

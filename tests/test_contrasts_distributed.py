@@ -19,34 +19,27 @@ SEED, N_ITERS, BATCH = 11, 60, 10
 SUMMARY = PerMap(montecarlo.ClusterMaxima(10.83), ("uniformity", "group2", "association"))
 
 
-def _runs(halves):
-    chi2 = MKDAChi2(mask=MASK).fit(*halves)
+def _runs(pain_halves):
+    chi2 = MKDAChi2(mask=MASK).fit(*pain_halves)
     nulls = montecarlo.run_montecarlo(chi2.estimator._null_model(), SUMMARY, N_ITERS, BATCH,
                                       SEED, progress=False)
     fwe = FWECorrector("montecarlo", n_iters=N_ITERS, seed=SEED, batch_size=BATCH,
                        vfwe_only=True).transform(chi2)
-    sub = ALESubtraction(mask=MASK, n_iters=N_ITERS, seed=SEED, batch_size=BATCH).fit(*halves)
+    sub = ALESubtraction(mask=MASK, n_iters=N_ITERS, seed=SEED, batch_size=BATCH).fit(*pain_halves)
     return nulls, fwe, sub
 
 
 @pytest.fixture(scope="module")
-def halves(pain_dataset):
-    present = set(pain_dataset.foci["id"])
-    ids = [i for i in pain_dataset.ids if i in present]
-    return pain_dataset.slice(ids[:9]), pain_dataset.slice(ids[9:])
-
-
-@pytest.fixture(scope="module")
-def local(halves):
+def local(pain_halves):
     """The runs with no client: dask's local threaded scheduler."""
     assert active_client() is None
-    return _runs(halves)
+    return _runs(pain_halves)
 
 
-def test_nulls_on_scheduler_and_two_workers_equal_local(halves, local, scheduler_and_workers):
+def test_nulls_on_scheduler_and_two_workers_equal_local(pain_halves, local, scheduler_and_workers):
     client, workers = scheduler_and_workers
     assert active_client() is client
-    remote_chi2, remote_fwe, remote_sub = _runs(halves)
+    remote_chi2, remote_fwe, remote_sub = _runs(pain_halves)
     # both worker processes ran batches (each packed the pooled rows once)
     ran = client.run(lambda: __import__("daskmeta.montecarlo.permutation",
                                         fromlist=["x"]).loaded_pools())

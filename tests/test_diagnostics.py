@@ -11,7 +11,7 @@ import dask
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import NIMARE_MASK, PAIN_JSON
+from conftest import NIMARE_MASK, PAIN_JSON, assert_tables_match
 
 from daskmeta.collection import Collection
 from daskmeta.correct import FWECorrector
@@ -52,18 +52,6 @@ def _nimare_result(name, kw, ours):
     return theirs
 
 
-def _assert_tables_match(ours, theirs, names, atol):
-    for name in names:
-        a, b = ours.tables[name], theirs.tables[name]
-        assert list(a.columns) == list(b.columns), name
-        if "id" in b:
-            assert list(a["id"]) == list(b["id"]), name
-            diff = np.abs(a.iloc[:, 1:].to_numpy(float) - b.iloc[:, 1:].to_numpy(float)).max()
-            assert diff <= atol, f"{name}: max abs difference {diff:.3g}"
-        else:
-            pd.testing.assert_frame_equal(a, b)
-
-
 @pytest.mark.parametrize(("name", "cls", "kw"), [
     ("ALE", ALE, {}),
     ("MKDADensity", MKDADensity, {"weighting": "sample_size"}),
@@ -80,7 +68,7 @@ def test_jackknife_and_focuscounter_match_nimare(name, cls, kw, pain_dataset, al
         diag = ours_cls.__name__
         assert set(got.tables) == {k for k, v in want.tables.items() if v is not None} == {
             CLUST, COUNTS.format(diag)}
-        _assert_tables_match(got, want, [CLUST, COUNTS.format(diag)], atol)
+        assert_tables_match(got, want, [CLUST, COUNTS.format(diag)], atol)
         assert np.array_equal(got.get_map(LABEL, "array"), np.asarray(want.maps[LABEL]))
         assert diag not in repr(ours) and CLUST not in ours.tables  # the input is unchanged
     counts = got.tables[COUNTS.format("FocusCounter")]

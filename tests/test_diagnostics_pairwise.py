@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import NIMARE_MASK
+from conftest import NIMARE_MASK, assert_tables_match
 
 from daskmeta.collection import Collection
 from daskmeta.diagnostics import FocusCounter, Jackknife
@@ -31,17 +31,6 @@ SOURCE = {"MKDAChi2": ("z_desc-association", 2.0),
           "ALESubtraction": ("stat_desc-group1MinusGroup2", 0.01)}
 
 
-def _ids_with_foci(ds):
-    present = set(ds.foci["id"])
-    return [i for i in ds.ids if i in present]
-
-
-@pytest.fixture(scope="module")
-def halves(pain_dataset):
-    ids = _ids_with_foci(pain_dataset)
-    return pain_dataset.slice(ids[:9]), pain_dataset.slice(ids[9:])
-
-
 def _target(result, name, tails="both"):
     source, thr = SOURCE[name]
     values = result.get_map(source, "array")
@@ -50,13 +39,13 @@ def _target(result, name, tails="both"):
 
 
 @pytest.fixture(scope="module")
-def fits(halves, nimare_pain):
+def fits(pain_halves, nimare_pain):
     """Ours and NiMARE's fits of each contrast, with the same thresholded target map."""
     from nimare.meta.cbma import ALESubtraction as NiSubtraction
     from nimare.meta.cbma import MKDAChi2 as NiChi2
 
     ids = list(nimare_pain.coordinates["id"].unique())
-    assert ids[:9] == list(halves[0].ids)
+    assert ids[:9] == list(pain_halves[0].ids)
     theirs_halves = nimare_pain.slice(ids[:9]), nimare_pain.slice(ids[9:])
     out = {}
     with warnings.catch_warnings():
@@ -66,7 +55,7 @@ def fits(halves, nimare_pain):
                 # NiMARE refits (with its permutations) once per experiment: few iterations.
                 ("ALESubtraction", ALESubtraction(mask=MASK, n_iters=20, seed=1),
                  NiSubtraction(n_iters=5))):
-            ours = ours_est.fit(*halves)
+            ours = ours_est.fit(*pain_halves)
             theirs = theirs_est.fit(*theirs_halves)
             out[name] = (ours, theirs)
     return out
@@ -83,15 +72,7 @@ def _with_target(ours, theirs, target):
 def _assert_same(got, want, atol):
     names = {k for k, v in want.tables.items() if v is not None}
     assert set(got.tables) == names
-    for name in names:
-        a, b = got.tables[name], want.tables[name]
-        assert list(a.columns) == list(b.columns), name
-        if "id" in b:
-            assert list(a["id"]) == list(b["id"]), name
-            diff = np.abs(a.iloc[:, 1:].to_numpy(float) - b.iloc[:, 1:].to_numpy(float)).max()
-            assert diff <= atol, f"{name}: max abs difference {diff:.3g}"
-        else:
-            pd.testing.assert_frame_equal(a, b)
+    assert_tables_match(got, want, names, atol)
     labels = sorted(k for k in want.maps if k.startswith("label_"))
     assert labels == sorted(k for k in got.map_names if k.startswith("label_"))
     for name in labels:
@@ -99,7 +80,7 @@ def _assert_same(got, want, atol):
 
 
 @pytest.mark.parametrize("name", ["MKDAChi2", "ALESubtraction"])
-def test_both_tails_match_nimare(name, fits, halves):
+def test_both_tails_match_nimare(name, fits, pain_halves):
     nd = pytest.importorskip("nimare.diagnostics")
     ours, theirs = _with_target(*fits[name], _target(fits[name][0], name))
     for ours_cls, theirs_cls, atol in ((Jackknife, nd.Jackknife, 1e-6),
@@ -112,8 +93,8 @@ def test_both_tails_match_nimare(name, fits, halves):
                 theirs.copy())
         _assert_same(got, want, atol)
         pos, neg = (got.tables[COUNTS.format(diag, t)] for t in ("positive", "negative"))
-        assert list(pos["id"]) == list(halves[0].ids)
-        assert list(neg["id"]) == list(halves[1].ids)
+        assert list(pos["id"]) == list(pain_halves[0].ids)
+        assert list(neg["id"]) == list(pain_halves[1].ids)
         assert pos.columns[1].startswith("PositiveTail ")
         assert neg.columns[1].startswith("NegativeTail ")
         assert np.abs(pos.iloc[:, 1:].to_numpy(float)).sum() > 0
@@ -124,7 +105,7 @@ def test_both_tails_match_nimare(name, fits, halves):
         assert {LABEL.format("positive"), LABEL.format("negative")} <= set(first.map_names)
 
 
-def test_negative_tail_only_is_the_second_groups(fits, halves):
+def test_negative_tail_only_is_the_second_groups(fits, pain_halves):
     """A target with only negative clusters is characterised by group 2's experiments,
     whatever display_second_group says (NiMARE's rule)."""
     nd = pytest.importorskip("nimare.diagnostics")
@@ -138,10 +119,10 @@ def test_negative_tail_only_is_the_second_groups(fits, halves):
             want = theirs_cls(target_image=TARGET).transform(theirs.copy())
         _assert_same(got, want, atol)
         table = got.tables[COUNTS.format(ours_cls.__name__, "negative")]
-        assert list(table["id"]) == list(halves[1].ids)
+        assert list(table["id"]) == list(pain_halves[1].ids)
 
 
-def test_chi2_jackknife_by_hand(fits, halves):
+def test_chi2_jackknife_by_hand(fits, pain_halves):
     """A fold of MKDAChi2 is the contrast refitted without the experiment: its
     z_desc-association over a cluster, against the full fit's."""
     ours = fits["MKDAChi2"][0].copy()
@@ -153,8 +134,8 @@ def test_chi2_jackknife_by_hand(fits, halves):
         labels = got.get_map(LABEL.format(tail), "array")
         for row in (0, len(table) - 1):
             left_out = table["id"].iloc[row]
-            keep = halves[group].slice([i for i in halves[group].ids if i != left_out])
-            pair = (keep, halves[1]) if group == 0 else (halves[0], keep)
+            keep = pain_halves[group].slice([i for i in pain_halves[group].ids if i != left_out])
+            pair = (keep, pain_halves[1]) if group == 0 else (pain_halves[0], keep)
             z_without = MKDAChi2(mask=MASK).fit(*pair).get_map("z_desc-association", "array")
             with np.errstate(divide="ignore", invalid="ignore"):
                 prop = np.nan_to_num(z_without / z)
@@ -164,12 +145,12 @@ def test_chi2_jackknife_by_hand(fits, halves):
                 assert abs(table[col].iloc[row] - want) <= 1e-6, (tail, row, col)
 
 
-def test_from_a_collection_equals_from_the_datasets(fits, halves, tmp_path):
+def test_from_a_collection_equals_from_the_datasets(fits, pain_halves, tmp_path):
     """MKDAChi2 of a selection against the rest of a store: the same tables as from the two
     Datasets (the groups' rows read from the store)."""
-    merged = halves[0].merge(halves[1])
+    merged = pain_halves[0].merge(pain_halves[1])
     store = Collection.build(merged, MKDAKernel(), tmp_path / "mkda.zarr", mask=MASK)
-    from_store = MKDAChi2(chunk_size=4).fit(store, select=list(halves[0].ids))
+    from_store = MKDAChi2(chunk_size=4).fit(store, select=list(pain_halves[0].ids))
     from_datasets = fits["MKDAChi2"][0]
     target = _target(from_datasets, "MKDAChi2")
     np.testing.assert_array_equal(_target(from_store, "MKDAChi2"), target)
@@ -184,12 +165,12 @@ def test_from_a_collection_equals_from_the_datasets(fits, halves, tmp_path):
             pd.testing.assert_frame_equal(x.tables[name], y.tables[name], atol=1e-12, rtol=0)
 
 
-def test_pairwise_errors(halves, fits):
+def test_pairwise_errors(pain_halves, fits):
     ours = fits["MKDAChi2"][0].copy()
     ours.add_maps({TARGET: _target(ours, "MKDAChi2")})
     with pytest.raises(DaskmetaError, match="display_second_group must be True or False"):
         Jackknife(target_image=TARGET, display_second_group="yes").transform(ours)
-    lone = MKDAChi2(mask=MASK).fit(halves[0].slice(list(halves[0].ids)[:1]), halves[1])
+    lone = MKDAChi2(mask=MASK).fit(pain_halves[0].slice(list(pain_halves[0].ids)[:1]), pain_halves[1])
     z = lone.get_map("z_desc-association", "array")
     lone.add_maps({TARGET: np.where(z > 0, z, 0).astype(np.float32)})
     with pytest.raises(DaskmetaError, match="Jackknife needs at least 2 experiments in "
@@ -198,7 +179,7 @@ def test_pairwise_errors(halves, fits):
         Jackknife(target_image=TARGET).transform(lone)
     counts = FocusCounter(target_image=TARGET).transform(lone)  # counting needs no fold
     table = counts.tables[COUNTS.format("FocusCounter", "positive")]
-    assert list(table["id"]) == list(halves[0].ids)[:1]
+    assert list(table["id"]) == list(pain_halves[0].ids)[:1]
     assert table.iloc[0, 1:].sum() > 0
     no_prob = ours.copy()
     no_prob.maps = no_prob.maps.drop_vars("prob_desc-AgU")
