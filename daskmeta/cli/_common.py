@@ -70,6 +70,19 @@ def _add_cluster_options(p):
 
 
 
+def _add_diagnostics_options(p, diagnostics_help: str) -> None:
+    """The "diagnostics" option group of the commands that run Jackknife / FocusCounter on a
+    corrected map: ``--diagnostics`` (described by ``diagnostics_help``), ``--diag-threshold``
+    and ``--diag-cluster-threshold``."""
+    d = p.add_argument_group("diagnostics")
+    d.add_argument("--diagnostics", action="append", default=None, metavar="NAME",
+                   help=diagnostics_help)
+    d.add_argument("--diag-threshold", type=float, default=None,
+                   help="threshold of the corrected z map the diagnostics cluster (1.65)")
+    d.add_argument("--diag-cluster-threshold", type=int, default=None,
+                   help="smallest cluster the diagnostics characterise, in voxels (10)")
+
+
 def _add_space_option(p):
     p.add_argument("--unknown-space", choices=["error", "warn"], default="error",
                    help="NiMARE JSON, NIMADS and NeuroStore input: a coordinate space that "

@@ -10,6 +10,7 @@ from pathlib import Path
 from daskmeta.cli._common import (
     MAX_N_ITERS,
     _add_cluster_options,
+    _add_diagnostics_options,
     _add_space_option,
     _bad,
     _check_dask_options,
@@ -81,16 +82,11 @@ def _add_cbma_parser(sub, name, help_text):
     g.add_argument("--voxel-thresh", type=float, default=0.001,
                    help="cluster-forming p threshold (0.001; 0 < p < 1)")
     g.add_argument("--seed", type=int, default=None, help="Monte Carlo seed (0 to 2**63 - 1)")
-    d = p.add_argument_group("diagnostics")
-    d.add_argument("--diagnostics", action="append", default=None, metavar="NAME",
-                   help="jackknife and/or focuscounter (repeat, or a comma list): each "
-                        "experiment's contribution to each cluster of the corrected z map, "
-                        "written as <map>_diag-<Name>_tab-counts_tail-positive.tsv next to "
-                        "the maps (as NiMARE's workflow)")
-    d.add_argument("--diag-threshold", type=float, default=None,
-                   help="threshold of the corrected z map the diagnostics cluster (1.65)")
-    d.add_argument("--diag-cluster-threshold", type=int, default=None,
-                   help="smallest cluster the diagnostics characterise, in voxels (10)")
+    _add_diagnostics_options(
+        p, "jackknife and/or focuscounter (repeat, or a comma list): each experiment's "
+           "contribution to each cluster of the corrected z map, written as "
+           "<map>_diag-<Name>_tab-counts_tail-positive.tsv next to the maps (as NiMARE's "
+           "workflow)")
     p.add_argument("--prefix", default=None,
                    help="prefix of every output file name (letters, digits, '_', '.', '+', "
                         "'=', '-'; no path separators)")

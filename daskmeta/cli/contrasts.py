@@ -10,6 +10,7 @@ from pathlib import Path
 from daskmeta.cli._common import (
     MAX_N_ITERS,
     _add_cluster_options,
+    _add_diagnostics_options,
     _bad,
     _check_dask_options,
     _check_int,
@@ -87,17 +88,11 @@ def _common_options(p, fwe, n_iters):
                         "is > 0")
     i.add_argument("--inference-map2", metavar="IMG",
                    help="test group 2 > group 1 only where this image is > 0")
-    d = p.add_argument_group("diagnostics")
-    d.add_argument("--diagnostics", action="append", default=None, metavar="NAME",
-                   help="jackknife and/or focuscounter (repeat, or a comma list), with --fwe "
-                        "montecarlo: each experiment's contribution to each cluster of the "
-                        "cluster-mass corrected z map (positive tail: group 1's experiments, "
-                        "negative tail: group 2's), written as <map>_diag-<Name>_tab-counts_"
-                        "tail-<tail>.tsv next to the maps")
-    d.add_argument("--diag-threshold", type=float, default=None,
-                   help="threshold of the corrected z map the diagnostics cluster (1.65)")
-    d.add_argument("--diag-cluster-threshold", type=int, default=None,
-                   help="smallest cluster the diagnostics characterise, in voxels (10)")
+    _add_diagnostics_options(
+        p, "jackknife and/or focuscounter (repeat, or a comma list), with --fwe montecarlo: "
+           "each experiment's contribution to each cluster of the cluster-mass corrected z "
+           "map (positive tail: group 1's experiments, negative tail: group 2's), written as "
+           "<map>_diag-<Name>_tab-counts_tail-<tail>.tsv next to the maps")
     p.add_argument("--prefix", default=None, help="prefix of every output file name")
     p.add_argument("--no-figures", action="store_true", help="do not write PNG figures")
     _add_cluster_options(p)
