@@ -66,6 +66,8 @@ class CombineContext:
     rank_val : float64 ``f`` of each rank's MA value; ``rank_val[0] = 0``
     rank_ma : float32 MA value of each rank; ``rank_ma[0] = 0``
     nb_delta : int64 padded address offsets of the 6 face neighbours
+    row_first, row_base, row_len : int64 per run of consecutive in-mask voxels along the last
+        axis (a mask row): in-mask index and padded address of its first voxel, its length
     pad : int
     pshape : tuple of int
     seg_per_support : int64 most in-mask segments one focus of each support stamps
@@ -89,6 +91,9 @@ class CombineContext:
     rank_val: np.ndarray
     rank_ma: np.ndarray
     nb_delta: np.ndarray
+    row_first: np.ndarray
+    row_base: np.ndarray
+    row_len: np.ndarray
     pad: int
     pshape: tuple
     seg_per_support: np.ndarray
@@ -118,15 +123,21 @@ class CombineContext:
             return 1
         return max(1, int(np.max(n_foci * self.seg_per_support[np.asarray(row_kernel)])))
 
-    def scratch(self, row_start, row_kernel):
+    @property
+    def padded_size(self) -> int:
+        """Voxels of the padded volume (the length of sums at padded addresses)."""
+        return int(np.prod(self.pshape))
+
+    def scratch(self, row_start, row_kernel, padded: bool = False):
         """Fresh scratch arrays (``best``, ``fscr``, ``rec_pos``, ``rec_len``) of
-        :func:`combine` for these experiments."""
+        :func:`combine` for these experiments (``padded``: for sums at padded addresses)."""
         n_rec = self.max_records(row_start, row_kernel)
-        return (zeroed(self.slab_voxels, np.int32), zeroed(self.slab_voxels, np.float64),
-                zeroed(n_rec, np.int64), zeroed(n_rec, np.int64))
+        n = SLAB_PLANES * self.plane if padded else self.slab_voxels
+        return (zeroed(n, np.int32), zeroed(n, np.float64), zeroed(n_rec, np.int64),
+                zeroed(n_rec, np.int64))
 
     def run(self, focus_base, row_start, row_kernel, add_mode, sel, acc, scratch,
-            hist_args=None) -> None:
+            hist_args=None, padded: bool = False) -> None:
         """:func:`combine` with these tables. Fits and Monte Carlo nulls call it alike, so
         its one compiled specialisation serves both.
 
@@ -142,7 +153,14 @@ class CombineContext:
             From :meth:`scratch`.
         hist_args : tuple, optional
             ``(hist_inv_step, k_bin, rank_bin, hist, row_max)`` to count value histograms.
+        padded : bool
+            ``acc`` holds sums at padded-volume addresses (``(n_selections,
+            padded_size)``; the in-mask voxels' sums are ``acc[:, voxel_base]``, the other
+            entries are arbitrary), and ``scratch`` was made for it: the supports' runs are
+            added whole, with no walk along the mask's segments (the Monte Carlo nulls).
         """
+        if padded and hist_args is not None:
+            raise DaskmetaError("value histograms need sums over the in-mask voxels")
         if hist_args is None:
             want, inv_step, k_bin, rank_bin, hist, row_max = (False, 0.0, _NO_BINS, _NO_BINS,
                                                               _NO_HIST, _NO_MAX)
@@ -157,7 +175,7 @@ class CombineContext:
                 float(self.sign),
                 _own(sel[0], np.int64), _own(sel[1], np.int64), _own(sel[2], np.float64),
                 acc, best, fscr, rec_pos, rec_len, want, float(inv_step), k_bin, rank_bin,
-                self.k_ma, self.rank_ma, hist, row_max)
+                self.k_ma, self.rank_ma, hist, row_max, bool(padded))
 
 
 #: Placeholders for the histogram arguments of :func:`combine` when none are counted (they
@@ -255,6 +273,7 @@ def _build_context(mask, k_start, k_offsets, k_values, func, extra_pad: int = 0
     sy, sz = pshape[1], pshape[2]
     ijk = np.argwhere(mask).astype(np.int64) + pad
     voxel_base = (ijk[:, 0] * sy + ijk[:, 1]) * sz + ijk[:, 2]
+    row_first = np.flatnonzero(np.diff(voxel_base, prepend=-2) != 1).astype(np.int64)
     r_start, r_delta, r_len, r_val0, ma_vals, r_di = [0], [], [], [], [], []
     n_vals = 0
     for s in range(len(k_start) - 1):
@@ -297,6 +316,8 @@ def _build_context(mask, k_start, k_offsets, k_values, func, extra_pad: int = 0
         rank_val=rank_val,
         rank_ma=np.concatenate([[np.float32(0)], uniq]).astype(np.float32),
         nb_delta=np.array([sy * sz, -sy * sz, sz, -sz, 1, -1], dtype=np.int64),
+        row_first=row_first, row_base=np.ascontiguousarray(voxel_base[row_first]),
+        row_len=np.ascontiguousarray(np.diff(np.append(row_first, n_voxels)), np.int64),
         pad=pad, pshape=pshape, seg_per_support=seg_per_support,
     )
 

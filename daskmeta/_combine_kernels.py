@@ -54,7 +54,7 @@ SLAB_PLANES = 4
 def combine(focus_base, row_start, row_kernel, r_start, plane_runs, r_delta, r_len, r_val0,
             k_val, k_sval, k_rank, rank_val, lut, seg, plane, plane_start, add_mode, sign,
             sel_indptr, sel_indices, sel_data, acc, best, fscr, rec_pos, rec_len, want_hist,
-            hist_inv_step, k_bin, rank_bin, k_ma, rank_ma, hist, row_max):
+            hist_inv_step, k_bin, rank_bin, k_ma, rank_ma, hist, row_max, padded):
     """Add ``w * f(MA)`` of every experiment into the sums of the selections holding it.
 
     Parameters
@@ -74,14 +74,19 @@ def combine(focus_base, row_start, row_kernel, r_start, plane_runs, r_delta, r_l
         Selection x experiment weights in CSC form: experiment ``e`` is in selections
         ``sel_indices[sel_indptr[e]:sel_indptr[e + 1]]`` with those weights.
     acc : (n_selections, n_voxels) float64
-        The sums, added into.
+        The sums, added into (with ``padded``, ``(n_selections, padded volume size)``).
     best, fscr, rec_pos, rec_len
         Scratch (zeros): int32 and float64 over the in-mask voxels of one slab
-        (:attr:`CombineContext.slab_voxels`), and records of touched segments.
+        (:attr:`CombineContext.slab_voxels`; with ``padded``, over the slab's padded
+        planes), and records of touched segments.
     want_hist : bool
         Also count each experiment's non-zero MA values into ``hist[e, bin]`` (bins from
         ``k_bin`` / ``rank_bin``; in add mode, of the sums on the grid of ``hist_inv_step``)
         and its maximum into ``row_max[e]`` (zeros on entry).
+    padded : bool
+        Sums at padded-volume addresses, the supports' runs added whole: no walk along the
+        mask's segments. The entries of ``acc`` outside the mask are then arbitrary (the
+        caller never reads them). Not with ``want_hist``.
     """
     n_rows = row_start.shape[0] - 1
     n_foci = focus_base.shape[0]
@@ -103,7 +108,10 @@ def combine(focus_base, row_start, row_kernel, r_start, plane_runs, r_delta, r_l
     n_planes = plane_start.shape[0] - 1
     for s0 in range(first, last, SLAB_PLANES):
         s1 = s0 + SLAB_PLANES
-        slab0 = np.uint64(plane_start[min(max(s0, 0), n_planes)])
+        if padded:
+            slab0 = np.uint64(s0 * plane)
+        else:
+            slab0 = np.uint64(plane_start[min(max(s0, 0), n_planes)])
         for e in range(n_rows):
             f0 = row_start[e]
             f1 = row_start[e + 1]
@@ -127,28 +135,34 @@ def combine(focus_base, row_start, row_kernel, r_start, plane_runs, r_delta, r_l
                         end = p + r_len[r]
                         v = r_val0[r]
                         while p < end:
-                            n = seg[p]
-                            if n > 0:
+                            # n in-mask voxels from p, their sums from c0 (padded: the
+                            # whole run); skip -n voxels outside the mask.
+                            if padded:
+                                n = end - p
+                                c0 = np.uint64(p)
+                            else:
+                                n = seg[p]
+                                if n <= 0:
+                                    p -= n
+                                    v -= n
+                                    continue
                                 if n > end - p:
                                     n = end - p
                                 # Unsigned indices: no negative-index wraparound test, so
                                 # the loops vectorise.
                                 c0 = np.uint64(lut[p])
-                                v0 = np.uint64(v)
-                                for q in range(p0, p1):
-                                    target = acc[sel_indices[q]]
-                                    w = sel_data[q]
-                                    for t in range(np.uint64(n)):
-                                        target[c0 + t] += w * k_val[v0 + t]
-                                if want_hist:
-                                    for t in range(np.uint64(n)):
-                                        hist[e, k_bin[v0 + t]] += 1
-                                        top = max(top, k_ma[v0 + t])
-                                p += n
-                                v += n
-                            else:
-                                p -= n
-                                v -= n
+                            v0 = np.uint64(v)
+                            for q in range(p0, p1):
+                                target = acc[sel_indices[q]]
+                                w = sel_data[q]
+                                for t in range(np.uint64(n)):
+                                    target[c0 + t] += w * k_val[v0 + t]
+                            if want_hist:
+                                for t in range(np.uint64(n)):
+                                    hist[e, k_bin[v0 + t]] += 1
+                                    top = max(top, k_ma[v0 + t])
+                            p += n
+                            v += n
                 if want_hist:
                     row_max[e] = max(row_max[e], top)
                 continue
@@ -165,32 +179,36 @@ def combine(focus_base, row_start, row_kernel, r_start, plane_runs, r_delta, r_l
                     end = p + r_len[r]
                     v = r_val0[r]
                     while p < end:
-                        n = seg[p]
-                        if n > 0:
+                        if padded:
+                            n = end - p
+                            c0 = np.uint64(p)
+                        else:
+                            n = seg[p]
+                            if n <= 0:
+                                p -= n
+                                v -= n
+                                continue
                             if n > end - p:
                                 n = end - p
                             c0 = np.uint64(lut[p])
-                            v0 = np.uint64(v)
-                            l0 = c0 - slab0
-                            if mono:
-                                for t in range(np.uint64(n)):
-                                    x = k_sval[v0 + t]
-                                    y = fscr[l0 + t]
-                                    fscr[l0 + t] = x if x < y else y
-                            elif add_mode:
-                                for t in range(np.uint64(n)):
-                                    fscr[l0 + t] += k_val[v0 + t]
-                            else:
-                                for t in range(np.uint64(n)):
-                                    best[l0 + t] = max(best[l0 + t], k_rank[v0 + t])
-                            rec_pos[nrec] = c0
-                            rec_len[nrec] = n
-                            nrec += 1
-                            p += n
-                            v += n
+                        v0 = np.uint64(v)
+                        l0 = c0 - slab0
+                        if mono:
+                            for t in range(np.uint64(n)):
+                                x = k_sval[v0 + t]
+                                y = fscr[l0 + t]
+                                fscr[l0 + t] = x if x < y else y
+                        elif add_mode:
+                            for t in range(np.uint64(n)):
+                                fscr[l0 + t] += k_val[v0 + t]
                         else:
-                            p -= n
-                            v -= n
+                            for t in range(np.uint64(n)):
+                                best[l0 + t] = max(best[l0 + t], k_rank[v0 + t])
+                        rec_pos[nrec] = c0
+                        rec_len[nrec] = n
+                        nrec += 1
+                        p += n
+                        v += n
             # A voxel covered by two records is reset after the first, so the second adds
             # zero: each voxel counts once, bit for bit. sign * (sign * f) == f and
             # (w * sign) * (sign * f) == w * f exactly.

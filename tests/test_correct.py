@@ -167,6 +167,46 @@ def test_iteration_statistic_equals_estimator_stat(cls, kwargs, pain):
 
 
 @pytest.mark.parametrize("cls", [ALE, MKDADensity, KDA])
+def test_padded_sums_equal_in_mask_sums(cls, pain):
+    """The nulls' sums at padded addresses (runs added whole, out-of-mask entries never
+    reset) equal the in-mask sums the fits compute, bit for bit, iteration after
+    iteration; the in-mask entries are zero again after each summary."""
+    est = cls(mask=MASK)
+    est.fit(pain)
+    model = est._null_model()
+    ctx = model.context()
+    rng = np.random.default_rng(11)
+    summary = montecarlo.ClusterMaxima(0.01 if cls is ALE else 2.0)
+    plain_scratch = ctx.scratch(model.row_start, model.row_kernel)
+    first = model._take_workspace(ctx)
+    model._give_back(first)
+    for _ in range(4):
+        base = ctx.voxel_base[model.draw(rng)]
+        plain = np.zeros((1, model.n_voxels))
+        ctx.run(base, model.row_start, model.row_kernel, model.add_mode, first["sel"], plain,
+                plain_scratch)
+        ws = model._take_workspace(ctx)
+        assert ws is first  # this thread's, reused: its out-of-mask sums were never reset
+        assert ws["acc"].shape == (1, ctx.padded_size)
+        model._combine(ctx, ws, base)
+        np.testing.assert_array_equal(ws["acc"][0][ctx.voxel_base].view(np.int64),
+                                      plain[0].view(np.int64))
+        sums = model._take_sums(ctx, ws)
+        np.testing.assert_array_equal(sums.view(np.int64), plain[0].view(np.int64))
+        assert not ws["acc"][0][ctx.voxel_base].any()
+        model._give_back(ws)
+        # The compiled summary of the padded sums (which it zeroes) is NumPy's of the plain.
+        want = summary.start(1, model.n_voxels)
+        summary.record(want, 0, model._stat_of(plain[0]), model.geometry)
+        got = model.run_batch(summary, None, 1, fixed_base=base)
+        assert (got["max_stat"][0], got["max_size"][0]) == (want["max_stat"][0],
+                                                            want["max_size"][0])
+        ws = model._take_workspace(ctx)
+        assert not ws["acc"][0][ctx.voxel_base].any()
+        model._give_back(ws)
+
+
+@pytest.mark.parametrize("cls", [ALE, MKDADensity, KDA])
 def test_iteration_cluster_measures_equal_nimare(cls, pain):
     """Max statistic, cluster size and mass of random placements equal NiMARE's measures."""
     est = cls(mask=MASK)

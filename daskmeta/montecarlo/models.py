@@ -321,17 +321,23 @@ class FociNull(NullModel):
             return STAT_ALE if self.stat == "ale" else STAT_IDENTITY
         return None
 
+    #: Sums at padded-volume addresses (:func:`daskmeta._combine.combine`'s ``padded``): the
+    #: supports' runs are added whole, with no walk along the mask's segments.
+    _padded = True
+
     def _take_workspace(self, ctx) -> dict:
         """Zeroed scratch of an iteration: this thread's last one if it was this model's (a
         batch of 1 ms iterations should not spend its time zeroing fresh pages). Return it
-        with :meth:`_give_back` once its sums are zero again; a batch that fails keeps it."""
+        with :meth:`_give_back` once its in-mask sums are zero again; a batch that fails
+        keeps it."""
         ws = getattr(_WORKSPACES, "ws", None)
         _WORKSPACES.ws = None
         if ws is not None and ws["token"] == self.token:
             return ws
         n = self.n_voxels
-        return {"token": self.token, "acc": _zeroed((1, n), np.float64),
-                "scratch": ctx.scratch(self.row_start, self.row_kernel),
+        return {"token": self.token,
+                "acc": _zeroed((1, ctx.padded_size if self._padded else n), np.float64),
+                "scratch": ctx.scratch(self.row_start, self.row_kernel, self._padded),
                 "mark": _zeroed(n, np.int64), "visited": _zeroed(n, np.int64),
                 "sval": _zeroed(n, np.float32), "supra": _zeroed(n, np.int32),
                 "stack": _zeroed(n, np.int32), "itag": 0,
@@ -347,14 +353,24 @@ class FociNull(NullModel):
 
     def _combine(self, ctx, ws, focus_base):
         ctx.run(focus_base, ws["row_start"], ws["row_kernel"], self.add_mode, ws["sel"],
-                ws["acc"], ws["scratch"])
+                ws["acc"], ws["scratch"], padded=self._padded)
+
+    def _take_sums(self, ctx, ws) -> np.ndarray:
+        """The in-mask sums of the last combine (float64, a copy), zeroed in ``ws``."""
+        acc = ws["acc"][0]
+        if not self._padded:
+            sums = acc.copy()
+            acc[:] = 0.0
+            return sums
+        sums = acc[ctx.voxel_base]
+        acc[ctx.voxel_base] = 0.0
+        return sums
 
     def _statistic_of_base(self, focus_base) -> np.ndarray:
         ctx = self.context()
         ws = self._take_workspace(ctx)
         self._combine(ctx, ws, focus_base)
-        stat = self._stat_of(ws["acc"][0])
-        ws["acc"][0] = 0.0
+        stat = self._stat_of(self._take_sums(ctx, ws))
         self._give_back(ws)
         return stat
 
@@ -383,9 +399,8 @@ class FociNull(NullModel):
             for i in range(n_iters):
                 self._combine(ctx, ws, ctx.voxel_base[self.draw(rng)] if fixed_base is None
                               else fixed_base)
-                stat = self._stat_of(acc[0])
-                acc[0] = 0.0
-                summary.record(out, i, stat, self.geometry)
+                summary.record(out, i, self._stat_of(self._take_sums(ctx, ws)),
+                               self.geometry)
             self._give_back(ws)
             return out
         clusters = isinstance(summary, ClusterMaxima)
@@ -396,9 +411,11 @@ class FociNull(NullModel):
             self._combine(ctx, ws, ctx.voxel_base[self.draw(rng)] if fixed_base is None
                           else fixed_base)
             ws["itag"] += 1
-            s, n, m = summarize(acc[0], kind, thr, lthr, clusters, ctx.voxel_base, ctx.lut,
-                                ctx.nb_delta, ws["mark"], ws["visited"], ws["sval"],
-                                ws["supra"], ws["stack"], ws["itag"])
+            s, n, m = summarize(acc[0], kind, thr, lthr, clusters, ctx.row_first,
+                                ctx.row_base if self._padded else ctx.row_first,
+                                ctx.row_len, ctx.voxel_base, ctx.lut, ctx.nb_delta,
+                                ws["mark"], ws["visited"], ws["sval"], ws["supra"],
+                                ws["stack"], ws["itag"])
             out["max_stat"][i] = s
             if clusters:
                 out["max_size"][i] = n

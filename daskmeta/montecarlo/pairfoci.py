@@ -60,6 +60,9 @@ class PairFociNull(FociNull):
         self.statistic_ = statistic
         self.token = dask.base.tokenize("pair-foci", self.token, self.group, statistic.token)
 
+    #: Two rows of in-mask sums (the contrast's statistic reads them whole).
+    _padded = False
+
     def _take_workspace(self, ctx) -> dict:
         ws = super()._take_workspace(ctx)
         if ws["acc"].shape[0] != 2:

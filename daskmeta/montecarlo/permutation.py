@@ -390,9 +390,10 @@ def summarize_per_map(ws: dict, token: str, mask, summary, out: dict, i: int,
     for name in summary.names:
         cl["acc"][:] = stat[name]
         cl["itag"] += 1
-        s, n, m = summarize(cl["acc"], STAT_IDENTITY, thr, 0.0, clusters, ctx.voxel_base,
-                            ctx.lut, ctx.nb_delta, cl["mark"], cl["visited"], cl["sval"],
-                            cl["supra"], cl["stack"], cl["itag"])
+        s, n, m = summarize(cl["acc"], STAT_IDENTITY, thr, 0.0, clusters, ctx.row_first,
+                            ctx.row_first, ctx.row_len, ctx.voxel_base, ctx.lut, ctx.nb_delta,
+                            cl["mark"], cl["visited"], cl["sval"], cl["supra"], cl["stack"],
+                            cl["itag"])
         out[f"{name}:max_stat"][i] = s
         if clusters:
             out[f"{name}:max_size"][i] = n
