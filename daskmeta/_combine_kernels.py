@@ -153,10 +153,10 @@ def combine(focus_base, row_start, row_kernel, r_start, plane_runs, r_delta, r_l
                                 c0 = np.uint64(lut[p])
                             v0 = np.uint64(v)
                             for q in range(p0, p1):
-                                target = acc[sel_indices[q]]
+                                row = sel_indices[q]
                                 w = sel_data[q]
                                 for t in range(np.uint64(n)):
-                                    target[c0 + t] += w * k_val[v0 + t]
+                                    acc[row, c0 + t] += w * k_val[v0 + t]
                             if want_hist:
                                 for t in range(np.uint64(n)):
                                     hist[e, k_bin[v0 + t]] += 1
