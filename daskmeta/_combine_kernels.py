@@ -11,6 +11,11 @@ then adds ``f`` of that value once per voxel and resets them. The volume is visi
 slabs of a few planes, every experiment in order within a slab, so the sums and scratch
 being updated stay in the core's cache whatever the number of experiments. Nothing
 voxel-sized is allocated per experiment.
+
+The Monte Carlo nulls keep their sums at padded-volume addresses (``padded``): every run is
+then added (or gathered) whole, with no lookup of the mask's segments, and the voxels outside
+the mask collect values nobody reads (the per-iteration sweep reads and resets the in-mask
+ones, row by row). Each in-mask sum gets the same additions in the same order either way.
 """
 
 from __future__ import annotations
