@@ -31,12 +31,14 @@ def summarize(acc, kind, thr, lthr, clusters, row_first, row_at, row_len, voxel_
     # then a reset (zeros are never candidates, and leave the extreme at its
     # start of 0).
     ext = 0.0
+    # ALE's largest statistic has the smallest sum; (M)KDA's the largest.
+    sign = 1.0 if kind == 0 else -1.0
     for r in range(row_first.shape[0]):
         c = row_first[r]
         at = row_at[r]
         n = row_len[r]
+        lo = _row_min(acc, at, n, sign)
         if kind == 0:
-            lo = _row_min(acc, at, n, 1.0)
             ext = lo if lo < ext else ext
             if clusters and lo < lthr:
                 for t in range(n):
@@ -50,7 +52,7 @@ def summarize(acc, kind, thr, lthr, clusters, row_first, row_at, row_len, voxel_
                             ns += 1
         else:
             # -min(0, -a) is -0.0 for a row of zeros; ext starts at +0.0 and stays so.
-            hi = -_row_min(acc, at, n, -1.0)
+            hi = -lo
             ext = hi if hi > ext else ext
             if clusters and np.float32(hi) > thr:
                 for t in range(n):
