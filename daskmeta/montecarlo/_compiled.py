@@ -28,10 +28,9 @@ def summarize(acc, kind, thr, lthr, clusters, row_first, row_at, row_len, voxel_
     """
     ns = 0
     # Per row: its extreme, the rare candidate test only in rows that can hold a candidate,
-    # then a reset (zeros are never candidates, and leave the extreme at its
-    # start of 0).
-    ext = 0.0
+    # then a reset (zeros are never candidates, and leave the extreme at its start of 0).
     # ALE's largest statistic has the smallest sum; (M)KDA's the largest.
+    ext = 0.0
     sign = 1.0 if kind == 0 else -1.0
     for r in range(row_first.shape[0]):
         c = row_first[r]
