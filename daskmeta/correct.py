@@ -151,9 +151,10 @@ class FWECorrector:
         null) is below ``early_stop`` times the threshold. The number of iterations run is
         recorded as ``fwe_montecarlo_n_iters_run``.
     batch_size : int, optional
-        Iterations per Dask task (default 100). The batches, and so the result, depend on
-        ``n_iters``, ``batch_size`` and ``seed`` only; use smaller batches to spread a run
-        over many workers.
+        Iterations per seeded batch (default 100; a Dask task runs one batch or several
+        consecutive ones, about half a second of work). The batches, and so the result,
+        depend on ``n_iters``, ``batch_size`` and ``seed`` only; use smaller batches to
+        spread a short run over many workers.
     progress : bool, optional
         Show the Monte Carlo batches done on standard error, under any scheduler
         (:mod:`daskmeta.progress`); None: as the Dask config ``daskmeta.progress`` says, by

@@ -64,7 +64,7 @@ def _reference(model, summary, n_iters, batch_size, seed):
 
 @pytest.mark.parametrize(("per_thread", "ahead"), [(1, 1), (3, 4), (50, 50)])
 def test_nulls_do_not_depend_on_the_window(fitted, model, monkeypatch, per_thread, ahead):
-    monkeypatch.setattr(runner, "_BATCHES_PER_THREAD", per_thread)
+    monkeypatch.setattr(runner, "_TASKS_PER_THREAD", per_thread)
     monkeypatch.setattr(runner, "_AHEAD", ahead)
     n_iters, batch, seed = 47, 4, 11
     maxima = montecarlo.MaxStatistic()
@@ -78,6 +78,43 @@ def test_nulls_do_not_depend_on_the_window(fitted, model, monkeypatch, per_threa
     assert got.values["exceedances"].dtype == want["exceedances"].dtype
     assert np.array_equal(got.values["exceedances"], want["exceedances"])
     assert want["exceedances"].sum() > 0
+
+
+@pytest.mark.parametrize("task_seconds", [0.0, 1e9])
+def test_nulls_do_not_depend_on_how_batches_share_tasks(model, monkeypatch, task_seconds):
+    """A task runs one batch until a task has been timed, then as many consecutive batches as
+    fill ``_TASK_SECONDS`` (at most a share of those left, so the last ones spread over the
+    threads): the nulls are those of the batches run one by one either way."""
+    monkeypatch.setattr(runner, "_TASK_SECONDS", task_seconds)
+    sizes = []
+    real = runner.run_batches
+
+    def counting(model, summary, seed, batches):
+        sizes.append(len(batches))
+        return real(model, summary, seed, batches)
+
+    monkeypatch.setattr(runner, "run_batches", counting)
+    n_iters, batch, seed = 90, 2, 3
+    maxima = montecarlo.MaxStatistic()
+    got = montecarlo.run_montecarlo(model, maxima, n_iters, batch, seed, progress=False)
+    assert (got.n_iters_run, got.n_batches_run) == (90, 45)
+    assert np.array_equal(got.max_stat, _reference(model, maxima, n_iters, batch,
+                                                   seed)["max_stat"])
+    assert sum(sizes) == 45
+    threads = runner._threads(None)
+    assert sizes[:threads] == [1] * threads  # nothing timed yet: one task per thread
+    if task_seconds == 0.0:
+        assert set(sizes) == {1}
+    else:
+        # Then a share of what is left (the largest: the first), so the last tasks are small.
+        assert max(sizes) == -(-(45 - threads) // (2 * threads)) > 1
+        assert sizes.count(1) > threads
+    # Voxel-sized summed values: one batch per task (the results held stay few).
+    sizes.clear()
+    counts = montecarlo.VoxelExceedances(np.zeros(model.n_voxels, dtype=np.float32))
+    got = montecarlo.run_montecarlo(model, counts, n_iters, batch, seed, progress=False)
+    assert sizes == [1] * 45
+    assert got.values["exceedances"].sum() == 90 * model.n_voxels  # every stat >= 0
 
 
 def test_losing_the_worker_that_holds_the_model_changes_nothing(scheduler_and_workers, model):

@@ -188,7 +188,7 @@ def label_fwe(model, collection, n_iters: int, seed: int = 0, batch_size: int = 
     n_iters : int
     seed : int
     batch_size : int
-        Iterations per task.
+        Iterations per seeded batch.
     alpha : float
         Level of the stored thresholds (``fwe_threshold``).
 

@@ -103,7 +103,8 @@ class SCALE(ALE):
         Seed of the null (NiMARE's name). None draws one and records it in the result's
         attributes (``scale_seed``).
     batch_size : int, optional
-        Iterations per Dask task (default: the dask config ``daskmeta.montecarlo.batch-size``).
+        Iterations per seeded batch (default: the dask config
+        ``daskmeta.montecarlo.batch-size``).
         With ``n_iters`` and ``random_state`` it fixes the result.
     %(mask)s
     %(mask_margin)s

@@ -250,7 +250,7 @@ class ALESubtraction(PairwiseCBMAEstimator, ALE):
         the result's ``subtraction_seed``). Results depend on ``seed``, ``n_iters`` and
         ``batch_size`` only, never on the number of workers.
     batch_size : int, optional
-        Permutations per Dask task (default: the dask config
+        Permutations per seeded batch (default: the dask config
         ``daskmeta.montecarlo.batch-size``, 100).
     %(mask)s
     %(mask_margin)s

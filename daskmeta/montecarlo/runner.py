@@ -5,11 +5,16 @@ Iterations are cut into batches of ``batch_size``; batch ``b`` draws from
 records. The batches depend only on ``n_iters``, ``batch_size`` and ``seed``, so a run gives
 identical nulls on the local threaded scheduler, on one worker or on many, and a batch lost
 with a worker is recomputed to the same numbers.
+
+A Dask task runs one batch or several consecutive ones: about :data:`_TASK_SECONDS` of work,
+as timed on the tasks already finished. How batches are grouped into tasks changes when
+results arrive, never what they are.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,20 +27,29 @@ from daskmeta.montecarlo.models import NullModel, Summary
 from daskmeta.progress import Progress
 
 __all__ = ["DEFAULT_BATCH_SIZE", "MonteCarloNulls", "batch_bounds", "batch_seed",
-           "default_batch_size", "null_to_p", "run_batch", "run_montecarlo",
+           "default_batch_size", "null_to_p", "run_batch", "run_batches", "run_montecarlo",
            "threshold_relative_se"]
 
-#: Iterations per batch (one Dask task) by default (the packaged value of the dask config
-#: setting ``daskmeta.montecarlo.batch-size``).
+#: Iterations per seeded batch by default (the packaged value of the dask config setting
+#: ``daskmeta.montecarlo.batch-size``).
 DEFAULT_BATCH_SIZE = 100
 #: Early stopping checks the Monte Carlo error after rounds of about this fraction of the
 #: batches (at least one batch per round).
 _ROUND_FRACTION = 0.1
-#: Batches in flight per worker thread (or core, without a Client).
-_BATCHES_PER_THREAD = 3
-#: No batch is submitted more than this many windows past the first batch whose result is
-#: not yet folded in (bounds the results held while a slow batch is outstanding).
+#: Tasks in flight per worker thread (or core, without a Client).
+_TASKS_PER_THREAD = 3
+#: No batch is submitted more than this many windows (of tasks of the current size) past the
+#: first batch whose result is not yet folded in (bounds the results held while a slow batch
+#: is outstanding).
 _AHEAD = 4
+#: Seconds of work one task aims at: consecutive batches run in one task until they take
+#: about this long. Dask spends a few milliseconds of its event loop on every task (the
+#: scheduler's and the worker's bookkeeping), and that loop competes with the compute threads
+#: for the cores: with tasks of ~0.1 s it took a tenth of a core on 2 threads.
+_TASK_SECONDS = 0.5
+#: The most batches one task runs (one for summaries with summed values, see
+#: :func:`run_montecarlo`).
+_MAX_BATCHES_PER_TASK = 32
 
 
 def default_batch_size() -> int:
@@ -60,6 +74,46 @@ def run_batch(model: NullModel, summary: Summary, seed: int, batch: int, n_iters
     same call gives the same numbers in any process)."""
     rng = np.random.default_rng(batch_seed(seed, batch))
     return model.run_batch(summary, rng, n_iters)
+
+
+def run_batches(model: NullModel, summary: Summary, seed: int,
+                batches: list[tuple[int, int]]) -> tuple[list[dict], float]:
+    """Run batches ``(batch, n_iters)`` one after the other (one task): the result of each,
+    as :func:`run_batch` gives it, and the seconds they took together."""
+    t0 = time.perf_counter()
+    results = [run_batch(model, summary, seed, b, n) for b, n in batches]
+    return results, time.perf_counter() - t0
+
+
+class _TaskSizer:
+    """How many consecutive batches the next task runs: one until a task has been timed
+    (and then only one such task per thread is in flight), then about
+    :data:`_TASK_SECONDS` of work at the average seconds per batch so far, but at most a
+    share of the range's remaining batches (guided self-scheduling), so that the last tasks
+    are small and spread over every thread."""
+
+    def __init__(self, threads: int, largest: int = _MAX_BATCHES_PER_TASK):
+        self.threads = max(1, int(threads))
+        self.largest = max(1, int(largest))
+        self.seconds = 0.0
+        self.batches = 0
+
+    @property
+    def timed(self) -> bool:
+        return self.batches > 0
+
+    def observe(self, n_batches: int, seconds: float) -> None:
+        if n_batches > 0 and seconds > 0:
+            self.seconds += seconds
+            self.batches += n_batches
+
+    def size(self, left: int) -> int:
+        """Batches of the next task, with ``left`` batches of the range not yet submitted."""
+        if not self.timed:
+            return 1
+        want = int(_TASK_SECONDS * self.batches / self.seconds)
+        share = -(-left // (2 * self.threads))
+        return max(1, min(want, share, self.largest))
 
 
 @dataclass
@@ -182,68 +236,80 @@ def summed_keys(summary: Summary) -> tuple:
     return tuple(getattr(summary, "summed_keys", ()))
 
 
-def _window(client) -> int:
-    """Batches in flight at once: a few per worker thread (or core), never all of them."""
+def _threads(client) -> int:
+    """Worker threads of the client's cluster (or cores, without a Client)."""
     import os
 
     if client is not None:
         try:
-            threads = sum(client.nthreads().values())
+            return sum(client.nthreads().values())
         except Exception:  # a scheduler that cannot say: a modest window still works
-            threads = 0
-    else:
-        threads = os.cpu_count() or 1
-    return max(4, _BATCHES_PER_THREAD * threads)
+            return 1
+    return os.cpu_count() or 1
+
+
+def _window(threads: int) -> int:
+    """Tasks in flight at once: a few per worker thread (or core), never all of them."""
+    return max(4, _TASKS_PER_THREAD * threads)
 
 
 def _run_range(batches: range, submit, client, window: int, collector: _Collector,
-               progress: Progress, on_batch) -> None:
-    """Run the batches of ``batches``, at most ``window`` in flight and none more than
-    ``_AHEAD * window`` past the first batch not yet folded: memory does not grow with the
-    number of batches."""
-    todo = iter(batches)
-    nxt = [next(todo, None)]
+               progress: Progress, on_batch, sizer: _TaskSizer) -> None:
+    """Run the batches of ``batches`` as tasks of consecutive batches (``sizer`` says how
+    many), at most ``window`` tasks in flight and no batch more than ``_AHEAD`` windows past
+    the first batch not yet folded: memory does not grow with the number of batches."""
+    pos, stop = batches.start, batches.stop
 
-    def take(n):
+    def take(n_tasks, in_flight=0):
+        nonlocal pos
+        if not sizer.timed:  # one untimed task per thread, until one has been timed
+            n_tasks = min(n_tasks, sizer.threads - in_flight)
         out = []
-        limit = collector.next + _AHEAD * window
-        while len(out) < n and nxt[0] is not None and nxt[0] < limit:
-            out.append(nxt[0])
-            nxt[0] = next(todo, None)
+        while len(out) < n_tasks and pos < stop:
+            size = sizer.size(stop - pos)
+            n = min(size, stop - pos, collector.next + _AHEAD * window * size - pos)
+            if n <= 0:
+                break
+            out.append(range(pos, pos + n))
+            pos += n
         return out
 
-    def finished(b, result):
-        collector.add(b, result)
-        progress.update(collector.n_batches)
-        if on_batch is not None:
-            on_batch(b, collector.n_batches)
+    def finished(task, result):
+        results, seconds = result
+        sizer.observe(len(task), seconds)
+        for b, r in zip(task, results, strict=True):
+            collector.add(b, r)
+            progress.update(collector.n_batches)
+            if on_batch is not None:
+                on_batch(b, collector.n_batches)
 
     if client is None:
-        while nxt[0] is not None:
+        while pos < stop:
             chunk = take(window)
-            for b, r in zip(chunk, compute(*(submit(b) for b in chunk)), strict=True):
-                finished(b, r)
+            for task, r in zip(chunk, compute(*(submit(t) for t in chunk)), strict=True):
+                finished(task, r)
         return
     from distributed import as_completed
 
     index = {}
     first = take(window)
-    futures = client.compute([submit(b) for b in first])
-    index.update({f.key: b for f, b in zip(futures, first, strict=True)})
-    pool = as_completed(futures)
+    futures = client.compute([submit(t) for t in first])
+    index.update({f.key: t for f, t in zip(futures, first, strict=True)})
+    # The results come with the futures (fetched in the client's event loop, with no round
+    # trip from this thread per task); an erred task raises its error here.
+    pool = as_completed(futures, with_results=True)
     in_flight = len(futures)
-    for fut in pool:
-        b = index.pop(fut.key)
-        result = fut.result()
+    for fut, result in pool:
+        task = index.pop(fut.key)
         fut.release()
         in_flight -= 1
-        finished(b, result)
-        # Refill in groups of half a window: one graph submission for several batches.
+        finished(task, result)
+        # Refill in groups of half a window: one graph submission for several tasks.
         if in_flight <= window // 2:
-            more = take(window - in_flight)
+            more = take(window - in_flight, in_flight)
             if more:
-                new = client.compute([submit(x) for x in more])
-                index.update({f.key: x for f, x in zip(new, more, strict=True)})
+                new = client.compute([submit(t) for t in more])
+                index.update({f.key: t for f, t in zip(new, more, strict=True)})
                 pool.update(new)
                 in_flight += len(new)
 
@@ -254,12 +320,15 @@ def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
                    on_batch: Callable[[int, int], None] | None = None) -> MonteCarloNulls:
     """Run a Monte Carlo null on Dask and collect what its summary records.
 
-    Batches are submitted lazily: a few per worker thread are in flight at once and more
-    are submitted as they finish (under a distributed Client, with
+    Batches run as Dask tasks of one or several consecutive batches (about half a second of
+    work each, as timed on the tasks already finished, so Dask's cost per task stays small;
+    one batch per task when the summary sums voxel-sized values over iterations),
+    submitted lazily: a few tasks per worker thread are in flight at once and more are
+    submitted as they finish (under a distributed Client, with
     :func:`distributed.as_completed`; otherwise in rounds on the configured or threaded
     scheduler), so the memory and the time before the first batch runs do not grow with
     ``n_iters``. The results are the same as if every batch ran at once: they depend only on
-    the seed and the batch index.
+    the seed and the batch index, never on how batches were grouped into tasks.
 
     Parameters
     ----------
@@ -271,9 +340,10 @@ def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
     n_iters : int
         Iterations (the most that will run with early stopping).
     batch_size : int, optional
-        Iterations per task (default: the dask config ``daskmeta.montecarlo.batch-size``,
-        100). With ``n_iters`` it fixes the batches and their seeds; the number of workers
-        never does.
+        Iterations per seeded batch (default: the dask config
+        ``daskmeta.montecarlo.batch-size``, 100). With ``n_iters`` it fixes the batches and
+        their seeds; the number of workers never does. A task runs one batch or several
+        consecutive ones.
     seed : int, optional
         Root of the seed sequence; None draws one from OS entropy (reported in the result).
     early_stop : float, optional
@@ -311,25 +381,29 @@ def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
     token = dask.base.tokenize(model.token, summary.token)
     model_d = dask.delayed(model, name=f"montecarlo-model-{token}", traverse=False)
     summary_d = dask.delayed(summary, name=f"montecarlo-summary-{token}", traverse=False)
-    run = dask.delayed(run_batch, pure=True)
+    run = dask.delayed(run_batches, pure=True)
     if client is not None:
         # Sent to the scheduler once, then referred to by every batch submitted (their
         # tasks stay on the scheduler, so a copy lost with a worker is made again).
         model_d, summary_d = client.compute([model_d, summary_d])
 
-    def submit(b: int):
-        size = min(batch_size, n_iters - b * batch_size)
-        return run(model_d, summary_d, seed, b, size,
-                   dask_key_name=f"montecarlo-batch-{token}-{seed}-{batch_size}-{b}")
+    def submit(task: range):
+        parts = [(b, min(batch_size, n_iters - b * batch_size)) for b in task]
+        return run(model_d, summary_d, seed, parts, dask_key_name=(
+            f"montecarlo-batch-{token}-{seed}-{batch_size}-{task.start}-{len(task)}"))
 
     collector = _Collector(summary)
     bar = Progress("Monte Carlo", n_batches, "batches", progress)
-    window = _window(client)
+    threads = _threads(client)
+    window = _window(threads)
+    # Summed values (e.g. per-voxel counts) are voxel-sized per batch: one batch per task
+    # keeps the results held at once as few as the window.
+    sizer = _TaskSizer(threads, 1 if summed_keys(summary) else _MAX_BATCHES_PER_TASK)
     stopped = False
     rel_se: dict = {}
     rounds = _round_plan(n_batches, early_stop)
     for i, rnd in enumerate(rounds):
-        _run_range(rnd, submit, client, window, collector, bar, on_batch)
+        _run_range(rnd, submit, client, window, collector, bar, on_batch, sizer)
         if early_stop is not None and i < len(rounds) - 1:
             rel_se = _relative_se(collector.values(), summary)
             if all(v < early_stop for v in rel_se.values()):
