@@ -200,3 +200,34 @@ def test_a_client_is_used_unless_a_scheduler_is_configured(pain_dataset, nimare_
         # An explicit scheduler in dask.config still wins over the client.
         with no_compute(), pytest.raises(AssertionError, match="computed a dask graph"):
             ALE(mask=nimare_mask).fit(pain_dataset)
+
+
+def test_embedded_cluster_starts_quiet_unless_the_user_says_otherwise():
+    """The embedded cluster runs no statistical profiler and ticks its event loop less often
+    (it serves no dashboard; both only take CPU from the compute threads), except where the
+    user's dask config sets those values."""
+    from daskmeta.cluster import active_client, close_client, get_client
+
+    assert active_client() is None
+    client = get_client(processes=False, threads_per_worker=1)
+    try:
+        worker = next(iter(client.cluster.workers.values()))
+        assert "profile" not in worker.periodic_callbacks
+        assert worker._tick_interval == pytest.approx(0.2)
+        assert client.cluster.scheduler._tick_interval == pytest.approx(0.2)
+        assert worker.periodic_callbacks["monitor"].callback_time == pytest.approx(2000)
+    finally:
+        close_client()
+    # Nothing leaks into the user's config.
+    assert dask.config.get("distributed.worker.profile.enabled") is True
+    with dask.config.set({"distributed.admin.tick.interval": "50ms",
+                          "distributed.admin.system-monitor.interval": "1s"}):
+        client = get_client(processes=False, threads_per_worker=1)
+        try:
+            worker = next(iter(client.cluster.workers.values()))
+            assert worker._tick_interval == pytest.approx(0.05)
+            assert worker.periodic_callbacks["monitor"].callback_time == pytest.approx(1000)
+            assert "profile" not in worker.periodic_callbacks
+        finally:
+            close_client()
+    assert active_client() is None
