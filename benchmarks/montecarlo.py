@@ -10,12 +10,14 @@ Workloads:
 
 Each measurement runs in a fresh process (its whole process tree sampled for resident
 memory): NiMARE's ``FWECorrector(method="montecarlo", voxel_thresh=0.001)`` with
-``n_cores=1`` and ``2``; daskmeta's ``FWECorrector("montecarlo")`` on an embedded
-``LocalCluster`` of 1 and 2 cores, either as threads of one worker in the process (what the
-``daskmeta`` command uses) or as single-threaded worker processes. Times exclude the fit and
+``n_cores=1`` and ``2``; daskmeta's ``FWECorrector("montecarlo")`` on the embedded cluster of
+:func:`daskmeta.cluster.get_client` with 1 and 2 cores, either as threads of one worker in the
+process (what the ``daskmeta`` command uses) or as single-threaded worker processes. Times exclude the fit and
 a warm-up run (numba compilation or cache loading, worker start), include everything else
-of ``transform`` (cluster-forming threshold, observed clusters, maps), and are the median of
-``--repeats`` runs.
+of ``transform`` (cluster-forming threshold, observed clusters, maps). The measurements run in
+``--repeats`` rounds, each program's 1- and 2-core runs one after the other in every round
+(this machine's speed drifts by more than the effects measured): times are medians over the
+rounds, and a speed-up from 1 to 2 cores is the median of the rounds' own speed-ups.
 
 The arithmetic bound of an iteration is its kernel-voxel updates (``work_per_iteration()`` of
 the null model: the sum over foci of their support sizes) at 1e9 updates per second per core
@@ -145,9 +147,8 @@ def _run_nimare(workload, n_cores, n_iters, warmup, repeats):
 
 
 def _run_daskmeta(workload, n_cores, mode, n_iters, warmup, batch_size, repeats):
-    from distributed import Client, LocalCluster
-
     from daskmeta import montecarlo
+    from daskmeta.cluster import close_client, get_client
     from daskmeta.correct import FWECorrector
     from daskmeta.estimators import ALE
 
@@ -158,9 +159,10 @@ def _run_daskmeta(workload, n_cores, mode, n_iters, warmup, batch_size, repeats)
     threshold = FWECorrector("montecarlo")._cluster_threshold(res, est)
     summary = montecarlo.ClusterMaxima(threshold)
     processes = mode == "processes"
-    with LocalCluster(n_workers=n_cores if processes else 1,
-                      threads_per_worker=1 if processes else n_cores, processes=processes,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    # The embedded cluster the daskmeta command starts (daskmeta.cluster.get_client).
+    client = get_client(n_workers=n_cores if processes else 1,
+                        threads_per_worker=1 if processes else n_cores, processes=processes)
+    try:
         # Warm every worker (numba cache, lookup tables), then the client's code paths.
         client.run(montecarlo.run_batch, model, summary, 0, 0, 1)
         FWECorrector("montecarlo", n_iters=warmup, batch_size=max(1, warmup // n_cores),
@@ -168,6 +170,8 @@ def _run_daskmeta(workload, n_cores, mode, n_iters, warmup, batch_size, repeats)
         seconds, other, out = _timed(
             lambda: FWECorrector("montecarlo", n_iters=n_iters, batch_size=batch_size, seed=1,
                                  progress=False).transform(res), repeats)
+    finally:
+        close_client()
     return {"seconds": seconds, "n_iters": out.attrs["fwe_montecarlo_n_iters_run"],
             "work": model.work_per_iteration(), "n_foci": model.n_foci,
             "other_load": other}
@@ -236,6 +240,17 @@ def _measure(spec: dict) -> dict:
     return res
 
 
+def _combine(runs: list[dict]) -> dict:
+    """One measurement from several rounds': median times, largest memory, mean load."""
+    out = dict(runs[0])
+    for key in ("seconds", "ms_per_iter"):
+        out[key] = float(np.median([r[key] for r in runs]))
+    for key in ("peak_tree_mib", "peak_child_mib"):
+        out[key] = max(r[key] for r in runs)
+    out["other_load"] = float(np.mean([r["other_load"] for r in runs]))
+    return out
+
+
 #: Kernel-voxel updates per second per core of a compiled prototype on this machine.
 BOUND_UPDATES_PER_S = 1e9
 MODES = ("threads", "processes")
@@ -245,7 +260,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations, one repeat")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="timed runs per measurement; the median is reported (default 3)")
+                        help="rounds of measurements (each program's 1- and 2-core runs one "
+                             "after the other); medians are reported (default 3)")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS),
                         choices=list(WORKLOADS))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
@@ -266,24 +282,28 @@ def main(argv=None):
           + (" -- other work is running, timings (and the 1 -> 2 speed-up) will suffer"
              if busy > 15 else ""), flush=True)
     rows = []
+    programs = ([] if args.no_nimare else ["nimare"]) + list(args.modes)
     for workload in args.workloads:
         n_nimare, n_ours, batch = plans[workload]
-        res = {}
-        for cores in (1, 2):
-            if not args.no_nimare:
-                print(f"[{workload}] NiMARE n_cores={cores}: {n_nimare} iterations ...",
-                      flush=True)
-                res["nimare", cores] = _measure({"program": "nimare", "workload": workload,
-                                                 "cores": cores, "n_iters": n_nimare,
-                                                 "warmup": 2, "repeats": repeats})
-            for mode in args.modes:
-                print(f"[{workload}] daskmeta {cores} {mode}: {n_ours} iterations ...",
-                      flush=True)
-                res[mode, cores] = _measure({"program": "daskmeta", "workload": workload,
-                                             "cores": cores, "mode": mode, "n_iters": n_ours,
-                                             "warmup": 2 * cores, "batch_size": batch,
-                                             "repeats": repeats})
-        rows.append((workload, res))
+        runs: dict = {}
+        for r in range(repeats):
+            for program in programs:
+                for cores in (1, 2):
+                    if program == "nimare":
+                        spec = {"program": "nimare", "workload": workload, "cores": cores,
+                                "n_iters": n_nimare, "warmup": 2, "repeats": 1}
+                        what = f"NiMARE n_cores={cores}: {n_nimare} iterations"
+                    else:
+                        spec = {"program": "daskmeta", "workload": workload, "cores": cores,
+                                "mode": program, "n_iters": n_ours, "warmup": 2 * cores,
+                                "batch_size": batch, "repeats": 1}
+                        what = f"daskmeta {cores} {program}: {n_ours} iterations"
+                    print(f"[{workload}] round {r + 1}/{repeats}, {what} ...", flush=True)
+                    runs.setdefault((program, cores), []).append(_measure(spec))
+        rows.append((workload, {key: _combine(v) for key, v in runs.items()},
+                     {p: float(np.median([a["ms_per_iter"] / b["ms_per_iter"] for a, b in
+                                          zip(runs[p, 1], runs[p, 2], strict=True)]))
+                      for p in programs}))
 
     print()
     head = (f"{'workload':<11} {'cores':>5} {'daskmeta':<9} {'NiMARE ms/it':>12} "
@@ -292,7 +312,7 @@ def main(argv=None):
             f"{'of bound':>8} {'other load':>10}")
     print(head)
     print("-" * len(head))
-    for workload, res in rows:
+    for workload, res, speedup in rows:
         for cores in (1, 2):
             n = res.get(("nimare", cores))
             for mode in args.modes:
@@ -309,12 +329,9 @@ def main(argv=None):
                       f"{d['peak_child_mib']:>9.0f}Mi {d['work']:>10.3g} {bound_ms:>11.2f} "
                       f"{rate:>7.0f} {100 * bound_ms / d['ms_per_iter']:>7.0f}% {load:>10}")
         for mode in args.modes:
-            d1, d2 = res[mode, 1], res[mode, 2]
-            line = (f"{'':<11} speed-up 1 -> 2 cores: daskmeta ({mode}) "
-                    f"{d1['ms_per_iter'] / d2['ms_per_iter']:.2f}x")
-            if ("nimare", 1) in res:
-                n1, n2 = res["nimare", 1], res["nimare", 2]
-                line += f", NiMARE {n1['ms_per_iter'] / n2['ms_per_iter']:.2f}x"
+            line = f"{'':<11} speed-up 1 -> 2 cores: daskmeta ({mode}) {speedup[mode]:.2f}x"
+            if "nimare" in speedup:
+                line += f", NiMARE {speedup['nimare']:.2f}x"
             print(line)
         d1 = res[args.modes[0], 1]
         counts = f"daskmeta {d1['n_iters']}"
@@ -327,7 +344,8 @@ def main(argv=None):
           "achieved time. RSS: peak resident memory of the measuring process tree; RSS/proc: "
           "the\nlargest single worker or nanny process (0 with threads). other load: share of "
           "the machine's CPU used by other processes while NiMARE / daskmeta were timed\n(the "
-          f"machine may be shared). Times are medians of {repeats} run(s).")
+          f"machine may be shared). Times are medians of {repeats} round(s); a speed-up is "
+          "the median of the rounds' own.")
 
 
 if __name__ == "__main__":
