@@ -49,7 +49,7 @@ _AHEAD = 4
 _TASK_SECONDS = 0.5
 #: The most batches one task runs (one for summaries with summed values, see
 #: :func:`run_montecarlo`).
-_MAX_BATCHES_PER_TASK = 32
+_MAX_BATCHES_PER_TASK = 256
 
 
 def default_batch_size() -> int:
