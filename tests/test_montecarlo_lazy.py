@@ -142,3 +142,20 @@ def test_losing_the_worker_that_holds_the_model_changes_nothing(scheduler_and_wo
     assert killed
     want = _reference(model, maxima, 60, 3, 5)
     assert np.array_equal(got.max_stat, want["max_stat"])
+
+
+@pytest.mark.parametrize(("n_iters", "batch_size", "message"), [
+    (10, 0, "batch_size must be a positive integer; got 0"),
+    (10, -5, "batch_size must be a positive integer; got -5"),
+    (10, 2.5, "batch_size must be a positive integer; got 2.5"),
+    (0, 5, "n_iters must be a positive integer; got 0"),
+    (7.9, 5, "n_iters must be a positive integer; got 7.9"),
+    (True, 5, "n_iters must be a positive integer; got True"),
+])
+def test_bad_iteration_counts_are_refused(model, n_iters, batch_size, message):
+    """A batch size of 0 or below used to run the default or no batch at all (an empty null)."""
+    from daskmeta import DaskmetaError
+
+    with pytest.raises(DaskmetaError, match=message):
+        montecarlo.run_montecarlo(model, montecarlo.MaxStatistic(), n_iters, batch_size, 1,
+                                  progress=False)

@@ -14,6 +14,7 @@ results arrive, never what they are.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,12 @@ def default_batch_size() -> int:
     from daskmeta import config
 
     return config.get_positive_int("montecarlo.batch-size")
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise DaskmetaError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
 
 
 def batch_seed(seed: int, batch: int) -> np.random.SeedSequence:
@@ -365,10 +372,9 @@ def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
     -------
     MonteCarloNulls
     """
-    n_iters = int(n_iters)
-    if n_iters < 1:
-        raise DaskmetaError(f"n_iters must be a positive integer; got {n_iters}")
-    batch_size = int(batch_size or default_batch_size())
+    n_iters = _positive_int("n_iters", n_iters)
+    batch_size = (default_batch_size() if batch_size is None
+                  else _positive_int("batch_size", batch_size))
     if early_stop is not None and not summary.early_stop_keys:
         raise DaskmetaError(f"early stopping needs per-iteration maxima; {type(summary).__name__}"
                             " records none")
