@@ -240,7 +240,7 @@ def _measure(spec: dict) -> dict:
     return res
 
 
-def _combine(runs: list[dict]) -> dict:
+def _merge_rounds(runs: list[dict]) -> dict:
     """One measurement from several rounds': median times, largest memory, mean load."""
     out = dict(runs[0])
     for key in ("seconds", "ms_per_iter"):
@@ -300,7 +300,7 @@ def main(argv=None):
                         what = f"daskmeta {cores} {program}: {n_ours} iterations"
                     print(f"[{workload}] round {r + 1}/{repeats}, {what} ...", flush=True)
                     runs.setdefault((program, cores), []).append(_measure(spec))
-        rows.append((workload, {key: _combine(v) for key, v in runs.items()},
+        rows.append((workload, {key: _merge_rounds(v) for key, v in runs.items()},
                      {p: float(np.median([a["ms_per_iter"] / b["ms_per_iter"] for a, b in
                                           zip(runs[p, 1], runs[p, 2], strict=True)]))
                       for p in programs}))
