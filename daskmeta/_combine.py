@@ -29,10 +29,11 @@ from daskmeta._combine_kernels import (  # noqa: F401 (re-exported)
     combine,
     value_bins,
 )
+from daskmeta._summary_kernels import STAT_NONE
 from daskmeta.exceptions import DaskmetaError
 
-__all__ = ["CombineContext", "combine", "combine_context", "combine_rows", "foci_in_reach",
-           "identity", "support_reach", "value_bins", "zeroed"]
+__all__ = ["CombineContext", "IterationSummary", "combine", "combine_context", "combine_rows",
+           "foci_in_reach", "identity", "support_reach", "value_bins", "zeroed"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,13 +138,17 @@ class CombineContext:
                 zeroed(n_rec, np.int64))
 
     def run(self, focus_base, row_start, row_kernel, add_mode, sel, acc, scratch,
-            hist_args=None, padded: bool = False) -> None:
+            hist_args=None, padded: bool = False,
+            summary: IterationSummary | None = None) -> None:
         """:func:`combine` with these tables. Fits and Monte Carlo nulls call it alike, so
         its one compiled specialisation serves both.
 
         Parameters
         ----------
-        focus_base, row_start, row_kernel : int64 arrays
+        focus_base : (n_foci,) or (n_iterations, n_foci) int64 array
+            The foci's padded addresses: one placement (a fit), or one per null iteration
+            (with ``summary``; without, the sums of every placement add up).
+        row_start, row_kernel : int64 arrays
         add_mode : bool
         sel : tuple
             ``(indptr, indices, data)`` of the selection x experiment weights in CSC form
@@ -158,6 +163,10 @@ class CombineContext:
             padded_size)``; the in-mask voxels' sums are ``acc[:, voxel_base]``, the other
             entries are arbitrary), and ``scratch`` was made for it: the supports' runs are
             added whole, with no walk along the mask's segments (the Monte Carlo nulls).
+        summary : IterationSummary, optional
+            Summarize each placement's sums (one selection) in compiled code, and zero them
+            for the next: a batch of null iterations in one call, with the GIL released
+            throughout. Its ``itag`` is advanced.
         """
         if padded and hist_args is not None:
             raise DaskmetaError("value histograms need sums over the in-mask voxels")
@@ -167,15 +176,56 @@ class CombineContext:
         else:
             want = True
             inv_step, k_bin, rank_bin, hist, row_max = hist_args
+        s = _NO_SUMMARY if summary is None else summary
+        if summary is not None and acc.shape[0] != 1:
+            raise DaskmetaError("a per-iteration summary needs sums of one selection")
+        focus_base = _own(focus_base, np.int64)
+        if focus_base.ndim == 1:
+            focus_base = focus_base.reshape(1, -1)
         best, fscr, rec_pos, rec_len = scratch
-        combine(_own(focus_base, np.int64), _own(row_start, np.int64),
-                _own(row_kernel, np.int64), self.r_start, self.plane_runs, self.r_delta,
-                self.r_len, self.r_val0, self.k_val, self.k_sval, self.k_rank, self.rank_val,
-                self.lut, self.seg, self.plane, self.plane_start, bool(add_mode),
-                float(self.sign),
-                _own(sel[0], np.int64), _own(sel[1], np.int64), _own(sel[2], np.float64),
-                acc, best, fscr, rec_pos, rec_len, want, float(inv_step), k_bin, rank_bin,
-                self.k_ma, self.rank_ma, hist, row_max, bool(padded))
+        itag = combine(
+            focus_base, _own(row_start, np.int64),
+            _own(row_kernel, np.int64), self.r_start, self.plane_runs, self.r_delta,
+            self.r_len, self.r_val0, self.k_val, self.k_sval, self.k_rank, self.rank_val,
+            self.lut, self.seg, self.plane, self.plane_start, bool(add_mode),
+            float(self.sign),
+            _own(sel[0], np.int64), _own(sel[1], np.int64), _own(sel[2], np.float64),
+            acc, best, fscr, rec_pos, rec_len, want, float(inv_step), k_bin, rank_bin,
+            self.k_ma, self.rank_ma, hist, row_max, bool(padded),
+            int(s.kind), float(s.thr), float(s.lthr), bool(s.clusters), self.row_first,
+            self.row_base if padded else self.row_first, self.row_len, self.voxel_base,
+            self.nb_delta, s.mark, s.visited, s.sval, s.supra, s.stack, int(s.itag),
+            s.out_stat, s.out_size, s.out_mass)
+        if summary is not None:
+            summary.itag = int(itag)
+
+
+@dataclass
+class IterationSummary:
+    """What :meth:`CombineContext.run` records of each null iteration, in compiled code
+    (:func:`daskmeta._summary_kernels.summarize`): the maximum statistic into
+    ``out_stat[i]`` and, with ``clusters``, the largest face-connected cluster's size and
+    mass above ``thr`` into ``out_size[i]``, ``out_mass[i]``.
+
+    ``kind`` is the statistic (``STAT_ALE``, ``STAT_IDENTITY`` of
+    :mod:`daskmeta._summary_kernels`); ``lthr`` ALE's log-domain pre-test of candidates;
+    ``mark``, ``visited`` (int64), ``sval`` (float32), ``supra``, ``stack`` (int32) are work
+    arrays over the in-mask voxels, ``itag`` the tag of the last iteration that used them.
+    """
+
+    kind: int
+    thr: float
+    lthr: float
+    clusters: bool
+    mark: np.ndarray
+    visited: np.ndarray
+    sval: np.ndarray
+    supra: np.ndarray
+    stack: np.ndarray
+    itag: int
+    out_stat: np.ndarray
+    out_size: np.ndarray
+    out_mass: np.ndarray
 
 
 #: Placeholders for the histogram arguments of :func:`combine` when none are counted (they
@@ -183,6 +233,12 @@ class CombineContext:
 _NO_BINS = np.zeros(1, dtype=np.int64)
 _NO_HIST = np.zeros((1, 1), dtype=np.int32)
 _NO_MAX = np.zeros(1, dtype=np.float32)
+#: No per-iteration summary (a fit): placeholders of the same types, never written.
+_NO_SUMMARY = IterationSummary(
+    kind=STAT_NONE, thr=0.0, lthr=0.0, clusters=False, mark=np.zeros(1, np.int64),
+    visited=np.zeros(1, np.int64), sval=np.zeros(1, np.float32), supra=np.zeros(1, np.int32),
+    stack=np.zeros(1, np.int32), itag=0, out_stat=np.zeros(1, np.float32),
+    out_size=np.zeros(1, np.int64), out_mass=np.zeros(1, np.float64))
 
 
 def zeroed(shape, dtype) -> np.ndarray:

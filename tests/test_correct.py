@@ -207,6 +207,42 @@ def test_padded_sums_equal_in_mask_sums(cls, pain):
 
 
 @pytest.mark.parametrize("cls", [ALE, MKDADensity, KDA])
+def test_a_batch_in_one_compiled_call_equals_iterations_one_by_one(cls, pain, monkeypatch):
+    """A batch's iterations run in compiled calls of several placements (combine, then
+    summary, each): the same numbers as one placement per call, and as the NumPy summary of
+    each iteration's statistic drawn one by one from the same generator."""
+    from daskmeta.montecarlo import models
+
+    est = cls(mask=MASK)
+    est.fit(pain)
+    model = est._null_model()
+    thr = 0.01 if cls is ALE else 2.0
+
+    class NumpyClusterMaxima(montecarlo.ClusterMaxima):
+        """Not the built-in type: its iterations take the per-iteration NumPy path."""
+
+    runs = {}
+    for name, per_call, summary in (
+            ("whole batch per call", None, montecarlo.ClusterMaxima(thr)),
+            ("one per call", model.n_foci, montecarlo.ClusterMaxima(thr)),
+            ("three per call", 3 * model.n_foci, montecarlo.ClusterMaxima(thr)),
+            ("numpy", None, NumpyClusterMaxima(thr))):
+        if per_call is not None:
+            monkeypatch.setattr(models, "_FOCI_PER_CALL", per_call)
+        runs[name] = model.run_batch(summary, np.random.default_rng(5), 7)
+        monkeypatch.undo()
+    want = runs.pop("numpy")
+    assert want["max_size"].max() > 0  # clusters were found
+    for name, got in runs.items():
+        np.testing.assert_array_equal(got["max_stat"], want["max_stat"], err_msg=name)
+        np.testing.assert_array_equal(got["max_size"], want["max_size"], err_msg=name)
+        np.testing.assert_allclose(got["max_mass"], want["max_mass"], rtol=1e-9, atol=1e-12,
+                                   err_msg=name)
+    maxima = model.run_batch(montecarlo.MaxStatistic(), np.random.default_rng(5), 7)
+    np.testing.assert_array_equal(maxima["max_stat"], want["max_stat"])
+
+
+@pytest.mark.parametrize("cls", [ALE, MKDADensity, KDA])
 def test_iteration_cluster_measures_equal_nimare(cls, pain):
     """Max statistic, cluster size and mass of random placements equal NiMARE's measures."""
     est = cls(mask=MASK)

@@ -21,12 +21,11 @@ import daskmeta
 from daskmeta import _combine, _numba_cache
 from daskmeta.correct import FWECorrector
 from daskmeta.estimators import ALE
-from daskmeta.montecarlo import _compiled
 
 with dask.config.set(scheduler="synchronous"):
     res = ALE(mask={str(NIMARE_MASK)!r}).fit(daskmeta.io.read({str(PAIN_JSON)!r}))
     res = FWECorrector("montecarlo", n_iters=4, seed=1).transform(res)
-stats = [f.stats for f in (_combine.combine, _compiled.summarize)]
+stats = [f.stats for f in (_combine.combine, _combine._segments_of_lines)]
 print(json.dumps({{
     "package": daskmeta.__file__,
     "cache_dir": str(_numba_cache.cache_dir()),

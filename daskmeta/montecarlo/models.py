@@ -26,10 +26,10 @@ import dask
 import numpy as np
 from scipy import ndimage
 
-from daskmeta._combine import _own, combine_context
+from daskmeta._combine import IterationSummary, _own, combine_context
 from daskmeta._combine import zeroed as _zeroed
+from daskmeta._summary_kernels import STAT_ALE, STAT_IDENTITY
 from daskmeta.exceptions import DaskmetaError
-from daskmeta.montecarlo._compiled import STAT_ALE, STAT_IDENTITY, summarize
 
 __all__ = ["BaseRateFoci", "ClusterMaxima", "FociNull", "MaxStatistic", "NullModel",
            "Summary", "UniformFoci", "VoxelExceedances"]
@@ -39,6 +39,12 @@ _LOG_SLACK = 1e-7
 _FACES = ndimage.generate_binary_structure(3, 1)
 #: Each thread's last iteration workspace (:meth:`FociNull._take_workspace`).
 _WORKSPACES = threading.local()
+#: Foci placements (iterations x foci) one compiled call of a null batch runs at most: the
+#: placements are drawn before the call (8 bytes each).
+_FOCI_PER_CALL = 1 << 20
+#: Cluster outputs of a summary without clusters (never written).
+_NO_SIZE = np.zeros(1, dtype=np.int64)
+_NO_MASS = np.zeros(1, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,9 +357,9 @@ class FociNull(NullModel):
     def _give_back(ws: dict) -> None:
         _WORKSPACES.ws = ws
 
-    def _combine(self, ctx, ws, focus_base):
+    def _combine(self, ctx, ws, focus_base, summary=None):
         ctx.run(focus_base, ws["row_start"], ws["row_kernel"], self.add_mode, ws["sel"],
-                ws["acc"], ws["scratch"], padded=self._padded)
+                ws["acc"], ws["scratch"], padded=self._padded, summary=summary)
 
     def _take_sums(self, ctx, ws) -> np.ndarray:
         """The in-mask sums of the last combine (float64, a copy), zeroed in ``ws``."""
@@ -393,7 +399,6 @@ class FociNull(NullModel):
         kind = self._compiled_kind(summary)
         ctx = self.context()
         ws = self._take_workspace(ctx)
-        acc = ws["acc"]
         out = summary.start(n_iters, self.n_voxels)
         if kind is None:
             for i in range(n_iters):
@@ -407,20 +412,27 @@ class FociNull(NullModel):
         thr = summary.threshold if clusters else np.inf
         lthr = (math.log1p(-thr) + _LOG_SLACK if kind == STAT_ALE and clusters and thr < 1
                 else 0.0)
-        for i in range(n_iters):
-            self._combine(ctx, ws, ctx.voxel_base[self.draw(rng)] if fixed_base is None
-                          else fixed_base)
-            ws["itag"] += 1
-            s, n, m = summarize(acc[0], kind, thr, lthr, clusters, ctx.row_first,
-                                ctx.row_base if self._padded else ctx.row_first,
-                                ctx.row_len, ctx.voxel_base, ctx.lut, ctx.nb_delta,
-                                ws["mark"], ws["visited"], ws["sval"], ws["supra"],
-                                ws["stack"], ws["itag"])
-            out["max_stat"][i] = s
-            if clusters:
-                out["max_size"][i] = n
-                out["max_mass"][i] = m
-        self._give_back(ws)  # summarize zeroed the sums
+        # Iterations run in compiled calls of up to _FOCI_PER_CALL foci placements: combine
+        # and summary, iteration after iteration, with the GIL released (a 2-core machine
+        # loses several percent to two GIL acquisitions per iteration).
+        per_call = max(1, _FOCI_PER_CALL // max(1, self.n_foci))
+        for i0 in range(0, n_iters, per_call):
+            i1 = min(n_iters, i0 + per_call)
+            if fixed_base is None:
+                bases = np.empty((i1 - i0, self.n_foci), dtype=np.int64)
+                for i in range(i1 - i0):
+                    bases[i] = ctx.voxel_base[self.draw(rng)]
+            else:
+                bases = np.tile(np.asarray(fixed_base, dtype=np.int64), (i1 - i0, 1))
+            isum = IterationSummary(
+                kind=kind, thr=thr, lthr=lthr, clusters=clusters, mark=ws["mark"],
+                visited=ws["visited"], sval=ws["sval"], supra=ws["supra"], stack=ws["stack"],
+                itag=ws["itag"], out_stat=out["max_stat"][i0:i1],
+                out_size=out["max_size"][i0:i1] if clusters else _NO_SIZE,
+                out_mass=out["max_mass"][i0:i1] if clusters else _NO_MASS)
+            self._combine(ctx, ws, bases, isum)
+            ws["itag"] = isum.itag
+        self._give_back(ws)  # the summary zeroed the sums
         return out
 
     # -- checking ---------------------------------------------------------------------------

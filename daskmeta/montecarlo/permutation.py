@@ -370,7 +370,7 @@ def summarize_per_map(ws: dict, token: str, mask, summary, out: dict, i: int,
     has a threshold, its largest face-connected cluster's size and mass. The work arrays
     live in the thread's workspace ``ws`` (made on first use)."""
     from daskmeta._combine import combine_context, identity
-    from daskmeta.montecarlo._compiled import STAT_IDENTITY, summarize
+    from daskmeta._summary_kernels import STAT_IDENTITY, summarize
 
     if "cl" not in ws:
         n = int(np.count_nonzero(mask))

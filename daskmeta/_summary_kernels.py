@@ -1,5 +1,10 @@
 """Compiled per-iteration summaries of the Monte Carlo nulls (maximum statistic, cluster
-size and mass), fused with the statistic of the built-in estimators."""
+size and mass), fused with the statistic of the built-in estimators.
+
+:func:`summarize` is inlined into :func:`daskmeta._combine_kernels.combine`, which runs a
+whole batch of a coordinate-based null (combine, then summarize, iteration after iteration)
+in one compiled call; the permutation nulls call it on their own maps.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ import numpy as np
 from daskmeta._numba_cache import compiled
 
 #: Statistics computed from the combined sum inside compiled code: ALE (``1 - exp(sum)``)
-#: and the sum itself ((M)KDA).
-STAT_ALE, STAT_IDENTITY = 0, 1
+#: and the sum itself ((M)KDA); ``STAT_NONE``: no summary (what fits pass to ``combine``).
+STAT_ALE, STAT_IDENTITY, STAT_NONE = 0, 1, -1
 
 
 @compiled(nogil=True)
