@@ -117,6 +117,42 @@ def test_nulls_do_not_depend_on_how_batches_share_tasks(model, monkeypatch, task
     assert got.values["exceedances"].sum() == 90 * model.n_voxels  # every stat >= 0
 
 
+_SIZES: list = []
+
+
+def _counting_run_batches(model, summary, seed, batches):
+    """run_batches, recording how many batches each task ran (module-level: pickled)."""
+    _SIZES.append(len(batches))
+    return _REAL_RUN_BATCHES(model, summary, seed, batches)
+
+
+_REAL_RUN_BATCHES = runner.run_batches
+
+
+def test_an_in_process_cluster_runs_the_same_batches(model, monkeypatch):
+    """On an in-process cluster (the embedded one) the first tasks carry the model and
+    summary themselves, two single-batch tasks per thread start before any is timed, and
+    later tasks refer to the model sent with them: the nulls are the batches' run one by
+    one, and the model's key is held on the scheduler while the run lasts."""
+    import distributed
+
+    _SIZES.clear()
+    held = []
+    monkeypatch.setattr(runner, "run_batches", _counting_run_batches)
+    maxima = montecarlo.MaxStatistic()
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
+                            dashboard_address=None) as client:
+        assert runner._in_process(client)
+        got = montecarlo.run_montecarlo(
+            model, maxima, 120, 2, 9, progress=False,
+            on_batch=lambda b, n: held.append(any(str(k).startswith("montecarlo-model-")
+                                                  for k in client.who_has())))
+    assert np.array_equal(got.max_stat, _reference(model, maxima, 120, 2, 9)["max_stat"])
+    assert sum(_SIZES) == 60
+    assert _SIZES[:4] == [1, 1, 1, 1] and max(_SIZES) > 1
+    assert len(held) == 60 and all(held)
+
+
 def test_losing_the_worker_that_holds_the_model_changes_nothing(scheduler_and_workers, model):
     """Under a Client the null model is sent once and referred to by every batch; when the
     worker holding it dies, the scheduler makes it again and the nulls are the same."""

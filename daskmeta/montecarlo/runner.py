@@ -51,6 +51,8 @@ _TASK_SECONDS = 0.5
 #: The most batches one task runs (one for summaries with summed values, see
 #: :func:`run_montecarlo`).
 _MAX_BATCHES_PER_TASK = 256
+#: Tasks of one batch in flight per worker thread under a Client until a task has been timed.
+_UNTIMED_PER_THREAD = 2
 
 
 def default_batch_size() -> int:
@@ -94,7 +96,7 @@ def run_batches(model: NullModel, summary: Summary, seed: int,
 
 class _TaskSizer:
     """How many consecutive batches the next task runs: one until a task has been timed
-    (and then only one such task per thread is in flight), then about
+    (and then only a few such tasks per thread are in flight), then about
     :data:`_TASK_SECONDS` of work at the average seconds per batch so far, but at most a
     share of the range's remaining batches (guided self-scheduling), so that the last tasks
     are small and spread over every thread."""
@@ -255,22 +257,81 @@ def _threads(client) -> int:
     return os.cpu_count() or 1
 
 
+def _in_process(client) -> bool:
+    """Whether the client's scheduler runs in this process (objects pass by reference)."""
+    try:
+        return str(client.scheduler.address).startswith("inproc://")
+    except Exception:  # a client that cannot say: treat it as remote
+        return False
+
+
 def _window(threads: int) -> int:
     """Tasks in flight at once: a few per worker thread (or core), never all of them."""
     return max(4, _TASKS_PER_THREAD * threads)
 
 
-def _run_range(batches: range, submit, client, window: int, collector: _Collector,
+class _Tasks:
+    """The Dask tasks of a run: each runs a range of consecutive batches
+    (:func:`run_batches`).
+
+    Under a Client, the model and the summary are sent to the scheduler once, with the
+    first tasks, and every later task refers to them by future (they stay on the
+    scheduler, so a copy lost with a worker is made again). On an in-process cluster (the
+    embedded one: objects travel by reference) the first tasks carry them as arguments
+    instead, so they need not wait for the model to reach a worker: a distributed client
+    batches its messages to the scheduler, and a second submission within 10 ms of the
+    first waited for the next send (the first batch started ~10 ms late).
+    """
+
+    def __init__(self, model: NullModel, summary: Summary, seed: int, n_iters: int,
+                 batch_size: int):
+        self.seed, self.n_iters, self.batch_size = seed, n_iters, batch_size
+        self.token = dask.base.tokenize(model.token, summary.token)
+        self._model, self._summary = model, summary
+        self.model = dask.delayed(model, name=f"montecarlo-model-{self.token}", traverse=False)
+        self.summary = dask.delayed(summary, name=f"montecarlo-summary-{self.token}",
+                                    traverse=False)
+        self.sent = False
+
+    def task(self, batches: range, model=None, summary=None):
+        parts = [(b, min(self.batch_size, self.n_iters - b * self.batch_size))
+                 for b in batches]
+        return dask.delayed(run_batches, pure=True)(
+            self.model if model is None else model,
+            self.summary if summary is None else summary, self.seed, parts, dask_key_name=(
+                f"montecarlo-batch-{self.token}-{self.seed}-{self.batch_size}-"
+                f"{batches.start}-{len(batches)}"))
+
+    def submit(self, client, ranges: list[range]) -> list:
+        """Futures of the tasks of ``ranges`` (in order)."""
+        if self.sent:
+            return client.compute([self.task(r) for r in ranges])
+        if _in_process(client):
+            first = [self.task(r, self._model, self._summary) for r in ranges]
+        else:
+            first = [self.task(r) for r in ranges]
+        futures = client.compute([self.model, self.summary, *first])
+        self.model, self.summary = futures[:2]
+        self.sent = True
+        return futures[2:]
+
+
+def _run_range(batches: range, tasks: _Tasks, client, window: int, collector: _Collector,
                progress: Progress, on_batch, sizer: _TaskSizer) -> None:
     """Run the batches of ``batches`` as tasks of consecutive batches (``sizer`` says how
     many), at most ``window`` tasks in flight and no batch more than ``_AHEAD`` windows past
     the first batch not yet folded: memory does not grow with the number of batches."""
     pos, stop = batches.start, batches.stop
 
+    # Untimed tasks (one batch each) in flight at once, until one has been timed: one per
+    # thread, or under a Client two (each thread starts its second while the first's
+    # timing travels back and sizes the next ones).
+    untimed = sizer.threads * (1 if client is None else _UNTIMED_PER_THREAD)
+
     def take(n_tasks, in_flight=0):
         nonlocal pos
-        if not sizer.timed:  # one untimed task per thread, until one has been timed
-            n_tasks = min(n_tasks, sizer.threads - in_flight)
+        if not sizer.timed:
+            n_tasks = min(n_tasks, untimed - in_flight)
         out = []
         while len(out) < n_tasks and pos < stop:
             size = sizer.size(stop - pos)
@@ -293,14 +354,15 @@ def _run_range(batches: range, submit, client, window: int, collector: _Collecto
     if client is None:
         while pos < stop:
             chunk = take(window)
-            for task, r in zip(chunk, compute(*(submit(t) for t in chunk)), strict=True):
+            for task, r in zip(chunk, compute(*(tasks.task(t) for t in chunk)),
+                               strict=True):
                 finished(task, r)
         return
     from distributed import as_completed
 
     index = {}
     first = take(window)
-    futures = client.compute([submit(t) for t in first])
+    futures = tasks.submit(client, first)
     index.update({f.key: t for f, t in zip(futures, first, strict=True)})
     # The results come with the futures (fetched in the client's event loop, with no round
     # trip from this thread per task); an erred task raises its error here.
@@ -308,17 +370,19 @@ def _run_range(batches: range, submit, client, window: int, collector: _Collecto
     in_flight = len(futures)
     for fut, result in pool:
         task = index.pop(fut.key)
-        fut.release()
         in_flight -= 1
         finished(task, result)
-        # Refill in groups of half a window: one graph submission for several tasks.
+        # Refill in groups of half a window: one graph submission for several tasks. It
+        # goes before the release of the finished task's key (the client's messages to the
+        # scheduler are batched: the one after another within 10 ms waits for the next send).
         if in_flight <= window // 2:
             more = take(window - in_flight, in_flight)
             if more:
-                new = client.compute([submit(t) for t in more])
+                new = tasks.submit(client, more)
                 index.update({f.key: t for f, t in zip(new, more, strict=True)})
                 pool.update(new)
                 in_flight += len(new)
+        fut.release()
 
 
 def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
@@ -384,20 +448,7 @@ def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
     seed = int(seed)
     n_batches = -(-n_iters // batch_size)
     client = scheduler_client()
-    token = dask.base.tokenize(model.token, summary.token)
-    model_d = dask.delayed(model, name=f"montecarlo-model-{token}", traverse=False)
-    summary_d = dask.delayed(summary, name=f"montecarlo-summary-{token}", traverse=False)
-    run = dask.delayed(run_batches, pure=True)
-    if client is not None:
-        # Sent to the scheduler once, then referred to by every batch submitted (their
-        # tasks stay on the scheduler, so a copy lost with a worker is made again).
-        model_d, summary_d = client.compute([model_d, summary_d])
-
-    def submit(task: range):
-        parts = [(b, min(batch_size, n_iters - b * batch_size)) for b in task]
-        return run(model_d, summary_d, seed, parts, dask_key_name=(
-            f"montecarlo-batch-{token}-{seed}-{batch_size}-{task.start}-{len(task)}"))
-
+    tasks = _Tasks(model, summary, seed, n_iters, batch_size)
     collector = _Collector(summary)
     bar = Progress("Monte Carlo", n_batches, "batches", progress)
     threads = _threads(client)
@@ -409,7 +460,7 @@ def run_montecarlo(model: NullModel, summary: Summary, n_iters: int,
     rel_se: dict = {}
     rounds = _round_plan(n_batches, early_stop)
     for i, rnd in enumerate(rounds):
-        _run_range(rnd, submit, client, window, collector, bar, on_batch, sizer)
+        _run_range(rnd, tasks, client, window, collector, bar, on_batch, sizer)
         if early_stop is not None and i < len(rounds) - 1:
             rel_se = _relative_se(collector.values(), summary)
             if all(v < early_stop for v in rel_se.values()):
