@@ -119,3 +119,37 @@ def test_cache_directory_choice(monkeypatch, tmp_path):
     assert default_dir() == tmp_path / "xdg" / "daskmeta" / f"numba-{version}"
     monkeypatch.setenv("DASKMETA_CACHE_DIR", str(tmp_path / "mine"))
     assert default_dir() == tmp_path / "mine"
+
+
+WARM_UP_CHILD = f"""
+import json, dask
+import daskmeta
+from daskmeta import precompile
+from daskmeta._combine_kernels import _segments_of_lines, combine
+from daskmeta.correct import FWECorrector
+from daskmeta.estimators import ALE, MKDADensity
+from daskmeta.estimators.ale import _convolve_step
+
+functions = (combine, _segments_of_lines, _convolve_step)
+thread = precompile.start_warm_up("ale")
+thread.join()
+warmed = [len(f.signatures) for f in functions]
+data = daskmeta.io.read({str(PAIN_JSON)!r})
+with dask.config.set(scheduler="synchronous"):
+    for cls in (ALE, MKDADensity):
+        res = cls(mask={str(NIMARE_MASK)!r}).fit(data)
+        FWECorrector("montecarlo", n_iters=4, seed=1, progress=False).transform(res)
+print(json.dumps({{"error": repr(thread.error), "warmed": warmed,
+                  "after": [len(f.signatures) for f in functions]}}))
+"""
+
+
+def test_warm_up_compiles_what_fits_and_nulls_run():
+    """The fit commands' background warm-up compiles (or loads) the combine and ALE's null
+    convolution with the argument types of real runs: fits and Monte Carlo nulls of ALE and
+    MKDA on real data then add no specialisation (a first run never compiles twice)."""
+    proc = subprocess.run([sys.executable, "-c", WARM_UP_CHILD], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"error": "None", "warmed": [1, 1, 1], "after": [1, 1, 1]}

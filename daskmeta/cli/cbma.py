@@ -26,6 +26,7 @@ from daskmeta.cli._common import (
 )
 from daskmeta.cli.report import add_report_options, check_report_options
 from daskmeta.exceptions import DaskmetaError
+from daskmeta.precompile import start_warm_up
 
 
 def add_parsers(sub) -> None:
@@ -111,6 +112,8 @@ def _run_cbma(args) -> None:
 
 
 def _fit_cbma(args, label_threshold: float, drawer, t0: float) -> None:
+    # A first run compiles the combine while this thread imports, reads and checks.
+    start_warm_up(args.command)
     _import_quietly("daskmeta.workflows", "daskmeta.io", "daskmeta.estimators",
                     "daskmeta.correct", "distributed")
     from daskmeta.workflows import input_provenance, prepare_cbma
@@ -221,6 +224,7 @@ def _run_demo(args) -> None:
     from daskmeta.workflows import run_cbma
 
     t0 = time.perf_counter()
+    start_warm_up("ale")  # a first run compiles while this thread simulates and starts Dask
     _check_int(args.n_experiments, "--n-experiments", 1, 10_000)
     _check_int(args.n_iters, "--n-iters", 1, MAX_N_ITERS)
     _check_int(args.seed, "--seed", 0, 2**63 - 1)
