@@ -37,11 +37,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from _tree_memory import TreePeak
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -87,42 +87,16 @@ def console_script(directory: Path) -> str:
 
 def timed_process(command, env=None, cwd=None) -> dict:
     """Run ``command`` to exit; wall seconds and peak RSS (MiB) of its process tree."""
-    import psutil
-
     t0 = time.perf_counter()
     proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    peak = [0]
-    stop = threading.Event()
-
-    def sample():
-        try:
-            root = psutil.Process(proc.pid)
-        except psutil.Error:
-            return
-        while not stop.is_set():
-            total = 0
-            try:
-                procs = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                break
-            for p in procs:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            peak[0] = max(peak[0], total)
-            stop.wait(0.02)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
+    peak = TreePeak(proc.pid)
     out, err = proc.communicate()
     seconds = time.perf_counter() - t0
-    stop.set()
-    thread.join()
+    peak.stop()
     if proc.returncode != 0:
         raise RuntimeError(f"{command[:3]} failed ({proc.returncode}):\n{err[-3000:]}")
-    return {"seconds": seconds, "rss_mib": peak[0] / 2**20, "stderr": err}
+    return {"seconds": seconds, "rss_mib": peak.tree / 2**20, "stderr": err}
 
 
 def fresh_copy(root: Path) -> Path:

@@ -30,11 +30,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from _tree_memory import TreePeak
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data"
@@ -56,45 +56,6 @@ TARGETS = {
 
 
 # -- measuring ------------------------------------------------------------------------------
-class TreeRSS:
-    """Peak of the summed RSS of a process and all its descendants, sampled in a thread."""
-
-    def __init__(self, pid: int, interval: float = 0.02):
-        import psutil
-
-        self._root = psutil.Process(pid)
-        self._interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> int:
-        import psutil
-
-        total = 0
-        try:
-            procs = [self._root] + self._root.children(recursive=True)
-        except psutil.Error:
-            return 0
-        for p in procs:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
-            self._stop.wait(self._interval)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
-
-
 def run_measured(cmd: list[str], timeout: float = 3600) -> dict:
     """Run a command; return its wall time, peak tree RSS, stdout and exit status."""
     env = dict(os.environ)
@@ -102,14 +63,14 @@ def run_measured(cmd: list[str], timeout: float = 3600) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
-    rss = TreeRSS(proc.pid)
+    rss = TreePeak(proc.pid)
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        peak = rss.stop()
+        peak = rss.stop().tree
     wall = time.perf_counter() - t0
     if proc.returncode:
         sys.exit(f"failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{err[-3000:]}")

@@ -39,12 +39,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+from _tree_memory import TreePeak
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TESTDATA = DATA / "nimare-testdata"
@@ -193,40 +193,12 @@ def _child(argv):
 # the parent: run children, sample their process trees' memory, print the table
 # --------------------------------------------------------------------------------------------
 def _measure(spec: dict) -> dict:
-    import psutil
-
     errors = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)],
                             stdout=subprocess.PIPE, stderr=errors, text=True)
-    peak = {"tree": 0, "one": 0}
-    stop = threading.Event()
-
-    def sample():
-        try:
-            root = psutil.Process(proc.pid)
-        except psutil.Error:
-            return
-        while not stop.is_set():
-            try:
-                procs = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                break
-            rss = []
-            for p in procs:
-                try:
-                    rss.append(p.memory_info().rss)
-                except psutil.Error:
-                    pass
-            if rss:
-                peak["tree"] = max(peak["tree"], sum(rss))
-                peak["one"] = max(peak["one"], max(rss[1:], default=0))
-            stop.wait(0.05)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
+    peak = TreePeak(proc.pid)
     out, _ = proc.communicate()
-    stop.set()
-    thread.join()
+    peak.stop()
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
     errors.seek(0)
     err = errors.read()
@@ -234,8 +206,8 @@ def _measure(spec: dict) -> dict:
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"benchmark child failed ({spec}):\n{out}\n{err[-3000:]}")
     res = json.loads(lines[-1][len("RESULT "):])
-    res["peak_tree_mib"] = peak["tree"] / 2**20
-    res["peak_child_mib"] = peak["one"] / 2**20
+    res["peak_tree_mib"] = peak.tree / 2**20
+    res["peak_child_mib"] = peak.one / 2**20
     res["ms_per_iter"] = 1e3 * res["seconds"] / res["n_iters"]
     return res
 
