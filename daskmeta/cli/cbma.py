@@ -224,12 +224,12 @@ def _run_demo(args) -> None:
     from daskmeta.workflows import run_cbma
 
     t0 = time.perf_counter()
-    start_warm_up("ale")  # a first run compiles while this thread simulates and starts Dask
     _check_int(args.n_experiments, "--n-experiments", 1, 10_000)
     _check_int(args.n_iters, "--n-iters", 1, MAX_N_ITERS)
     _check_int(args.seed, "--seed", 0, 2**63 - 1)
     _check_out(args.out)
     _check_dask_options(args)
+    start_warm_up("ale")  # a first run compiles while this thread simulates and starts Dask
     space = resolve_space(args.mask)
     sim = simulate.coordinates(n_experiments=args.n_experiments, seed=args.seed, space=space)
     _log(f"simulated {sim.dataset} around {len(sim.true_sites)} true sites (seed {args.seed})")
