@@ -104,10 +104,15 @@ def get_bytes(key: str) -> int:
     return parse_bytes(get(key), key)
 
 
+def is_positive_int(value) -> bool:
+    """Whether ``value`` is an integer >= 1 (not a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+
+
 def get_positive_int(key: str) -> int:
     """A count setting in force (e.g. ``collection.rows-per-shard``), checked."""
     value = get(key)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if not is_positive_int(value):
         raise DaskmetaError(f"dask config {_full_key(key)}={value!r} must be a positive "
                             "integer")
     return int(value)

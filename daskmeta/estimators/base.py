@@ -23,13 +23,14 @@ import numbers
 import numpy as np
 
 from daskmeta._version import __version__
+from daskmeta.config import is_positive_int
 from daskmeta.exceptions import DaskmetaError, NotFittedError
 
 __all__ = ["Estimator", "positive_int", "non_negative", "one_of"]
 
 
-def positive_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+#: Whether a parameter is an integer >= 1 (not a bool).
+positive_int = is_positive_int
 
 
 def non_negative(value) -> bool:

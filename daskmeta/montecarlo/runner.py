@@ -14,7 +14,6 @@ results arrive, never what they are.
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import dask
 import numpy as np
 
 from daskmeta.cluster import compute, scheduler_client
+from daskmeta.config import is_positive_int
 from daskmeta.exceptions import DaskmetaError
 from daskmeta.montecarlo.models import NullModel, Summary
 from daskmeta.progress import Progress
@@ -63,7 +63,7 @@ def default_batch_size() -> int:
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if not is_positive_int(value):
         raise DaskmetaError(f"{name} must be a positive integer; got {value!r}")
     return int(value)
 
