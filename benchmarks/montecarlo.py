@@ -12,8 +12,9 @@ Each measurement runs in a fresh process (its whole process tree sampled for res
 memory): NiMARE's ``FWECorrector(method="montecarlo", voxel_thresh=0.001)`` with
 ``n_cores=1`` and ``2``; daskmeta's ``FWECorrector("montecarlo")`` on the embedded cluster of
 :func:`daskmeta.cluster.get_client` with 1 and 2 cores, either as threads of one worker in the
-process (what the ``daskmeta`` command uses) or as single-threaded worker processes. Times exclude the fit and
-a warm-up run (numba compilation or cache loading, worker start), include everything else
+process (what the ``daskmeta`` command uses) or as single-threaded worker processes (memory
+sampled by :class:`_tree_memory.TreePeak`, cheap enough not to slow the 2-core runs). Times
+exclude the fit and a warm-up run (numba compilation or cache loading, worker start), include everything else
 of ``transform`` (cluster-forming threshold, observed clusters, maps). The measurements run in
 ``--repeats`` rounds, each program's 1- and 2-core runs one after the other in every round
 (this machine's speed drifts by more than the effects measured): times are medians over the
